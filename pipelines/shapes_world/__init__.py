@@ -1,0 +1,1 @@
+"""pipelines/shapes_world"""
