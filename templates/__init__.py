@@ -1,1 +1,1 @@
-"""templates"""
+"""Instruction templates and chat formats."""

@@ -1,0 +1,144 @@
+"""The `loom` command: one subcommand per stage, plus `run` for a whole config."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which phones home
+
+NOT_BUILT = "is not built yet in this version of Loom"
+
+
+def _demo_data(args) -> int:
+    from pipelines.shapes_world import write_demo_data
+
+    summary = write_demo_data(args.out, seed=args.seed, pair_scenes=args.pair_scenes,
+                              train_scenes=args.train_scenes, val_scenes=args.val_scenes, port=args.port)
+    print(f"shapes world written to {args.out}: {summary}")
+    return 0
+
+
+def _stage(name):
+    def run(args) -> int:
+        from jobs.config import load_config
+        from jobs import run as runner
+
+        config = load_config(args.config, args.out)
+        runner.run_stages(config, args.out, [name], ray_address=getattr(args, "ray_address", None))
+        return 0
+    return run
+
+
+def _run(args) -> int:
+    from jobs.config import load_config
+    from jobs import run as runner
+
+    config = load_config(args.config, args.out)
+    runner.run_stages(config, args.out, runner.stages_in(config), ray_address=args.ray_address)
+    return 0
+
+
+def _report(args) -> int:
+    from jobs.report import write_report
+
+    paths = write_report(args.dir)
+    print(f"report: {paths['html']} and {paths['json']}")
+    return 0
+
+
+def _catalog(args) -> int:
+    from catalog.cards import get_card, load_cards
+
+    if args.action == "list":
+        for name, card in sorted(load_cards().items()):
+            print(f"{name:16} {', '.join(card.get('tasks', [])):24} {card.get('held', ''):9} {card.get('title', '')}")
+    else:
+        import yaml
+
+        if not args.name:
+            print("loom catalog show NAME: give a card name (see `loom catalog list`)", file=sys.stderr)
+            return 2
+        print(yaml.safe_dump(get_card(args.name), sort_keys=False, allow_unicode=True))
+    return 0
+
+
+def _templates(args) -> int:
+    if args.action != "lint":
+        print(f"loom templates {args.action} {NOT_BUILT}; `loom templates lint` is.", file=sys.stderr)
+        return 2
+    from templates.library import TASKS_DIR, load_task_templates
+
+    total = 0
+    for path in sorted(TASKS_DIR.glob("*.yaml")):
+        templates = load_task_templates(path.stem)
+        total += len(templates)
+        langs = sorted({t.lang for t in templates})
+        print(f"{path.stem}: {len(templates)} templates ({', '.join(langs)}), "
+              f"{sum(t.brevity == 'short' for t in templates)} with brevity wording")
+    print(f"ok: {total} templates")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loom", description=__doc__.split("\n")[0] + " See DESIGN.md for the flow.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo-data", help="write the synthetic shapes world (images, URL list, COCO/VQAv2 files)")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pair-scenes", type=int, default=600)
+    p.add_argument("--train-scenes", type=int, default=800)
+    p.add_argument("--val-scenes", type=int, default=150)
+    p.add_argument("--port", type=int, default=None, help="port the URL list points at (default: a free one)")
+    p.set_defaults(func=_demo_data)
+
+    for name, help_text in (("ingest", "URL lists → pairs (img2dataset + filters on Ray)"),
+                            ("render", "pairs + annotations → instruction records"),
+                            ("pack", "instructions → packed token sequences"),
+                            ("train", "packed → checkpoints, stage by stage, then evaluation")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("config")
+        p.add_argument("--out", required=True, help="run folder; the stage writes OUT/" + name)
+        if name in ("ingest", "train"):
+            p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: start a local one)")
+        p.set_defaults(func=_stage(name))
+
+    p = sub.add_parser("run", help="every stage the config names, in order; resumable")
+    p.add_argument("config")
+    p.add_argument("--out", required=True)
+    p.add_argument("--ray-address", default=None)
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("report", help="HTML + JSON report of a run folder")
+    p.add_argument("dir")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("templates", help="lint (built); preview, stats (not built yet)")
+    p.add_argument("action", choices=["lint", "preview", "stats"])
+    p.set_defaults(func=_templates)
+
+    p = sub.add_parser("catalog", help="list|show the dataset cards")
+    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=_catalog)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from jobs.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"loom: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""`loom pack`: instruction records → tokenized, packed sequences for one architecture."""
+from __future__ import annotations
+
+import collections
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from jobs.config import ConfigError, require, section
+from pipelines.manifest import StageRecord, is_complete, manifest_hash, read_manifest, write_json_atomic
+from pipelines.pack import assign_bins, build_sequences, fill_stats
+from pipelines.render import read_instructions
+from pipelines.tokenize import Encoder, load_tokenizer
+from pipelines.tokenizer_training import train_bpe
+from templates.chat import get_chat_format
+
+DEFAULTS = {
+    "input": None,  # the render output folder; default: {out}/render
+    "preset": "llava-1.5",
+    "seq_len": 2048,
+    "tokenizer": {"train": {"vocab_size": 2000}},  # or {path: a local Hugging Face tokenizer folder}
+    "loss_on": "assistant",
+    "sequences_per_shard": 1000,
+    "outputs": {},  # name -> {datasets: [prefixes of the records' `dataset`], split: train}
+}
+
+
+def pack_settings(config: dict) -> dict:
+    cfg = section(config, "pack", DEFAULTS)
+    from vlm.presets import get_preset
+
+    try:
+        get_preset(cfg["preset"])
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"pack.preset: {err}") from err
+    tok = cfg["tokenizer"]
+    require(isinstance(tok, dict) and (("path" in tok) != ("train" in tok)),
+            f"pack.tokenizer: {tok!r}; expected either {{path: DIR}} or {{train: {{vocab_size: N}}}}")
+    require(cfg["loss_on"] in ("assistant", "all"), f"pack.loss_on: {cfg['loss_on']!r}; expected assistant or all")
+    require(cfg["seq_len"] >= 64, f"pack.seq_len: {cfg['seq_len']}; expected at least 64")
+    require(bool(cfg["outputs"]), "pack.outputs: empty; name at least one packed output, e.g. "
+            "{instruct: {datasets: [vqav2], split: train}}")
+    for name, spec in cfg["outputs"].items():
+        require(isinstance(spec, dict) and isinstance(spec.get("datasets"), list) and spec["datasets"],
+                f"pack.outputs.{name}: {spec!r}; expected {{datasets: [dataset name prefixes], split: train}}")
+    return cfg
+
+
+def run_pack(config: dict, out: str | Path, log=print) -> dict:
+    """Run (or skip) the pack stage into `out/pack/<output>/`; return its manifest."""
+    cfg = pack_settings(config)
+    from vlm.presets import get_preset
+
+    preset = get_preset(cfg["preset"])
+    render_dir = Path(cfg["input"] or Path(out) / "render")
+    if read_manifest(render_dir) is None:
+        raise ConfigError(f"pack.input: {render_dir}: no finished render output (manifest.json); run `loom render` first")
+    inputs = {str(render_dir): manifest_hash(render_dir)}
+    if "path" in cfg["tokenizer"]:
+        inputs[cfg["tokenizer"]["path"]] = manifest_hash_or_none(cfg["tokenizer"]["path"])
+    stage_dir = Path(out) / "pack"
+    if is_complete(stage_dir, cfg, inputs):
+        log(f"pack: complete in {stage_dir} (same config and inputs); skipped")
+        return read_manifest(stage_dir)
+    shutil.rmtree(stage_dir, ignore_errors=True)  # packing is fast: a partial pack is redone whole
+
+    render_manifest = read_manifest(render_dir)
+    records = read_instructions([render_dir / f for f in render_manifest["files"]]).to_pylist()
+    chat_format = get_chat_format(preset.chat_format)
+    tokenizer_dir = stage_dir / "tokenizer"
+    if "train" in cfg["tokenizer"]:
+        texts = (m["content"] for r in records for m in r["messages"])
+        tokenizer = train_bpe(_with_format_strings(texts, chat_format), cfg["tokenizer"]["train"]["vocab_size"], tokenizer_dir)
+    else:
+        shutil.copytree(cfg["tokenizer"]["path"], tokenizer_dir)
+        tokenizer = load_tokenizer(tokenizer_dir)
+    encoder = Encoder(tokenizer, chat_format, preset.visual_tokens, cfg["loss_on"])
+
+    record = StageRecord("pack", cfg, inputs)
+    record.rows_in = len(records)
+    outputs = {}
+    for name, spec in cfg["outputs"].items():
+        chosen = [r for r in records if r["split"] == spec.get("split", "train")
+                  and any(r["dataset"].startswith(p) for p in spec["datasets"])]
+        summary = _pack_output(chosen, encoder, cfg, preset, stage_dir / name, tokenizer_dir, record)
+        outputs[name] = summary
+        record.rows_out += summary["samples"]
+        log(f"pack: {name}: {summary['samples']} samples → {summary['sequences']} sequences of ≤{cfg['seq_len']} "
+            f"tokens, fill {summary['fill']:.3f} (lower bound {summary['lower_bound_sequences']})")
+    record.extra.update(outputs=outputs, preset=preset.name, visual_tokens=preset.visual_tokens,
+                        seq_len=cfg["seq_len"], vocab_size=tokenizer.get_vocab_size())
+    unpacked = record.rows_in - sum(o["samples"] + sum(o["dropped"].values()) for o in outputs.values())
+    record.extra["not_selected"] = unpacked  # records of splits or datasets no output asked for (e.g. eval)
+    return record.finish(stage_dir)
+
+
+def manifest_hash_or_none(path: str) -> str | None:
+    return manifest_hash(path) if (Path(path) / "manifest.json").exists() else None
+
+
+def _with_format_strings(texts, chat_format):
+    yield from chat_format.strings()
+    yield from texts
+
+
+def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Path, record: StageRecord) -> dict:
+    seq_len = cfg["seq_len"]
+    samples, dropped = [], collections.Counter()
+    for r in records:
+        input_ids, labels, images = encoder.encode(r["messages"])
+        if images != len(r["images"]):
+            dropped["image_count_mismatch"] += 1
+        elif len(input_ids) > seq_len:
+            dropped["too_long"] += 1  # never cut: a cut inside an image would corrupt it
+        else:
+            samples.append({"input_ids": input_ids, "labels": labels, "images": r["images"],
+                            "task": r["task"], "id": r["id"]})
+    for reason, count in dropped.items():
+        record.drop(reason, count)
+    lengths = np.array([len(s["input_ids"]) for s in samples], dtype=np.int64)
+    bins = assign_bins(lengths, seq_len)
+    table = build_sequences(samples, bins)
+    shards = out_dir / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    per_shard = cfg["sequences_per_shard"]
+    for i, start in enumerate(range(0, table.num_rows, per_shard)):
+        tmp = shards / f".packed-{i:05d}.parquet.tmp"
+        pq.write_table(table.slice(start, per_shard), tmp)
+        tmp.replace(shards / f"packed-{i:05d}.parquet")
+    shutil.copytree(tokenizer_dir, out_dir / "tokenizer")
+    summary = {**fill_stats(lengths, table.num_rows, seq_len), "dropped": dict(dropped),
+               "images": int(sum(len(s["images"]) for s in samples)),
+               "samples_per_sequence": len(samples) / max(table.num_rows, 1)}
+    write_json_atomic(out_dir / "manifest.json", {
+        **summary, "seq_len": seq_len, "preset": preset.name, "visual_tokens": preset.visual_tokens,
+        "image_token": "<image>", "image_token_id": encoder.image_token_id,
+        "pad_token_id": encoder.tokenizer.token_to_id("<pad>"), "eos_token_id": encoder.eos_id,
+        "bos_token_id": encoder.bos_id, "loss_on": cfg["loss_on"], "chat_format": preset.chat_format,
+    })
+    return summary

@@ -1,0 +1,107 @@
+"""`loom render`: pairs and native annotation files → instruction records, through the templates."""
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import fsspec
+
+from jobs.config import ConfigError, require, section
+from pipelines.manifest import StageRecord, is_complete, manifest_hash, read_manifest
+from pipelines.render import render_record, write_instructions
+from templates.library import TemplateError, template_by_id
+
+DEFAULTS = {"seed": 0, "datasets": []}
+
+# adapter name -> (the keys an entry must give, the keys it may give)
+ADAPTERS = {
+    "pairs": ({"path"}, {"split", "limit", "template"}),
+    "coco_captions": ({"annotations", "images"}, {"split", "limit", "template"}),
+    "vqav2": ({"questions", "images"}, {"annotations", "split", "limit", "template"}),
+}
+
+
+def render_settings(config: dict) -> dict:
+    cfg = section(config, "render", DEFAULTS)
+    require(bool(cfg["datasets"]), "render.datasets: empty; list the datasets to render, e.g. "
+            "[{adapter: pairs, path: '{out}/ingest'}]")
+    for i, entry in enumerate(cfg["datasets"]):
+        where = f"render.datasets[{i}]"
+        require(isinstance(entry, dict) and entry.get("adapter") in ADAPTERS,
+                f"{where}: adapter {entry.get('adapter') if isinstance(entry, dict) else entry!r}; "
+                f"expected one of {sorted(ADAPTERS)}")
+        required, optional = ADAPTERS[entry["adapter"]]
+        missing = required - set(entry)
+        require(not missing, f"{where}: missing key(s) {sorted(missing)} for adapter {entry['adapter']}")
+        unknown = set(entry) - required - optional - {"adapter"}
+        require(not unknown, f"{where}: unknown key(s) {sorted(unknown)}; adapter {entry['adapter']} "
+                f"takes {sorted(required | optional)}")
+        if entry.get("template"):
+            try:
+                template_by_id(entry["template"])
+            except TemplateError as err:
+                raise ConfigError(f"{where}.template: {err}") from err
+    return cfg
+
+
+def read_records(entry: dict) -> list[dict]:
+    """Canonical records of one configured dataset, through its adapter."""
+    split = entry.get("split", "train")
+    if entry["adapter"] == "pairs":
+        from catalog.adapters.pairs import read_pairs
+
+        records = read_pairs(entry["path"], split)
+    elif entry["adapter"] == "coco_captions":
+        from catalog.adapters.coco_captions import read_coco_captions
+
+        records = read_coco_captions(entry["annotations"], entry["images"], split)
+    else:
+        from catalog.adapters.vqav2 import read_vqav2
+
+        records = read_vqav2(entry["questions"], entry.get("annotations"), entry["images"], split)
+    return records[: entry["limit"]] if entry.get("limit") else records
+
+
+def _input_fingerprints(cfg: dict) -> dict[str, str]:
+    inputs = {}
+    for entry in cfg["datasets"]:
+        if entry["adapter"] == "pairs":
+            if read_manifest(entry["path"]) is None:
+                raise ConfigError(f"render.datasets: {entry['path']}: no finished ingest output there "
+                                  "(manifest.json missing); run `loom ingest` first")
+            inputs[entry["path"]] = manifest_hash(entry["path"])
+        else:
+            for key in ("annotations", "questions"):
+                if entry.get(key):
+                    fs, p = fsspec.core.url_to_fs(entry[key])
+                    if not fs.exists(p):
+                        raise ConfigError(f"render.datasets: {entry[key]}: no such file")
+                    inputs[entry[key]] = str(fs.checksum(p))
+    return inputs
+
+
+def run_render(config: dict, out: str | Path, log=print) -> dict:
+    """Run (or skip) the render stage into `out/render`; return its manifest."""
+    cfg = render_settings(config)
+    stage_dir = Path(out) / "render"
+    inputs = _input_fingerprints(cfg)
+    if is_complete(stage_dir, cfg, inputs):
+        log(f"render: complete in {stage_dir} (same config and inputs); skipped")
+        return read_manifest(stage_dir)
+    record = StageRecord("render", cfg, inputs)
+    files, per_dataset, templates_used = [], {}, collections.Counter()
+    for i, entry in enumerate(cfg["datasets"]):
+        records = read_records(entry)
+        rows = [render_record(r, cfg["seed"], entry.get("template")) for r in records]
+        name = f"{i:02d}-{entry['adapter']}-{entry.get('split', 'train')}.parquet"
+        write_instructions(rows, stage_dir / "instructions" / name)
+        files.append(f"instructions/{name}")
+        record.rows_in += len(records)
+        record.rows_out += len(rows)
+        templates_used.update(r["template_id"] for r in rows)
+        langs = collections.Counter(r["lang"] for r in rows)
+        per_dataset[name] = {"adapter": entry["adapter"], "split": entry.get("split", "train"),
+                             "records": len(rows), "languages": dict(sorted(langs.items()))}
+        log(f"render: {entry['adapter']} ({entry.get('split', 'train')}): {len(rows)} instruction records")
+    record.extra.update(files=files, datasets=per_dataset, templates=dict(sorted(templates_used.items())))
+    return record.finish(stage_dir)

@@ -1,0 +1,115 @@
+"""`loom report`: one JSON and one HTML page with every stage's counts, figures and the evaluation."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from pipelines.manifest import read_manifest, write_atomic, write_json_atomic
+
+STAGES = ("ingest", "render", "pack", "train")
+
+
+def collect(run_dir: str | Path, timings: dict | None = None) -> dict:
+    """Every finished stage's manifest under a run folder, plus the headline figures."""
+    run = Path(run_dir)
+    report: dict = {"run": str(run), "stages": {}}
+    for stage in STAGES:
+        manifest = read_manifest(run / stage)
+        if manifest is not None:
+            report["stages"][stage] = manifest
+    if timings:
+        report["wall_time_s_this_invocation"] = timings
+    ingest, pack, train = (report["stages"].get(s) for s in ("ingest", "pack", "train"))
+    headline = {}
+    if ingest:
+        headline["language_mix"] = ingest["languages"]["kept_share"]
+        headline["pairs_kept"] = ingest["rows_out"]
+    if pack:
+        headline["packing_fill"] = {name: round(o["fill"], 4) for name, o in pack["outputs"].items()}
+    if train and train.get("evaluation"):
+        ev = train["evaluation"]
+        headline["heldout_vqa_accuracy"] = ev["accuracy"]
+        headline["majority_baseline"] = ev["baselines"]["majority_answer"]["accuracy"]
+    report["headline"] = headline
+    return report
+
+
+def write_report(run_dir: str | Path, timings: dict | None = None) -> dict:
+    run = Path(run_dir)
+    if not run.exists():
+        raise FileNotFoundError(f"{run}: no such run folder")
+    report = collect(run, timings)
+    write_json_atomic(run / "report.json", report)
+    write_atomic(run / "report.html", render_html(report))
+    return {"json": str(run / "report.json"), "html": str(run / "report.html")}
+
+
+def _table(rows: list[tuple], header: tuple) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def loss_svg(curve: list[list[float]], width: int = 560, height: int = 200) -> str:
+    """A loss curve as an inline SVG polyline (no plotting library needed to read the report)."""
+    if len(curve) < 2:
+        return "<p>(too few points to plot)</p>"
+    steps = [p[0] for p in curve]
+    losses = [p[1] for p in curve]
+    lo, hi = min(losses), max(losses)
+    span_x, span_y = (max(steps) - min(steps)) or 1, (hi - lo) or 1
+    pad = 30
+    points = " ".join(
+        f"{pad + (s - min(steps)) / span_x * (width - 2 * pad):.1f},"
+        f"{height - pad - (v - lo) / span_y * (height - 2 * pad):.1f}" for s, v in zip(steps, losses))
+    return (f'<svg width="{width}" height="{height}" style="border:1px solid #ccc">'
+            f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points}"/>'
+            f'<text x="4" y="{pad}" font-size="11">{hi:.3f}</text>'
+            f'<text x="4" y="{height - pad}" font-size="11">{lo:.3f}</text>'
+            f'<text x="{width - 80}" y="{height - 8}" font-size="11">step {max(steps)}</text></svg>')
+
+
+def render_html(report: dict) -> str:
+    parts = ["<html><head><meta charset='utf-8'><title>Loom run report</title><style>"
+             "body{font-family:sans-serif;margin:2em;max-width:960px}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}</style></head><body>",
+             f"<h1>Loom run: {html.escape(report['run'])}</h1>"]
+    head = report["headline"]
+    parts.append(_table([(k, json.dumps(v, ensure_ascii=False)) for k, v in head.items()], ("figure", "value")))
+    for stage, m in report["stages"].items():
+        parts.append(f"<h2>{stage}</h2>")
+        parts.append(_table([("rows in", m["rows_in"]), ("rows out", m["rows_out"]),
+                             ("wall time (s)", m["wall_time_s"]), ("config hash", m["config_hash"])], ("", "")))
+        if m["dropped"]:
+            parts.append("<h3>dropped, by reason</h3>" + _table(sorted(m["dropped"].items()), ("reason", "rows")))
+        if stage == "ingest":
+            mix = m["languages"]
+            parts.append("<h3>language mix</h3>" + _table(
+                [(lang, mix["available"].get(lang, 0), mix["kept"].get(lang, 0),
+                  f"{mix['kept_share'].get(lang, 0):.4f}", mix["target"][lang]) for lang in mix["target"]],
+                ("language", "available", "kept", "kept share", "target")))
+        if stage == "render":
+            parts.append(_table([(n, d["adapter"], d["split"], d["records"], d["languages"])
+                                 for n, d in m["datasets"].items()], ("file", "adapter", "split", "records", "languages")))
+        if stage == "pack":
+            parts.append(_table([(n, o["samples"], o["sequences"], o["lower_bound_sequences"], f"{o['fill']:.4f}",
+                                  f"{o['samples_per_sequence']:.1f}") for n, o in m["outputs"].items()],
+                                ("output", "samples", "sequences", "lower bound", "fill", "samples/sequence")))
+        if stage == "train":
+            for s in m["stages"]:
+                parts.append(f"<h3>stage {html.escape(s['name'])}: trains {', '.join(s['trainable'])}; "
+                             f"{s['steps']} steps, final loss {s['final_loss']:.4f}</h3>")
+                parts.append(loss_svg(s["loss_curve"]))
+            ev = m.get("evaluation")
+            if ev:
+                parts.append("<h3>held-out VQA</h3>")
+                rows = [("model (greedy)", f"{ev['accuracy']:.4f}")]
+                rows += [(f"baseline: {name}", f"{b['accuracy']:.4f}") for name, b in ev["baselines"].items()]
+                parts.append(_table(rows, ("", "accuracy")))
+                parts.append(_table([(t, v["n"], f"{v['accuracy']:.4f}") for t, v in ev["by_question_type"].items()],
+                                    ("question type", "questions", "accuracy")))
+                parts.append(_table([(e["question"], e["prediction"], e["answer"]) for e in ev["examples"]],
+                                    ("question", "model", "reference")))
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,1 @@
+"""Ingest operators: URL lists to filtered, deduplicated, language-mixed pairs shards."""

@@ -1,0 +1,101 @@
+"""Stage manifests: what a stage read, wrote and dropped, and whether a re-run may skip it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOOM_VERSION = "0.1.0"
+MANIFEST = "manifest.json"
+
+
+def config_hash(section: Any) -> str:
+    """A stable hash of a config section (key order does not matter)."""
+    text = json.dumps(section, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write a file so that a reader sees either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_manifest(stage_dir: str | os.PathLike) -> dict | None:
+    path = Path(stage_dir) / MANIFEST
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def manifest_hash(stage_dir: str | os.PathLike) -> str:
+    """Identity of a finished stage output, used by the stages that read it."""
+    return file_hash(Path(stage_dir) / MANIFEST)
+
+
+@dataclass
+class StageRecord:
+    """Counts a stage keeps while it runs, written as its manifest when it finishes."""
+
+    stage: str
+    config: Any
+    inputs: dict[str, str] = field(default_factory=dict)  # input name -> its manifest hash
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        if count:
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+    def to_dict(self) -> dict:
+        return {
+            "stage": self.stage,
+            "loom_version": LOOM_VERSION,
+            "config_hash": config_hash(self.config),
+            "inputs": self.inputs,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "dropped": dict(sorted(self.dropped.items())),
+            "wall_time_s": round(time.time() - self.started, 3),
+            **self.extra,
+        }
+
+    def finish(self, stage_dir: str | os.PathLike) -> dict:
+        manifest = self.to_dict()
+        write_json_atomic(Path(stage_dir) / MANIFEST, manifest)
+        return manifest
+
+
+def is_complete(stage_dir: str | os.PathLike, config: Any, inputs: dict[str, str]) -> bool:
+    """True when the stage already ran with this config on these exact inputs."""
+    manifest = read_manifest(stage_dir)
+    return (
+        manifest is not None
+        and manifest.get("config_hash") == config_hash(config)
+        and manifest.get("inputs") == inputs
+    )

@@ -1,0 +1,57 @@
+"""Canonical dataset records → instruction records (the instructions contract) through templates."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from templates.library import choose_template, template_by_id
+
+IMAGE_REF = pa.struct([
+    ("shard", pa.string()), ("key", pa.string()), ("path", pa.string()), ("url", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()),
+])
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+INSTRUCTIONS_SCHEMA = pa.schema([
+    ("id", pa.string()), ("dataset", pa.string()), ("task", pa.string()), ("split", pa.string()),
+    ("lang", pa.string()), ("template_id", pa.string()), ("brevity", pa.string()),
+    ("images", pa.list_(IMAGE_REF)), ("messages", pa.list_(MESSAGE)),
+    # for scoring held-out questions: every reference answer, and the kind of question
+    ("answers", pa.list_(pa.string())), ("question_type", pa.string()),
+])
+
+
+def image_ref(image: dict) -> dict:
+    return {field: image.get(field) for field in IMAGE_REF.names}
+
+
+def render_record(record: dict, seed: int, template_id: str | None = None) -> dict:
+    """One instruction record: a template drawn for this record (or the one pinned) applied to it."""
+    template = template_by_id(template_id) if template_id else choose_template(
+        record["task"], record["lang"], record["id"], seed)
+    return {
+        "id": record["id"],
+        "dataset": record["dataset"],
+        "task": record["task"],
+        "split": record["split"],
+        "lang": record["lang"],
+        "template_id": template.id,
+        "brevity": template.brevity,
+        "images": [image_ref(record["image"])],
+        "messages": template.render(record),
+        "answers": record.get("answers"),
+        "question_type": record.get("question_type"),
+    }
+
+
+def write_instructions(rows: list[dict], path: Path) -> None:
+    """Write one instructions file atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pylist(rows, schema=INSTRUCTIONS_SCHEMA), tmp)
+    tmp.replace(path)
+
+
+def read_instructions(paths: list[Path]) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p, schema=INSTRUCTIONS_SCHEMA) for p in paths])

@@ -1,0 +1,78 @@
+"""Instruction templates: loading the per-task Jinja sets, choosing one per record, rendering messages."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+import yaml
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+BREVITY = ("short", "long", "none")
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+
+class TemplateError(ValueError):
+    """A template file or a record that a template cannot render."""
+
+
+@dataclass(frozen=True)
+class InstructionTemplate:
+    """One way of asking for a task: a user prompt and the response built from the record."""
+
+    id: str
+    task: str
+    lang: str
+    brevity: str
+    prompt: str
+    response: str
+
+    def render(self, record: dict) -> list[dict]:
+        """The conversation for one record: a user turn (with `<image>`) and an assistant turn."""
+        try:
+            prompt = _ENV.from_string(self.prompt).render(**record)
+            response = _ENV.from_string(self.response).render(**record)
+        except jinja2.UndefinedError as err:
+            raise TemplateError(f"template {self.id}: record {record.get('id')!r}: {err.message}") from err
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+@lru_cache(maxsize=None)
+def load_task_templates(task: str) -> tuple[InstructionTemplate, ...]:
+    path = TASKS_DIR / f"{task}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+        raise TemplateError(f"no templates for task {task!r}; tasks with templates: {known}")
+    spec = yaml.safe_load(path.read_text())
+    templates = []
+    for i, t in enumerate(spec["templates"]):
+        for field in ("id", "lang", "brevity", "prompt"):
+            if field not in t:
+                raise TemplateError(f"{path}: templates[{i}]: missing field {field!r}")
+        if t["brevity"] not in BREVITY:
+            raise TemplateError(f"{path}: templates[{i}] ({t['id']}): brevity {t['brevity']!r}; expected one of {BREVITY}")
+        if t["prompt"].count("<image>") != 1:
+            raise TemplateError(f"{path}: templates[{i}] ({t['id']}): the prompt must hold <image> exactly once")
+        _ENV.parse(t["prompt"])  # a syntax error surfaces here, with the file named by the caller
+        templates.append(InstructionTemplate(t["id"], spec["task"], t["lang"], t["brevity"], t["prompt"],
+                                             t.get("response", spec["response"])))
+    return tuple(templates)
+
+
+def template_by_id(template_id: str) -> InstructionTemplate:
+    for path in sorted(TASKS_DIR.glob("*.yaml")):
+        for template in load_task_templates(path.stem):
+            if template.id == template_id:
+                return template
+    raise TemplateError(f"no template with id {template_id!r}")
+
+
+def choose_template(task: str, lang: str, record_id: str, seed: int) -> InstructionTemplate:
+    """A template drawn uniformly for this record, the same on every run with the same seed."""
+    pool = [t for t in load_task_templates(task) if t.lang == lang]
+    if not pool:
+        raise TemplateError(f"no {lang!r} templates for task {task!r}")
+    digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
+    return pool[int.from_bytes(digest[:8], "big") % len(pool)]

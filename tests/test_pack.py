@@ -1,0 +1,89 @@
+"""Tokenizing in the chat format and packing into fixed-length sequences."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.pack import assign_bins, build_sequences, fill_stats
+from pipelines.tokenize import IGNORE, Encoder
+from pipelines.tokenizer_training import train_bpe
+from templates.chat import get_chat_format
+
+FORMAT = get_chat_format("llava_v1")
+TEXTS = ["Two red circles and a blue square on a white background.", "白色背景上有两个红色圆形。",
+         "What color is the triangle?", "How many circles are there?", "red", "2"] * 40
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return train_bpe(FORMAT.strings() + TEXTS, 500, tmp_path_factory.mktemp("tok"))
+
+
+def conversation(question="What color is the triangle?", answer="red"):
+    return [{"role": "user", "content": f"<image>\n{question}"}, {"role": "assistant", "content": answer}]
+
+
+def test_image_expands_to_the_architectures_visual_token_count(tokenizer):
+    for visual_tokens in (32, 64, 576):
+        ids, labels, images = Encoder(tokenizer, FORMAT, visual_tokens).encode(conversation())
+        image_id = tokenizer.token_to_id("<image>")
+        assert images == 1 and int((ids == image_id).sum()) == visual_tokens
+        assert np.all(labels[ids == image_id] == IGNORE)
+
+
+def test_loss_only_on_the_assistant_answer_and_its_end(tokenizer):
+    ids, labels, _ = Encoder(tokenizer, FORMAT, 8).encode(conversation(answer="red"))
+    trained = [int(t) for t, l in zip(ids, labels) if l != IGNORE]
+    assert tokenizer.decode(trained, skip_special_tokens=False) == " red</s>"
+    assert labels[0] == IGNORE
+
+
+def test_loss_on_all_text_still_skips_images(tokenizer):
+    ids, labels, _ = Encoder(tokenizer, FORMAT, 8, loss_on="all").encode(conversation())
+    image_id = tokenizer.token_to_id("<image>")
+    assert np.all((labels == IGNORE) == ((ids == image_id) | (np.arange(len(ids)) == 0)))
+
+
+def test_prompt_ids_are_a_prefix_of_the_training_ids(tokenizer):
+    encoder = Encoder(tokenizer, FORMAT, 8)
+    full, _, _ = encoder.encode(conversation())
+    prompt = encoder.encode_prompt(conversation()[:1])
+    assert np.array_equal(full[: len(prompt)], prompt)
+
+
+def test_assign_bins_respects_capacity_and_places_every_sample():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 2049, size=5000)
+    bins = assign_bins(lengths, 2048)
+    assert bins.shape == lengths.shape and bins.min() == 0
+    assert np.bincount(bins, weights=lengths).max() <= 2048
+    assert set(np.unique(bins)) == set(range(bins.max() + 1))
+
+
+def test_assign_bins_is_deterministic_and_near_the_lower_bound():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(100, 400, size=10000)
+    bins = assign_bins(lengths, 2048)
+    assert np.array_equal(bins, assign_bins(lengths, 2048))
+    stats = fill_stats(lengths, bins.max() + 1, 2048)
+    assert stats["sequences"] <= stats["lower_bound_sequences"] * 1.01
+
+
+def test_assign_bins_refuses_lengths_beyond_the_sequence():
+    with pytest.raises(ValueError, match=r"\[1, 16\]"):
+        assign_bins(np.array([3, 17]), 16)
+
+
+def test_packed_rows_concatenate_samples_with_their_segment_lengths(tokenizer):
+    encoder = Encoder(tokenizer, FORMAT, 4)
+    samples = []
+    for i, (q, a) in enumerate([("What color is the triangle?", "red"), ("How many circles are there?", "2")]):
+        ids, labels, _ = encoder.encode(conversation(q, a))
+        samples.append({"input_ids": ids, "labels": labels, "images": [{"path": f"{i}.jpg"}], "task": "vqa", "id": str(i)})
+    table = build_sequences(samples, np.array([0, 0]))
+    row = table.to_pylist()[0]
+    assert row["segment_lengths"] == [len(s["input_ids"]) for s in samples]
+    assert row["input_ids"] == [int(t) for s in samples for t in s["input_ids"]]
+    assert [im["path"] for im in row["images"]] == ["0.jpg", "1.jpg"]
+    # the first token of the second segment is never a target: nothing is predicted across samples
+    assert row["labels"][row["segment_lengths"][0]] == IGNORE
