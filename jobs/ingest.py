@@ -45,7 +45,7 @@ DEFAULTS = {
 }
 DROPPED_SCHEMA = pa.schema(
     [("row_id", pa.string()), ("source", pa.string()), ("url", pa.string()), ("caption", pa.string()),
-     ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+     ("key", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
 )
 
 
@@ -155,6 +155,7 @@ def _refuse_unfetchable(rows: pa.Table, allow_private_network: bool) -> tuple[pa
     refused = pa.array([r is not None for r in reasons])
     fetch = rows.filter(pa.compute.invert(refused))
     bad = rows.filter(refused)
+    bad = bad.append_column("key", pa.array([None] * bad.num_rows, pa.string()))
     bad = bad.append_column("stage", pa.array(["validate"] * bad.num_rows, pa.string()))
     bad = bad.append_column("reason", pa.array([r for r in reasons if r], pa.string()))
     bad = bad.append_column("detail", pa.array([None] * bad.num_rows, pa.string()))
@@ -208,7 +209,8 @@ def _failed_downloads(statuses: pa.Table) -> pa.Table:
                zip(failed["status"].to_pylist(), failed["error_message"].to_pylist())]
     return pa.table({
         "row_id": failed["row_id"], "source": failed["source"], "url": failed["url"],
-        "caption": failed["caption"], "stage": pa.array(["download"] * failed.num_rows, pa.string()),
+        "caption": failed["caption"], "key": failed["key"],
+        "stage": pa.array(["download"] * failed.num_rows, pa.string()),
         "reason": pa.array(reasons, pa.string()), "detail": failed["error_message"],
     })
 
@@ -265,7 +267,7 @@ def _filter_drops(samples: pl.DataFrame) -> pa.Table:
         + pl.col("lang_confidence").round(3).cast(pl.String) + pl.lit(")")
     ).otherwise(None)
     return samples.select(
-        "row_id", "source", "url", "caption", pl.lit("filter").alias("stage"),
+        "row_id", "source", "url", "caption", "key", pl.lit("filter").alias("stage"),
         pl.col("drop_reason").alias("reason"), detail.alias("detail"),
     ).to_arrow()
 
