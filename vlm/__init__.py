@@ -1,1 +1,32 @@
-"""vlm"""
+"""Loom's models: architecture presets, the VLM, its staged trainer and VQA evaluation.
+
+Presets import instantly; the model, data, training and evaluation names load
+torch and transformers on first use, so `vlm.stages(name)` stays cheap for a
+config checker.
+"""
+
+from .presets import GROUPS, PRESETS, Preset, Stage, get_preset, stages
+
+_LAZY = {
+    "VisionLanguageModel": "model",
+    "build_model": "model",
+    "count_parameters": "model",
+    "PackedDataset": "data",
+    "DataPosition": "data",
+    "ImageProcessor": "images",
+    "TrainConfig": "train",
+    "train_stage": "train",
+    "load_model": "train",
+    "answer_questions": "evaluate",
+    "vqa_accuracy": "evaluate",
+}
+
+__all__ = ["GROUPS", "PRESETS", "Preset", "Stage", "get_preset", "stages", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'vlm' has no attribute {name!r}")

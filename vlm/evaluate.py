@@ -1,0 +1,217 @@
+"""Greedy visual question answering and VQA accuracy.
+
+Generation is batched with left padding and a KV cache. The mask is the same
+document-id mask training uses: left padding is a document of its own, so a
+padding query still sees itself (no fully masked rows, no NaNs) and real
+tokens never see padding.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from .images import ImageProcessor
+from .model import VisionLanguageModel, build_attention_mask
+
+PADDING, PROMPT = 0, 1  # document ids during generation
+
+
+def _prompt_ids(tokenizer, prompt: str, image_token_id: int, visual_tokens: int) -> list[int]:
+    """Token ids of a formatted prompt with its single <image> expanded to visual_tokens ids."""
+    # The chat format already wrote any <s>/</s> it wants: the tokenizer must not add its own.
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    count = ids.count(image_token_id)
+    if count != 1:
+        raise ValueError(f"prompt {prompt[:80]!r}...: holds {count} image tokens (id {image_token_id}); expected exactly 1")
+    at = ids.index(image_token_id)
+    return ids[:at] + [image_token_id] * visual_tokens + ids[at + 1:]
+
+
+def _eos_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is not None:
+        return int(tokenizer.eos_token_id)
+    eos = tokenizer.convert_tokens_to_ids("</s>")
+    if eos is None or eos == tokenizer.unk_token_id:
+        raise ValueError("tokenizer has no eos token and no '</s>' in its vocabulary; generation could not stop")
+    return int(eos)
+
+
+@torch.no_grad()
+def generate_greedy(
+    model: VisionLanguageModel,
+    prompts: Sequence[list[int]],
+    pixel_values: torch.Tensor | None,
+    eos_token_id: int,
+    pad_token_id: int,
+    max_new_tokens: int = 8,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """Greedy continuations (eos excluded) of token-id prompts, left-padded into one batch."""
+    if model.attn_implementation == "flex_attention":
+        # One-token decode steps gain nothing from flex_attention, and torch 2.13's CPU flex kernel
+        # fails to compile them; sdpa computes the same attention from the same document ids.
+        model.set_attention("sdpa")
+        try:
+            return generate_greedy(model, prompts, pixel_values, eos_token_id, pad_token_id, max_new_tokens, use_cache)
+        finally:
+            model.set_attention("flex_attention")
+    device = next(model.parameters()).device
+    batch, length = len(prompts), max(len(p) for p in prompts)
+    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long, device=device)
+    document_ids = torch.full((batch, length), PADDING, dtype=torch.long, device=device)
+    for b, ids in enumerate(prompts):
+        input_ids[b, length - len(ids):] = torch.tensor(ids, device=device)
+        document_ids[b, length - len(ids):] = PROMPT
+    # Positions count real tokens only, so a left-padded prompt is encoded exactly as alone.
+    positions = (document_ids == PROMPT).long().cumsum(-1).sub(1).clamp(min=0)  # (B, L)
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    mode = model.attn_implementation
+    cache = DynamicCache(config=model.language_model.config) if use_cache else None
+    with autocast:
+        output = model(
+            input_ids, pixel_values, position_ids=positions, document_ids=document_ids, cache=cache,
+            attention_mask=build_attention_mask(document_ids, document_ids, mode), logits_to_keep=1,
+        )
+    generated = [[] for _ in range(batch)]
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        logits = output.logits[:, -1]  # (B, V)
+        # <image> is an input placeholder, never an answer (and fed back it would ask for pixels).
+        logits[:, model.image_token_id] = float("-inf")
+        next_token = logits.argmax(-1)  # (B,)
+        for b, token in enumerate(next_token.tolist()):
+            if not finished[b] and token != eos_token_id:
+                generated[b].append(token)
+        finished |= next_token == eos_token_id
+        if bool(finished.all()):
+            break
+        next_position = positions[:, -1:] + 1  # (B, 1)
+        positions = torch.cat([positions, next_position], dim=1)
+        document_ids = torch.cat([document_ids, torch.full_like(next_position, PROMPT)], dim=1)
+        if use_cache:
+            step_ids = next_token[:, None]  # (B, 1): only the new token, earlier keys come from the cache
+            mask = build_attention_mask(document_ids[:, -1:], document_ids, mode, query_offset=document_ids.shape[1] - 1)
+            with autocast:
+                output = model(step_ids, None, position_ids=next_position, document_ids=document_ids[:, -1:],
+                               cache=output.cache, attention_mask=mask, logits_to_keep=1)
+        else:
+            # Recompute the whole sequence: slow, the reference the cached path must agree with.
+            input_ids = torch.cat([input_ids, next_token[:, None]], dim=1)
+            with autocast:
+                output = model(input_ids, pixel_values, position_ids=positions, document_ids=document_ids,
+                               attention_mask=build_attention_mask(document_ids, document_ids, mode), logits_to_keep=1)
+    return generated
+
+
+def answer_questions(
+    model: VisionLanguageModel,
+    tokenizer,
+    items: Sequence[dict[str, Any]],
+    prompt_fn: Callable[[dict[str, Any]], str] | None = None,
+    max_new_tokens: int = 8,
+    batch_size: int = 8,
+    use_cache: bool = True,
+    image_root: str | Path | None = None,
+) -> list[str]:
+    """Greedy answers to visual questions, one string per item.
+
+    Each item has an `image` (a reference: shard+key, path, or a PIL image) and either a
+    `prompt` already in the model's chat format with one `<image>`, or whatever
+    `prompt_fn(item)` needs to write that prompt.
+    """
+    was_training = model.training
+    model.eval()
+    images = ImageProcessor(model.preset, root=image_root)
+    eos = _eos_id(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.pad_token_id
+    device = next(model.parameters()).device
+    answers: list[str] = []
+    try:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start: start + batch_size]
+            prompts = [
+                _prompt_ids(tokenizer, prompt_fn(item) if prompt_fn else item["prompt"], model.image_token_id, model.visual_tokens)
+                for item in chunk
+            ]
+            pixel_values = images.stack([item["image"] for item in chunk]).to(device)  # (B, 3, H, W)
+            continuations = generate_greedy(model, prompts, pixel_values, eos, pad, max_new_tokens, use_cache)
+            answers.extend(tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in continuations)
+    finally:
+        model.train(was_training)
+    return answers
+
+
+# ---------------------------------------------------------------------------------------------
+# VQA accuracy (normalisation after the official VQA evaluation script)
+# ---------------------------------------------------------------------------------------------
+
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+_ARTICLES = {"a", "an", "the"}
+_CONTRACTIONS = {
+    "dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent": "aren't", "cant": "can't",
+    "wont": "won't", "didnt": "didn't", "wasnt": "wasn't", "werent": "weren't", "hasnt": "hasn't",
+    "havent": "haven't", "couldnt": "couldn't", "shouldnt": "shouldn't", "wouldnt": "wouldn't",
+    "thats": "that's", "whats": "what's", "its": "it's", "im": "i'm", "youre": "you're",
+}
+_PUNCTUATION = ";/[]\"{}()=+\\_-><@`,?!*#%^&$"
+# A period is punctuation unless a digit follows ("2.5" stays, "yes." loses it).
+_PERIOD = re.compile(r"\.(?!\d)")
+_COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
+
+
+def normalize_answer(answer: str) -> str:
+    """VQA-style canonical form: lowercase, no punctuation or articles, number words as digits."""
+    text = answer.replace("\n", " ").replace("\t", " ").strip().lower()
+    text = _COMMA_IN_NUMBER.sub(r"\1\3", text)
+    for p in _PUNCTUATION:
+        # As the official script: a mark touching a space vanishes ("yes !"), one inside a
+        # word separates it ("t-shirt" -> "t shirt").
+        text = text.replace(p, "" if (p + " " in text or " " + p in text) else " ")
+    text = _PERIOD.sub("", text)
+    words = []
+    for word in text.split():
+        word = _NUMBER_WORDS.get(word, word)
+        if word in _ARTICLES:
+            continue
+        words.append(_CONTRACTIONS.get(word, word))
+    return " ".join(words)
+
+
+def vqa_accuracy(predictions: Sequence[str], answers_lists: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Exact-match accuracy, and the official VQA accuracy where an item has 10 human answers.
+
+    exact_match: the normalised prediction equals any normalised reference answer.
+    vqa: per item with >= 10 answers, the official leave-one-annotator-out average of
+    min(#matching others / 3, 1) (so 3 of 10 humans agreeing scores 0.9, 4 or more 1.0);
+    items with fewer answers count their exact match. Both are means over items.
+    """
+    if len(predictions) != len(answers_lists):
+        raise ValueError(f"{len(predictions)} predictions but {len(answers_lists)} answer lists")
+    if not predictions:
+        return {"exact_match": 0.0, "vqa": 0.0, "count": 0}
+    exact, vqa = 0.0, 0.0
+    for prediction, answers in zip(predictions, answers_lists):
+        guess = normalize_answer(prediction)
+        truths = [normalize_answer(a) for a in answers]
+        hit = float(guess in truths)
+        exact += hit
+        if len(truths) >= 10:
+            scores = []
+            for left_out in range(len(truths)):
+                matches = sum(1 for i, t in enumerate(truths) if i != left_out and t == guess)
+                scores.append(min(matches / 3.0, 1.0))
+            vqa += sum(scores) / len(scores)
+        else:
+            vqa += hit
+    n = len(predictions)
+    return {"exact_match": exact / n, "vqa": vqa / n, "count": n}

@@ -1,0 +1,365 @@
+"""LLaVA-1.5 as three slots: a CLIP vision tower, a 2-layer MLP connector, a Llama LLM.
+
+Read top to bottom: how packed rows become attention masks, the projector, the
+model (image features scattered into token embeddings, per-token loss), and the
+builders. Packed rows hold several samples; attention is causal *and*
+block-diagonal per sample, which this module enforces with an explicit mask
+built from document ids rather than leaving it to transformers' inference from
+position_ids (that inference is silently skipped whenever a KV cache object
+exists, which LlamaModel creates by default when `use_cache` is not False).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+from .presets import GROUPS, Preset, get_preset
+
+ATTENTION_MODES = ("sdpa", "eager", "flex_attention")
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed rows → document ids, positions and the block-diagonal causal mask
+# ---------------------------------------------------------------------------------------------
+
+def document_ids_from_segments(
+    segment_lengths: Sequence[Sequence[int]] | torch.Tensor, length: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """(B, L) segment index of every position; a row's tail beyond its segments is one more segment (padding)."""
+    rows = segment_lengths.tolist() if isinstance(segment_lengths, torch.Tensor) else segment_lengths
+    document_ids = torch.empty(len(rows), length, dtype=torch.long)
+    for b, lengths in enumerate(rows):
+        lengths = [int(n) for n in lengths if int(n) > 0]
+        total = sum(lengths)
+        if total > length:
+            raise ValueError(f"row {b}: segment_lengths sum to {total}, more than the {length} positions in input_ids")
+        if total < length:
+            lengths.append(length - total)
+        document_ids[b] = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    return document_ids.to(device) if device is not None else document_ids
+
+
+def positions_from_document_ids(document_ids: torch.Tensor) -> torch.Tensor:
+    """(B, L) position of every token inside its own segment: restarts at 0 at each segment start."""
+    index = torch.arange(document_ids.shape[1], device=document_ids.device).expand_as(document_ids)
+    is_start = torch.ones_like(document_ids, dtype=torch.bool)
+    is_start[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    segment_start = torch.where(is_start, index, torch.zeros_like(index)).cummax(dim=-1).values
+    return index - segment_start
+
+
+def shifted_targets(labels: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
+    """(B, L-1) the label each position predicts; -100 across a segment boundary.
+
+    Labels are unshifted (token t predicts label t+1). A boundary is masked even if a
+    packer forgot to mask a segment's first token: nothing is predicted across samples.
+    """
+    targets = labels[:, 1:].clone()
+    targets[document_ids[:, 1:] != document_ids[:, :-1]] = -100
+    return targets
+
+
+def build_attention_mask(
+    query_document_ids: torch.Tensor,
+    key_document_ids: torch.Tensor,
+    mode: str = "sdpa",
+    query_offset: int = 0,
+):
+    """The causal, block-diagonal mask in the form attention `mode` expects.
+
+    Query i (absolute index i + query_offset in the key sequence) sees key j iff both are
+    in the same document and j <= i. Every query sees at least itself, so no row is
+    fully masked (which would give NaNs). sdpa gets a (B, 1, Lq, Lk) bool tensor, eager
+    an additive float tensor (eager *adds* the mask, so a bool one would be silently
+    wrong), flex_attention a BlockMask built once per batch and shared by all layers.
+    """
+    batch, q_len = query_document_ids.shape
+    k_len = key_document_ids.shape[1]
+    device = query_document_ids.device
+    if mode == "flex_attention":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def document_causal(b, h, q, k):
+            return (query_document_ids[b, q] == key_document_ids[b, k]) & (k <= q + query_offset)
+
+        return create_block_mask(document_causal, batch, None, q_len, k_len, device=device)
+    q_index = torch.arange(q_len, device=device) + query_offset
+    k_index = torch.arange(k_len, device=device)
+    allowed = (query_document_ids[:, :, None] == key_document_ids[:, None, :]) & (
+        k_index[None, None, :] <= q_index[None, :, None]
+    )  # (B, Lq, Lk)
+    allowed = allowed[:, None]  # (B, 1, Lq, Lk): one mask for all heads
+    if mode == "sdpa":
+        return allowed
+    if mode == "eager":
+        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    raise ValueError(f"attention mode {mode!r} is not one of {ATTENTION_MODES}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Connector
+# ---------------------------------------------------------------------------------------------
+
+class MultiModalProjector(nn.Module):
+    """LLaVA-1.5's `mlp2x_gelu`: vision features into the LLM's embedding space."""
+
+    def __init__(self, vision_hidden_size: int, llm_hidden_size: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(vision_hidden_size, llm_hidden_size)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(llm_hidden_size, llm_hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class VLMOutput:
+    """What a forward pass returns: loss (per-token mean), logits, supervised token count, cache."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor | None
+    num_tokens: int
+    cache: Any = None
+
+
+class VisionLanguageModel(nn.Module):
+    """A CLIP vision tower, an MLP projector and a Llama LLM, trained on packed multimodal rows."""
+
+    def __init__(
+        self,
+        preset: Preset,
+        vision_config: dict[str, Any],
+        llm_config: dict[str, Any],
+        image_token_id: int,
+        pad_token_id: int,
+        attn_implementation: str = "sdpa",
+    ):
+        super().__init__()
+        if preset.projector != "mlp2x_gelu":
+            raise ValueError(f"preset {preset.name!r}: projector {preset.projector!r} is not supported; use 'mlp2x_gelu'")
+        self.preset = preset
+        self.vision_config = dict(vision_config)
+        self.llm_config = dict(llm_config)
+        self.image_token_id = int(image_token_id)
+        self.pad_token_id = int(pad_token_id)
+        self.vision_feature_layer = preset.vision_feature_layer
+        self.visual_tokens = preset.visual_tokens
+
+        self.vision_tower = CLIPVisionModel(CLIPVisionConfig(**self.vision_config))
+        self.multi_modal_projector = MultiModalProjector(
+            self.vision_config["hidden_size"], self.llm_config["hidden_size"]
+        )
+        self.language_model = LlamaForCausalLM(LlamaConfig(**self.llm_config))
+        self.attn_implementation = "sdpa"
+        self.set_attention(attn_implementation)
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def set_attention(self, mode: str) -> None:
+        """Selects the LLM's attention kernel; the mask form follows (see build_attention_mask)."""
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention mode {mode!r} is not one of {ATTENTION_MODES}")
+        self.language_model.set_attn_implementation(mode)
+        self.attn_implementation = mode
+
+    @property
+    def groups(self) -> dict[str, nn.Module]:
+        """The three slots a training stage can unfreeze, by group name."""
+        return {"vision": self.vision_tower, "connector": self.multi_modal_projector, "llm": self.language_model}
+
+    @property
+    def trainable_groups(self) -> list[str]:
+        """Names of the groups whose parameters currently require gradients."""
+        return [name for name, module in self.groups.items() if any(p.requires_grad for p in module.parameters())]
+
+    def set_trainable(self, groups: Iterable[str]) -> None:
+        """Unfreezes exactly `groups`; every other parameter gets requires_grad=False."""
+        groups = set(groups)
+        unknown = groups - set(GROUPS)
+        if unknown:
+            raise ValueError(f"unknown parameter groups {sorted(unknown)}; choose from {list(GROUPS)}")
+        for name, module in self.groups.items():
+            module.requires_grad_(name in groups)
+
+    def parameter_groups(self, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        """Optimizer parameter groups, one per trainable slot, frozen parameters left out."""
+        return [
+            {"name": name, "params": [p for p in module.parameters() if p.requires_grad], "weight_decay": weight_decay}
+            for name, module in self.groups.items()
+            if any(p.requires_grad for p in module.parameters())
+        ]
+
+    def enable_activation_checkpointing(self) -> None:
+        """Recomputes layer activations in the backward pass: less memory, ~30% more compute."""
+        self.language_model.activation_checkpointing_enable()
+        self.vision_tower.activation_checkpointing_enable()
+
+    def config_dict(self) -> dict[str, Any]:
+        """Everything `from_config_dict` needs to rebuild this model (weights aside)."""
+        return {
+            "preset_name": self.preset.name,
+            "preset": self.preset.to_dict(),
+            "vision_config": self.vision_config,
+            "llm_config": self.llm_config,
+            "image_token_id": self.image_token_id,
+            "pad_token_id": self.pad_token_id,
+            "attn_implementation": self.attn_implementation,
+        }
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any], attn_implementation: str | None = None) -> "VisionLanguageModel":
+        return cls(
+            Preset.from_dict(config["preset"]),
+            config["vision_config"],
+            config["llm_config"],
+            image_token_id=config["image_token_id"],
+            pad_token_id=config["pad_token_id"],
+            attn_implementation=attn_implementation or config.get("attn_implementation", "sdpa"),
+        )
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, visual_tokens, D_llm) LLM-space features of N images."""
+        vision_learns = any(p.requires_grad for p in self.vision_tower.parameters())
+        # A frozen tower needs no autograd graph: this is most of the memory of stage 1.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and vision_learns):
+            pixel_values = pixel_values.to(self.vision_tower.dtype)
+            hidden_states = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+            features = hidden_states[self.vision_feature_layer][:, 1:]  # (N, P, Dv): CLS dropped
+        return self.multi_modal_projector(features)  # (N, P, D)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """(B, L, D) token embeddings with image features written over the image-token positions."""
+        inputs_embeds = self.language_model.get_input_embeddings()(input_ids)  # (B, L, D)
+        is_image = input_ids == self.image_token_id  # (B, L)
+        found = int(is_image.sum())
+        images = 0 if pixel_values is None else pixel_values.shape[0]
+        if found != images * self.visual_tokens:
+            raise ValueError(
+                f"input_ids hold {found} image-token positions (id {self.image_token_id}) but {images} images give "
+                f"{images} x {self.visual_tokens} = {images * self.visual_tokens} visual tokens; every image must be "
+                f"expanded to exactly {self.visual_tokens} consecutive image tokens (preset {self.preset.name!r}) and "
+                f"pixel_values must hold one image per expansion, in order of appearance"
+            )
+        if images == 0:
+            return inputs_embeds
+        features = self.image_features(pixel_values).to(inputs_embeds.dtype)  # (N, P, D)
+        # masked_scatter fills positions in row-major order: row 0 left to right, then row 1,
+        # which is exactly the order the images were stacked in.
+        return inputs_embeds.masked_scatter(is_image.unsqueeze(-1).expand_as(inputs_embeds), features)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        segment_lengths: Sequence[Sequence[int]] | torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        attention_mask: Any = None,
+        cache: Any = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        return_logits: bool = True,
+        logits_to_keep: int = 0,
+    ) -> VLMOutput:
+        """Logits and/or loss of packed rows.
+
+        input_ids (B, L); pixel_values (N, 3, H, W) for the N images in order of appearance;
+        segment_lengths or document_ids (B, L) say where samples start, so attention stays
+        inside a sample and positions restart. Loss is the mean over all supervised tokens
+        in the batch, or sum / num_items_in_batch when the caller accumulates several
+        micro-batches into one step, so packing changes speed, never the objective.
+        `attention_mask` and `cache` are for generation, which manages its own mask.
+        """
+        length = input_ids.shape[1]
+        if document_ids is None:
+            if segment_lengths is not None:
+                document_ids = document_ids_from_segments(segment_lengths, length, input_ids.device)
+            else:
+                document_ids = torch.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = positions_from_document_ids(document_ids)
+        if attention_mask is None:
+            attention_mask = build_attention_mask(document_ids, document_ids, self.attn_implementation)
+
+        inputs_embeds = self.embed(input_ids, pixel_values)  # (B, L, D)
+        outputs = self.language_model.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        hidden = outputs.last_hidden_state  # (B, L, D)
+        lm_head = self.language_model.get_output_embeddings()
+
+        loss, num_tokens = None, 0
+        if labels is not None:
+            targets = shifted_targets(labels, document_ids)  # (B, L-1)
+            supervised = targets != -100  # (B, L-1)
+            num_tokens = int(supervised.sum())
+            # Only supervised positions go through the LM head: prompts and images are most of a row.
+            logits_supervised = lm_head(hidden[:, :-1][supervised]).float()  # (T, V)
+            loss_sum = F.cross_entropy(logits_supervised, targets[supervised], reduction="sum")
+            denominator = num_items_in_batch if num_items_in_batch is not None else max(num_tokens, 1)
+            loss = loss_sum / denominator
+
+        logits = None
+        if return_logits:
+            kept = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+            logits = lm_head(kept).float()  # (B, L or logits_to_keep, V)
+        return VLMOutput(loss=loss, logits=logits, num_tokens=num_tokens, cache=outputs.cache)
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders
+# ---------------------------------------------------------------------------------------------
+
+def build_model(
+    preset: Preset | str,
+    vocab_size: int | None,
+    image_token_id: int,
+    pad_token_id: int,
+    attn_implementation: str = "sdpa",
+    seed: int | None = 0,
+) -> VisionLanguageModel:
+    """A randomly initialised VLM of `preset`, its vocabulary sized for the tokenizer.
+
+    vocab_size None keeps the preset's; `<image>` must be a token of the vocabulary, as
+    its embedding row is where image features are written.
+
+    Published sizes allocate real memory (7B parameters for llava-1.5); wrap the call
+    in `with torch.device("meta"):` to inspect one without allocating.
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    llm_config = dict(preset.llm, pad_token_id=pad_token_id)
+    if vocab_size is not None:
+        llm_config["vocab_size"] = int(vocab_size)
+    if not 0 <= image_token_id < llm_config["vocab_size"]:
+        raise ValueError(f"image_token_id {image_token_id} is outside the vocabulary of {llm_config['vocab_size']}")
+    # Seeded without disturbing the caller's RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return VisionLanguageModel(
+            preset, preset.vision, llm_config, image_token_id, pad_token_id, attn_implementation=attn_implementation
+        )
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter counts per slot and in total."""
+    counts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.groups.items()}
+    counts["total"] = sum(counts.values())
+    return counts

@@ -1,0 +1,334 @@
+"""The staged training recipe: one stage of one preset, from packed shards to a checkpoint.
+
+Read it end to end: setup (device, frozen groups, data, optimizer, schedule),
+resume or initialise, the loop (accumulate, clip, step, log, checkpoint), and
+the end-of-stage marker. A stage is only "which groups are trainable, at which
+learning rate, on which data": the loop is the same for every stage.
+
+`out_dir/` after a stage:
+  log.jsonl                 one line per optimizer step: step, loss, lr, tokens, ...
+  checkpoint/               model.safetensors, config.json, optimizer.pt, scheduler.pt,
+                            rng.pt, trainer_state.json (step, data position), tokenizer/
+  stage_complete.json       the summary; its presence makes a re-run skip the stage
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import DataPosition, PackedDataset
+from .model import VisionLanguageModel
+from .presets import Stage
+
+CHECKPOINT = "checkpoint"
+COMPLETE = "stage_complete.json"
+LOG = "log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """How to run a stage on this machine; None means "the stage's own value"."""
+
+    batch_size: int = 1  # packed rows per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float | None = None
+    epochs: int | None = None
+    max_steps: int | None = None  # overrides epochs; the schedule spans exactly this many steps
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 0  # steps; 0 = only at the end
+    activation_checkpointing: bool = False
+    compile: bool = False
+    device: str | None = None  # default: cuda when available
+    init_from: str | None = None  # a previous stage's out_dir or checkpoint dir
+    progress: bool = True
+    tensorboard: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule
+# ---------------------------------------------------------------------------------------------
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """LR multiplier: linear warmup to 1 (never 0 at step 0), then cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """The checkpoint folder inside a stage's out_dir, or `path` itself if it is one."""
+    path = Path(path)
+    for candidate in (path, path / CHECKPOINT):
+        if (candidate / "model.safetensors").exists() and (candidate / "config.json").exists():
+            return candidate
+    raise FileNotFoundError(f"{path}: no checkpoint (model.safetensors + config.json) here or in {path / CHECKPOINT}")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", attn_implementation: str | None = None) -> VisionLanguageModel:
+    """Rebuilds a model from a checkpoint's config.json and model.safetensors."""
+    folder = checkpoint_dir(path)
+    config = json.loads((folder / "config.json").read_text())
+    model = VisionLanguageModel.from_config_dict(config["model"], attn_implementation=attn_implementation)
+    model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    return model.to(device)
+
+
+def _save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: dict, tokenizer_dir: Path | None) -> Path:
+    """Writes a full checkpoint to a temporary folder, then swaps it in by renaming."""
+    final = out_dir / CHECKPOINT
+    tmp = out_dir / f"{CHECKPOINT}.tmp"
+    old = out_dir / f"{CHECKPOINT}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(weights, tmp / "model.safetensors")
+    (tmp / "config.json").write_text(json.dumps({"model": model.config_dict(), "stage": state["stage"]}, indent=2))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(_rng_states(), tmp / "rng.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    if tokenizer_dir is not None and tokenizer_dir.is_dir():
+        shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+    # A reader sees either the previous complete checkpoint or the new one, never a half-written one.
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _find_resumable(out_dir: Path) -> Path | None:
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):  # .old survives a crash between the two renames
+        folder = out_dir / name
+        if (folder / "trainer_state.json").exists():
+            return folder
+    return None
+
+
+def _rng_states() -> dict[str, Any]:
+    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------------------------
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drops log lines after the checkpoint being resumed: those steps will run again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_log(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of a stage's log.jsonl, in step order."""
+    path = Path(out_dir) / LOG
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional; log.jsonl is the record
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------------
+
+def train_stage(
+    model: VisionLanguageModel,
+    stage: Stage,
+    pack_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+) -> dict[str, Any]:
+    """Trains `stage` of `model` on the packed shards in `pack_dir`; resumable, skipped once complete."""
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pack_dir = Path(pack_dir)
+
+    complete = out_dir / COMPLETE
+    if complete.exists():
+        # Leave the caller's model as the stage left it, so chained stages see trained weights.
+        model.load_state_dict(load_file(checkpoint_dir(out_dir) / "model.safetensors"), strict=True)
+        return json.loads(complete.read_text())
+
+    # -- setup -----------------------------------------------------------------------------------
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    model.set_trainable(stage.trainable)
+    if config.activation_checkpointing:
+        model.enable_activation_checkpointing()
+    model.train()
+
+    dataset = PackedDataset(pack_dir, batch_size=config.batch_size, seed=config.seed, preset=model.preset)
+    epochs = config.epochs if config.epochs is not None else stage.epochs
+    total_steps = config.max_steps or stage.max_steps or math.ceil(epochs * dataset.batches_per_epoch / config.grad_accum)
+    warmup_ratio = config.warmup_ratio if config.warmup_ratio is not None else stage.warmup_ratio
+    warmup_steps = math.ceil(total_steps * warmup_ratio)
+    lr = config.lr if config.lr is not None else stage.lr
+    weight_decay = config.weight_decay if config.weight_decay is not None else stage.weight_decay
+
+    optimizer = torch.optim.AdamW(
+        model.parameter_groups(weight_decay), lr=lr, betas=config.betas, fused=device.type == "cuda"
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+
+    # -- resume, or start from the previous stage ----------------------------------------------
+    step, tokens, position = 0, 0, DataPosition()
+    resumable = _find_resumable(out_dir)
+    if resumable is not None:
+        state = json.loads((resumable / "trainer_state.json").read_text())
+        for key in ("batch_size", "grad_accum", "seed"):  # these decide which rows each step sees
+            if state["config"][key] != getattr(config, key):
+                raise ValueError(
+                    f"{resumable}: saved with {key}={state['config'][key]}, resumed with {key}={getattr(config, key)}; "
+                    f"the data position would point at different rows. Resume with the same {key} or use a new out_dir"
+                )
+        model.load_state_dict(load_file(resumable / "model.safetensors"), strict=True)
+        optimizer.load_state_dict(torch.load(resumable / "optimizer.pt", map_location=device))
+        scheduler.load_state_dict(torch.load(resumable / "scheduler.pt"))
+        _restore_rng(torch.load(resumable / "rng.pt", weights_only=False))
+        step, tokens, position = state["step"], state["tokens"], DataPosition(**state["position"])
+        _truncate_log(out_dir / LOG, step)
+    else:
+        if config.init_from:
+            source = checkpoint_dir(config.init_from)
+            model.load_state_dict(load_file(source / "model.safetensors"), strict=True)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        (out_dir / LOG).unlink(missing_ok=True)
+    resumed_from = step
+
+    if config.compile:
+        # Compile the two towers in place (state-dict keys unchanged); the glue between them
+        # (image-count check, scatter, loss on supervised positions) is data-dependent and
+        # stays eager rather than breaking the graph.
+        model.vision_tower.compile()
+        model.language_model.model.compile()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    writer = _tensorboard(out_dir) if config.tensorboard else None
+    tokenizer_dir = pack_dir / "tokenizer"
+
+    def state_now() -> dict[str, Any]:
+        return {
+            "stage": stage.name, "step": step, "total_steps": total_steps, "tokens": tokens,
+            "position": asdict(position), "seed": config.seed, "pack_dir": str(pack_dir),
+            "config": asdict(config),
+        }
+
+    # -- the loop ----------------------------------------------------------------------------------
+    stream = dataset.batches(start=position)
+    started = time.time()
+    bar = tqdm(total=total_steps, initial=step, desc=f"{model.preset.name}/{stage.name}", disable=not config.progress)
+    while step < total_steps:
+        step_start = time.time()
+        micro_batches = []
+        for _ in range(config.grad_accum):
+            batch, position = next(stream)
+            micro_batches.append(batch)
+        # Normalise by the step's supervised tokens, not per micro-batch: a token weighs the same
+        # whichever micro-batch or packed row it landed in.
+        step_tokens = sum(b.num_tokens for b in micro_batches)
+        loss_value = 0.0
+        for batch in micro_batches:
+            batch = batch.to(device)
+            with autocast:
+                output = model(**batch.model_inputs(), num_items_in_batch=max(step_tokens, 1), return_logits=False)
+            output.loss.backward()
+            loss_value += output.loss.item()
+            tokens += batch.real_tokens
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        current_lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        record = {
+            "step": step, "loss": loss_value, "lr": current_lr, "tokens": tokens,
+            "supervised_tokens": step_tokens, "grad_norm": float(grad_norm), "epoch": position.epoch,
+            "step_s": round(time.time() - step_start, 4),
+        }
+        _append_log(out_dir / LOG, record)
+        if writer is not None:
+            writer.add_scalar("train/loss", loss_value, step)
+            writer.add_scalar("train/lr", current_lr, step)
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{current_lr:.2e}")
+        bar.update(1)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+            _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir)
+    bar.close()
+    if writer is not None:
+        writer.close()
+
+    # -- end of stage ------------------------------------------------------------------------------
+    final = _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir)
+    log = read_log(out_dir)
+    summary = {
+        "preset": model.preset.name,
+        "stage": stage.name,
+        "trainable_groups": list(stage.trainable),
+        "trainable_params": sum(p.numel() for p in trainable),
+        "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
+        "steps": step,
+        "resumed_from_step": resumed_from,
+        "first_loss": log[0]["loss"] if log else None,
+        "final_loss": log[-1]["loss"] if log else None,
+        "tokens": tokens,
+        "wall_s": round(time.time() - started, 2),
+        "device": str(device),
+        "checkpoint": str(final),
+    }
+    tmp = complete.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, complete)
+    return summary
