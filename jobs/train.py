@@ -1,0 +1,168 @@
+"""`loom train`: packed sequences → a model trained through its preset's stages, then evaluated."""
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+from jobs.config import ConfigError, require, section
+from pipelines.manifest import StageRecord, is_complete, manifest_hash, read_manifest
+from pipelines.render import read_instructions
+from pipelines.tokenize import Encoder, load_tokenizer
+from templates.chat import get_chat_format
+
+DEFAULTS = {
+    "input": None,  # the pack output folder; default: {out}/pack
+    "seed": 0,
+    "batch_size": 1,  # packed sequences per micro-batch
+    "grad_accum": 1,
+    "checkpoint_every": 0,
+    "device": None,  # default: cuda when available
+    "attention": "sdpa",
+    "stages": {},  # stage name -> overrides: lr, epochs, max_steps, warmup_ratio, weight_decay
+    "evaluate": {},
+}
+STAGE_KEYS = {"lr", "epochs", "max_steps", "warmup_ratio", "weight_decay"}
+EVAL_DEFAULTS = {"datasets": ["vqav2"], "split": "val", "max_new_tokens": 8, "batch_size": 32, "limit": None,
+                 "examples": 12}
+
+
+def train_settings(config: dict, preset) -> dict:
+    cfg = section(config, "train", DEFAULTS)
+    names = [s.name for s in preset.stages]
+    for name, overrides in cfg["stages"].items():
+        require(name in names, f"train.stages.{name}: preset {preset.name} has no such stage; its stages are {names}")
+        unknown = set(overrides or {}) - STAGE_KEYS
+        require(not unknown, f"train.stages.{name}: unknown key(s) {sorted(unknown)}; expected some of {sorted(STAGE_KEYS)}")
+    cfg["evaluate"] = section({"evaluate": cfg["evaluate"]}, "evaluate", EVAL_DEFAULTS)
+    require(cfg["attention"] in ("sdpa", "eager", "flex_attention"),
+            f"train.attention: {cfg['attention']!r}; expected sdpa, eager or flex_attention")
+    return cfg
+
+
+def run_train(config: dict, out: str | Path, log=print) -> dict:
+    """Train every stage of the packed preset (each resumable), evaluate, write `out/train/manifest.json`."""
+    from vlm.presets import get_preset
+
+    pack_dir = Path((config.get("train") or {}).get("input") or Path(out) / "pack")
+    pack_manifest = read_manifest(pack_dir)
+    if pack_manifest is None:
+        raise ConfigError(f"train.input: {pack_dir}: no finished pack output (manifest.json); run `loom pack` first")
+    preset = get_preset(pack_manifest["preset"])
+    cfg = train_settings(config, preset)
+    for stage in preset.stages:
+        if stage.data not in pack_manifest["outputs"]:
+            raise ConfigError(f"stage {stage.name} of {preset.name} trains on pack output {stage.data!r}, which "
+                              f"pack did not write (it wrote {sorted(pack_manifest['outputs'])}); add it to pack.outputs")
+    inputs = {str(pack_dir): manifest_hash(pack_dir)}
+    stage_dir = Path(out) / "train"
+    if is_complete(stage_dir, cfg, inputs):
+        log(f"train: complete in {stage_dir} (same config and inputs); skipped")
+        return read_manifest(stage_dir)
+
+    import torch
+
+    from vlm.model import build_model, count_parameters
+    from vlm.train import TrainConfig, load_model, train_stage
+
+    first_output = pack_dir / preset.stages[0].data
+    packed = json.loads((first_output / "manifest.json").read_text())
+    tokenizer = load_tokenizer(first_output / "tokenizer")
+    record = StageRecord("train", cfg, inputs)
+    model = build_model(preset, tokenizer.get_vocab_size(), packed["image_token_id"], packed["pad_token_id"],
+                        attn_implementation=cfg["attention"], seed=cfg["seed"])
+    log(f"train: {preset.name}, parameters {count_parameters(model)}")
+    summaries, previous = [], None
+    for stage in preset.stages:
+        overrides = cfg["stages"].get(stage.name) or {}
+        train_config = TrainConfig(
+            batch_size=cfg["batch_size"], grad_accum=cfg["grad_accum"], seed=cfg["seed"],
+            checkpoint_every=cfg["checkpoint_every"], device=cfg["device"], init_from=previous, **overrides)
+        out_dir = stage_dir / stage.name
+        summary = train_stage(model, stage, pack_dir / stage.data, out_dir, train_config)
+        curve = [[row["step"], row["loss"]] for row in map(json.loads, (out_dir / "log.jsonl").read_text().splitlines())]
+        summaries.append({**summary, "name": stage.name, "trainable": list(stage.trainable), "data": stage.data,
+                          "steps": len(curve), "final_loss": curve[-1][1] if curve else float("nan"),
+                          "loss_curve": curve})
+        record.rows_in += summary.get("sequences", 0)
+        log(f"train: stage {stage.name} ({', '.join(stage.trainable)}): {len(curve)} steps, "
+            f"loss {curve[0][1]:.3f} → {curve[-1][1]:.3f}")
+        previous = str(out_dir)
+    model = load_model(previous, device=cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
+    encoder = Encoder(tokenizer, get_chat_format(preset.chat_format), preset.visual_tokens)
+    evaluation = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log)
+    record.rows_out = evaluation["questions"] if evaluation else 0
+    record.extra.update(preset=preset.name, stages=summaries, evaluation=evaluation)
+    return record.finish(stage_dir)
+
+
+def _heldout_records(render_dir: Path, settings: dict) -> list[dict]:
+    manifest = read_manifest(render_dir)
+    if manifest is None:
+        return []
+    records = read_instructions([render_dir / f for f in manifest["files"]]).to_pylist()
+    chosen = [r for r in records if r["split"] == settings["split"] and r["task"] == "vqa"
+              and any(r["dataset"].startswith(d) for d in settings["datasets"]) and r["answers"]]
+    return chosen[: settings["limit"]] if settings["limit"] else chosen
+
+
+def _train_answers(render_dir: Path) -> list[dict]:
+    manifest = read_manifest(render_dir)
+    records = read_instructions([render_dir / f for f in manifest["files"]]).to_pylist()
+    return [r for r in records if r["split"] == "train" and r["task"] == "vqa"]
+
+
+def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print) -> dict | None:
+    """Greedy answers to held-out questions, scored against the majority-answer baselines."""
+    import torch
+
+    from vlm.evaluate import generate_greedy, normalize_answer, vqa_accuracy
+    from vlm.images import ImageProcessor
+
+    items = _heldout_records(render_dir, settings)
+    if not items:
+        log("train: no held-out VQA records to evaluate (render a split "
+            f"{settings['split']!r} of {settings['datasets']}); evaluation skipped")
+        return None
+    processor = ImageProcessor(preset)
+    model.eval()
+    device = next(model.parameters()).device
+    predictions: list[str] = []
+    for start in range(0, len(items), settings["batch_size"]):
+        batch = items[start:start + settings["batch_size"]]
+        prompts = [encoder.encode_prompt([r["messages"][0]]).tolist() for r in batch]
+        pixels = processor.stack([r["images"][0] for r in batch]).to(device)
+        outputs = generate_greedy(model, prompts, pixels, encoder.eos_id, encoder.tokenizer.token_to_id("<pad>"),
+                                  settings["max_new_tokens"])
+        predictions += [encoder.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+    answers = [r["answers"] for r in items]
+    scores = vqa_accuracy(predictions, answers)
+
+    # Baselines a blind model could reach from the training answers alone.
+    train = _train_answers(render_dir)
+    overall = collections.Counter(normalize_answer(r["messages"][1]["content"]) for r in train)
+    majority = overall.most_common(1)[0][0]
+    by_type: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for r in train:
+        by_type[r["question_type"]][normalize_answer(r["messages"][1]["content"])] += 1
+    type_prior = [by_type[r["question_type"]].most_common(1)[0][0] if by_type[r["question_type"]] else majority
+                  for r in items]
+    baselines = {
+        "majority_answer": {"answer": majority, "accuracy": vqa_accuracy([majority] * len(items), answers)["exact_match"]},
+        "per_question_type_majority": {"accuracy": vqa_accuracy(type_prior, answers)["exact_match"]},
+    }
+    per_type = collections.defaultdict(list)
+    for r, p in zip(items, predictions):
+        per_type[r["question_type"]].append((p, r["answers"]))
+    by_question_type = {t: {"n": len(v), "accuracy": vqa_accuracy([p for p, _ in v], [a for _, a in v])["exact_match"]}
+                        for t, v in sorted(per_type.items())}
+    result = {
+        "questions": len(items), "accuracy": scores["exact_match"], "vqa_accuracy": scores["vqa"],
+        "baselines": baselines, "by_question_type": by_question_type,
+        "examples": [{"question": r["messages"][0]["content"].split("\n")[1], "prediction": p, "answer": r["answers"][0]}
+                     for r, p in list(zip(items, predictions))[: settings["examples"]]],
+    }
+    log(f"evaluate: held-out VQA accuracy {result['accuracy']:.3f} on {len(items)} questions; majority answer "
+        f"{majority!r} scores {baselines['majority_answer']['accuracy']:.3f}, per-type majority "
+        f"{baselines['per_question_type_majority']['accuracy']:.3f}")
+    return result
