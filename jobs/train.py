@@ -18,7 +18,9 @@ DEFAULTS = {
     "grad_accum": 1,
     "checkpoint_every": 0,
     "device": None,  # default: cuda when available
-    "attention": "sdpa",
+    # segment_sdpa: exact attention inside each packed sample (2.4x faster than a dense masked sdpa
+    # on a 2048-token row of ~130-token samples on CPU); sdpa, eager, flex_attention also work
+    "attention": "segment_sdpa",
     "stages": {},  # stage name -> overrides: lr, epochs, max_steps, warmup_ratio, weight_decay
     "evaluate": {},
 }
@@ -35,8 +37,10 @@ def train_settings(config: dict, preset) -> dict:
         unknown = set(overrides or {}) - STAGE_KEYS
         require(not unknown, f"train.stages.{name}: unknown key(s) {sorted(unknown)}; expected some of {sorted(STAGE_KEYS)}")
     cfg["evaluate"] = section({"evaluate": cfg["evaluate"]}, "evaluate", EVAL_DEFAULTS)
-    require(cfg["attention"] in ("sdpa", "eager", "flex_attention"),
-            f"train.attention: {cfg['attention']!r}; expected sdpa, eager or flex_attention")
+    from vlm.model import ATTENTION_MODES
+
+    require(cfg["attention"] in ATTENTION_MODES,
+            f"train.attention: {cfg['attention']!r}; expected one of {list(ATTENTION_MODES)}")
     return cfg
 
 

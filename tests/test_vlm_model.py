@@ -44,7 +44,7 @@ def run_alone(model, dataset, sample):
     return out.logits[0], out.loss * out.num_tokens, out.num_tokens
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "segment_sdpa"])
 def test_packed_logits_equal_each_sample_run_alone(packed_batch, attn):
     dataset, batch, by_id = packed_batch
     model = tiny_model(dataset, attn)
@@ -70,6 +70,18 @@ def test_flex_attention_mask_gives_the_same_logits_as_sdpa(packed_batch):
         expected = sdpa(**batch.model_inputs()).logits
         got = flex(**batch.model_inputs()).logits
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_segment_sdpa_gradients_equal_dense_masked_sdpa(packed_batch):
+    dataset, batch, _ = packed_batch
+    grads = {}
+    for mode in ("sdpa", "segment_sdpa"):
+        model = tiny_model(dataset, mode)
+        model(**batch.model_inputs()).loss.backward()
+        grads[mode] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["sdpa"].keys() == grads["segment_sdpa"].keys()
+    for name, grad in grads["sdpa"].items():
+        torch.testing.assert_close(grads["segment_sdpa"][name], grad, atol=1e-5, rtol=1e-4)
 
 
 def test_packed_loss_is_the_per_token_mean_over_all_samples(packed_batch):

@@ -53,14 +53,16 @@ def generate_greedy(
     use_cache: bool = True,
 ) -> list[list[int]]:
     """Greedy continuations (eos excluded) of token-id prompts, left-padded into one batch."""
-    if model.attn_implementation == "flex_attention":
-        # One-token decode steps gain nothing from flex_attention, and torch 2.13's CPU flex kernel
-        # fails to compile them; sdpa computes the same attention from the same document ids.
+    if model.attn_implementation in ("flex_attention", "segment_sdpa"):
+        # One-token decode steps gain nothing from either: torch 2.13's CPU flex kernel fails to
+        # compile them, and segment_sdpa works on whole samples, not a cache. sdpa computes the
+        # same attention from the same document ids.
+        mode = model.attn_implementation
         model.set_attention("sdpa")
         try:
             return generate_greedy(model, prompts, pixel_values, eos_token_id, pad_token_id, max_new_tokens, use_cache)
         finally:
-            model.set_attention("flex_attention")
+            model.set_attention(mode)
     device = next(model.parameters()).device
     batch, length = len(prompts), max(len(p) for p in prompts)
     input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long, device=device)
