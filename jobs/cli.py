@@ -96,11 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (("ingest", "URL lists → pairs (img2dataset + filters on Ray)"),
                             ("render", "pairs + annotations → instruction records"),
                             ("pack", "instructions → packed token sequences"),
-                            ("train", "packed → checkpoints, stage by stage, then evaluation")):
+                            ("train", "packed → checkpoints, stage by stage, then evaluation "
+                                      "(one process; Ray Train across workers is not built yet)")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config")
         p.add_argument("--out", required=True, help="run folder; the stage writes OUT/" + name)
-        if name in ("ingest", "train"):
+        if name == "ingest":
             p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: start a local one)")
         p.set_defaults(func=_stage(name))
 

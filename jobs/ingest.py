@@ -25,7 +25,7 @@ from pipelines.ingest.mix import apply_mix, normalise_ratios
 from pipelines.ingest.outcomes import download_drop_reason
 from pipelines.ingest.shards import read_tar_members, write_pairs_shard
 from pipelines.ingest.sources import Source, caption_problem, read_source, url_problem
-from pipelines.manifest import StageRecord, config_hash, is_complete, read_manifest, write_atomic
+from pipelines.manifest import StageRecord, is_complete, read_manifest, start_or_resume
 
 DEFAULTS = {
     "sources": [],
@@ -93,8 +93,9 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
     if is_complete(stage_dir, cfg, inputs):
         log(f"ingest: complete in {stage_dir} (same config and inputs); skipped")
         return read_manifest(stage_dir)
+    start_or_resume(stage_dir, cfg)
     work = stage_dir / "_work"
-    _start_or_resume(stage_dir, work, config_hash(cfg))
+    work.mkdir(exist_ok=True)
     record = StageRecord("ingest", cfg, inputs)
     filter_config = filters.FilterConfig.from_config(cfg["filters"], list(cfg["languages"]))
     dropped: list[pa.Table] = []
@@ -136,15 +137,6 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
     log(f"ingest: kept {kept.height} of {rows.num_rows}; dropped {manifest['dropped']}; "
         f"mix {mix_report['kept_share']}")
     return manifest
-
-
-def _start_or_resume(stage_dir: Path, work: Path, cfg_hash: str) -> None:
-    """Keep a half-finished run of the same config (to resume it); clear anything else."""
-    marker = work / "config_hash"
-    if stage_dir.exists() and not (marker.exists() and marker.read_text() == cfg_hash):
-        shutil.rmtree(stage_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    write_atomic(marker, cfg_hash)
 
 
 def _refuse_unfetchable(rows: pa.Table, allow_private_network: bool) -> tuple[pa.Table, pa.Table]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from jobs.config import ConfigError, require, section
-from pipelines.manifest import StageRecord, is_complete, manifest_hash, read_manifest
+from pipelines.manifest import StageRecord, is_complete, manifest_hash, read_manifest, start_or_resume
 from pipelines.render import read_instructions
 from pipelines.tokenize import Encoder, load_tokenizer
 from templates.chat import get_chat_format
@@ -64,6 +64,7 @@ def run_train(config: dict, out: str | Path, log=print) -> dict:
         log(f"train: complete in {stage_dir} (same config and inputs); skipped")
         return read_manifest(stage_dir)
 
+    start_or_resume(stage_dir, {"train": cfg, "inputs": inputs})
     import torch
 
     from vlm.model import build_model, count_parameters
@@ -88,14 +89,14 @@ def run_train(config: dict, out: str | Path, log=print) -> dict:
         summaries.append({**summary, "name": stage.name, "trainable": list(stage.trainable), "data": stage.data,
                           "steps": len(curve), "final_loss": curve[-1][1] if curve else float("nan"),
                           "loss_curve": curve})
-        record.rows_in += summary.get("sequences", 0)
+        record.rows_in += len(curve) * cfg["batch_size"] * cfg["grad_accum"]  # packed sequences consumed
         log(f"train: stage {stage.name} ({', '.join(stage.trainable)}): {len(curve)} steps, "
             f"loss {curve[0][1]:.3f} → {curve[-1][1]:.3f}")
         previous = str(out_dir)
     model = load_model(previous, device=cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = Encoder(tokenizer, get_chat_format(preset.chat_format), preset.visual_tokens)
     evaluation = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log)
-    record.rows_out = evaluation["questions"] if evaluation else 0
+    record.rows_out = record.rows_in  # training drops nothing; the evaluation reports its own count
     record.extra.update(preset=preset.name, stages=summaries, evaluation=evaluation)
     return record.finish(stage_dir)
 

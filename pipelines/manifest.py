@@ -99,3 +99,20 @@ def is_complete(stage_dir: str | os.PathLike, config: Any, inputs: dict[str, str
         and manifest.get("config_hash") == config_hash(config)
         and manifest.get("inputs") == inputs
     )
+
+
+def start_or_resume(stage_dir: str | os.PathLike, config: Any) -> None:
+    """Keep a half-finished run of the same config, to resume it; clear one of any other config.
+
+    A stage folder holds a marker with the hash of the config that started it, so work done
+    under an old config is never mistaken for progress under a new one.
+    """
+    stage_dir = Path(stage_dir)
+    marker = stage_dir / ".config_hash"
+    wanted = config_hash(config)
+    if stage_dir.exists() and not (marker.exists() and marker.read_text() == wanted):
+        import shutil
+
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(marker, wanted)
