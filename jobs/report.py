@@ -23,14 +23,16 @@ def collect(run_dir: str | Path, timings: dict | None = None) -> dict:
     ingest, pack, train = (report["stages"].get(s) for s in ("ingest", "pack", "train"))
     headline = {}
     if ingest:
-        headline["language_mix"] = ingest["languages"]["kept_share"]
+        headline["language_mix"] = {k: round(v, 4) for k, v in ingest["languages"]["kept_share"].items()}
         headline["pairs_kept"] = ingest["rows_out"]
     if pack:
         headline["packing_fill"] = {name: round(o["fill"], 4) for name, o in pack["outputs"].items()}
     if train and train.get("evaluation"):
         ev = train["evaluation"]
-        headline["heldout_vqa_accuracy"] = ev["accuracy"]
-        headline["majority_baseline"] = ev["baselines"]["majority_answer"]["accuracy"]
+        headline["heldout_vqa_accuracy"] = round(ev["accuracy"], 4)
+        headline["majority_baseline"] = round(ev["baselines"]["majority_answer"]["accuracy"], 4)
+        headline["per_question_type_majority_baseline"] = round(
+            ev["baselines"]["per_question_type_majority"]["accuracy"], 4)
     report["headline"] = headline
     return report
 
@@ -79,8 +81,11 @@ def render_html(report: dict) -> str:
     parts.append(_table([(k, json.dumps(v, ensure_ascii=False)) for k, v in head.items()], ("figure", "value")))
     for stage, m in report["stages"].items():
         parts.append(f"<h2>{stage}</h2>")
-        parts.append(_table([("rows in", m["rows_in"]), ("rows out", m["rows_out"]),
-                             ("wall time (s)", m["wall_time_s"]), ("config hash", m["config_hash"])], ("", "")))
+        counts = [("rows in", m["rows_in"]), ("rows out", m["rows_out"])]
+        if m.get("not_selected"):
+            counts.append(("not packed: records of splits or datasets no output selects (e.g. held-out)",
+                           m["not_selected"]))
+        parts.append(_table(counts + [("wall time (s)", m["wall_time_s"]), ("config hash", m["config_hash"])], ("", "")))
         if m["dropped"]:
             parts.append("<h3>dropped, by reason</h3>" + _table(sorted(m["dropped"].items()), ("reason", "rows")))
         if stage == "ingest":
