@@ -300,11 +300,14 @@ def test_bad_rows_are_what_they_claim(world_dir, world):
 
 
 def test_foreign_captions_are_german_or_french_to_language_id():
-    langid = pytest.importorskip("langid")
+    from lingua import Language, LanguageDetectorBuilder
+
     from pipelines.shapes_world.export import _foreign_caption
 
+    detector = LanguageDetectorBuilder.from_all_languages().build()
     for k, (scene, _) in enumerate(sample_scenes(4)):
-        assert langid.classify(_foreign_caption(scene, k))[0] == ("de" if k % 2 == 0 else "fr")
+        expected = Language.GERMAN if k % 2 == 0 else Language.FRENCH
+        assert detector.detect_language_of(_foreign_caption(scene, k)) == expected
 
 
 def test_server_serves_images_and_404s_the_dead_url(world_dir, world):
