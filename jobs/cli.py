@@ -15,7 +15,14 @@ def _demo_data(args) -> int:
 
     summary = write_demo_data(args.out, seed=args.seed, pair_scenes=args.pair_scenes,
                               train_scenes=args.train_scenes, val_scenes=args.val_scenes, port=args.port)
-    print(f"shapes world written to {args.out}: {summary}")
+    urls = summary["urls"]
+    bad = {kind: n for kind, n in urls["row_kinds"].items() if kind != "good"}
+    print(f"shapes world (seed {summary['seed']}) written to {args.out}")
+    print(f"  urls.parquet: {urls['rows']} rows for {summary['base_url']} "
+          f"({urls['row_kinds']['good']} good, captions {urls['good_caption_languages']}; bad on purpose: {bad})")
+    for split, counts in summary["coco"].items():
+        print(f"  COCO Captions + VQAv2 {split}: {counts}")
+    print(f"  details: {args.out}/world.json")
     return 0
 
 
@@ -132,12 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from catalog.adapters import AnnotationError
+    from catalog.cards import UnknownCardError
     from jobs.config import ConfigError
+    from pipelines.shapes_world import PortInUseError
+    from templates.library import TemplateError
 
     try:
         return args.func(args)
     except ConfigError as err:
         print(f"loom: config error: {err}", file=sys.stderr)
+        return 2
+    except (UnknownCardError, AnnotationError, TemplateError, PortInUseError, FileNotFoundError) as err:
+        print(f"loom: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
 
 
