@@ -119,7 +119,6 @@ def _train_answers(render_dir: Path) -> list[dict]:
 
 def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print) -> dict | None:
     """Greedy answers to held-out questions, scored against the majority-answer baselines."""
-    import torch
 
     from vlm.evaluate import generate_greedy, normalize_answer, vqa_accuracy
     from vlm.images import ImageProcessor
