@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from jobs.config import ConfigError, require, section
-from pipelines.manifest import StageRecord, is_complete, manifest_hash, read_manifest, write_json_atomic
+from pipelines.manifest import StageRecord, file_hash, is_complete, manifest_hash, read_manifest, write_json_atomic
 from pipelines.pack import assign_bins, build_sequences, fill_stats
 from pipelines.render import read_instructions
 from pipelines.tokenize import Encoder, load_tokenizer
@@ -59,7 +59,11 @@ def run_pack(config: dict, out: str | Path, log=print) -> dict:
         raise ConfigError(f"pack.input: {render_dir}: no finished render output (manifest.json); run `loom render` first")
     inputs = {str(render_dir): manifest_hash(render_dir)}
     if "path" in cfg["tokenizer"]:
-        inputs[cfg["tokenizer"]["path"]] = manifest_hash_or_none(cfg["tokenizer"]["path"])
+        tokenizer_file = Path(cfg["tokenizer"]["path"]) / "tokenizer.json"
+        if not tokenizer_file.exists():
+            raise ConfigError(f"pack.tokenizer.path: {cfg['tokenizer']['path']}: no tokenizer.json; give a folder "
+                              "saved by a Hugging Face fast tokenizer, or use {train: {vocab_size: N}}")
+        inputs[str(tokenizer_file)] = file_hash(tokenizer_file)
     stage_dir = Path(out) / "pack"
     if is_complete(stage_dir, cfg, inputs):
         log(f"pack: complete in {stage_dir} (same config and inputs); skipped")
@@ -96,8 +100,10 @@ def run_pack(config: dict, out: str | Path, log=print) -> dict:
     return record.finish(stage_dir)
 
 
-def manifest_hash_or_none(path: str) -> str | None:
-    return manifest_hash(path) if (Path(path) / "manifest.json").exists() else None
+def _pad_id(encoder: Encoder) -> int:
+    """The padding id batches use: `<pad>` where the tokenizer has one, else end-of-sequence (as LLaMA does)."""
+    pad = encoder.tokenizer.token_to_id("<pad>")
+    return encoder.eos_id if pad is None else pad
 
 
 def _with_format_strings(texts, chat_format):
@@ -136,7 +142,7 @@ def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Pa
     write_json_atomic(out_dir / "manifest.json", {
         **summary, "seq_len": seq_len, "preset": preset.name, "visual_tokens": preset.visual_tokens,
         "image_token": "<image>", "image_token_id": encoder.image_token_id,
-        "pad_token_id": encoder.tokenizer.token_to_id("<pad>"), "eos_token_id": encoder.eos_id,
+        "pad_token_id": _pad_id(encoder), "eos_token_id": encoder.eos_id,
         "bos_token_id": encoder.bos_id, "loss_on": cfg["loss_on"], "chat_format": preset.chat_format,
     })
     return summary

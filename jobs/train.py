@@ -129,6 +129,7 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
             f"{settings['split']!r} of {settings['datasets']}); evaluation skipped")
         return None
     processor = ImageProcessor(preset)
+    pad_id = model.pad_token_id
     model.eval()
     device = next(model.parameters()).device
     predictions: list[str] = []
@@ -136,8 +137,7 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
         batch = items[start:start + settings["batch_size"]]
         prompts = [encoder.encode_prompt([r["messages"][0]]).tolist() for r in batch]
         pixels = processor.stack([r["images"][0] for r in batch]).to(device)
-        outputs = generate_greedy(model, prompts, pixels, encoder.eos_id, encoder.tokenizer.token_to_id("<pad>"),
-                                  settings["max_new_tokens"])
+        outputs = generate_greedy(model, prompts, pixels, encoder.eos_id, pad_id, settings["max_new_tokens"])
         predictions += [encoder.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
     answers = [r["answers"] for r in items]
     scores = vqa_accuracy(predictions, answers)
