@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from jobs.config import ConfigError, require, section
 from pipelines.ingest import filters
 from pipelines.ingest.dedup import mark_duplicates
+from pipelines.ingest.fetch_guard import POLICY_ENV, FetchPolicy
 from pipelines.ingest.mix import apply_mix, normalise_ratios
 from pipelines.ingest.outcomes import download_drop_reason
 from pipelines.ingest.shards import read_tar_members, write_pairs_shard
@@ -36,6 +37,10 @@ DEFAULTS = {
     "languages": {"en": 0.773, "zh": 0.227},
     "filters": {},
     "allow_private_network": False,
+    "allowed_networks": [],  # CIDRs fetched even though private, e.g. an internal mirror
+    "max_bytes": 32 * 1024 * 1024,  # per image body
+    "max_pixels": 89_478_485,  # checked from the header, before decoding (decompression bombs)
+    "max_seconds": 60.0,  # per image body, however slowly a server sends it
     "seed": 0,
     "samples_per_shard": 1000,
     "download_shard_size": 1000,
@@ -87,6 +92,7 @@ def _serving(folder: str | None):
 def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, log=print) -> dict:
     """Run (or resume, or skip) the ingest stage into `out/ingest`; return its manifest."""
     cfg = ingest_settings(config)
+    policy = fetch_policy(cfg)  # a bad CIDR is refused here, before any work
     sources = [Source(**s) for s in cfg["sources"]]
     stage_dir = Path(out) / "ingest"
     inputs = {s.path: _fingerprint(s.path) for s in sources}
@@ -102,12 +108,14 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
 
     from jobs.ray_runtime import ray_session
 
-    with _serving(cfg["serve"]), ray_session(ray_address) as ray:
+    worker_env = {POLICY_ENV: policy.to_env(), "OPENCV_IO_MAX_IMAGE_PIXELS": str(cfg["max_pixels"])}
+    with _serving(cfg["serve"]), ray_session(ray_address, worker_env=worker_env,
+                                             worker_setup_hook="pipelines.ingest.fetch_guard.install") as ray:
         rows = pa.concat_tables([read_source(s) for s in sources])
         record.rows_in = rows.num_rows
         log(f"ingest: {rows.num_rows} rows from {len(sources)} source(s)")
 
-        to_fetch, refused = _refuse_unfetchable(rows, cfg["allow_private_network"])
+        to_fetch, refused = _refuse_unfetchable(rows, policy)
         dropped.append(refused)
         downloaded = _download(to_fetch, work, cfg, log)
         dropped.append(_failed_downloads(downloaded))
@@ -139,9 +147,17 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
     return manifest
 
 
-def _refuse_unfetchable(rows: pa.Table, allow_private_network: bool) -> tuple[pa.Table, pa.Table]:
+def fetch_policy(cfg: dict) -> FetchPolicy:
+    try:
+        return FetchPolicy(cfg["allow_private_network"], tuple(cfg["allowed_networks"]), int(cfg["max_bytes"]),
+                           int(cfg["max_pixels"]), float(cfg["max_seconds"]))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def _refuse_unfetchable(rows: pa.Table, policy: FetchPolicy) -> tuple[pa.Table, pa.Table]:
     reasons = [
-        url_problem(url, allow_private_network) or caption_problem(caption)
+        url_problem(url, policy) or caption_problem(caption)
         for url, caption in zip(rows["url"].to_pylist(), rows["caption"].to_pylist())
     ]
     refused = pa.array([r is not None for r in reasons])

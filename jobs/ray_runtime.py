@@ -7,17 +7,28 @@ import os
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None):
-    """Ray for the length of one job: joined when `address` is given, else started locally and shut down."""
+def ray_session(address: str | None = None, num_cpus: int | None = None,
+                worker_env: dict[str, str] | None = None, worker_setup_hook: str | None = None):
+    """Ray for the length of one job: joined when `address` is given, else started locally and shut down.
+
+    `worker_env` and `worker_setup_hook` (a dotted function name) reach every worker of the job,
+    so a policy like the fetch guard holds in each process that downloads.
+    """
     import ray
 
     if ray.is_initialized():
-        yield ray
-        return
+        raise RuntimeError("Ray is already initialised in this process; a Loom job starts or joins Ray itself, "
+                           "so that its workers get the job's environment")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray Data's per-operator progress bars flood a terminal on small jobs; Loom prints its own.
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    runtime_env = {}
+    if worker_env:
+        runtime_env["env_vars"] = worker_env
+    if worker_setup_hook:
+        runtime_env["worker_process_setup_hook"] = worker_setup_hook
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
+                  runtime_env=runtime_env or None)
     if address:
         ray.init(address=address, **kwargs)
     else:

@@ -9,6 +9,7 @@ from pipelines.ingest import filters
 from pipelines.ingest.dedup import mark_duplicates
 from pipelines.ingest.mix import apply_mix, normalise_ratios, plan_mix
 from pipelines.ingest.outcomes import download_drop_reason
+from pipelines.ingest.fetch_guard import FetchPolicy
 from pipelines.ingest.sources import caption_problem, url_problem
 
 CONFIG = filters.FilterConfig()
@@ -29,9 +30,17 @@ def batch(**columns) -> pa.Table:
     ("http://10.1.2.3/a.jpg", False, "private_network"),
     ("http://localhost/a.jpg", False, "private_network"),
     ("http://127.0.0.1:8000/a.jpg", True, None),
+    ("http://[::1]:8000/a.jpg", False, "private_network"),
+    ("http://169.254.169.254/latest/meta-data", False, "private_network"),
 ])
 def test_url_problem_names_unfetchable_urls(url, allowed, reason):
-    assert url_problem(url, allow_private_network=allowed) == reason
+    assert url_problem(url, FetchPolicy(allow_private_network=allowed)) == reason
+
+
+def test_allowed_networks_open_only_the_named_private_range():
+    policy = FetchPolicy(allowed_networks=("10.1.0.0/16",))
+    assert url_problem("http://10.1.2.3/a.jpg", policy) is None
+    assert url_problem("http://10.2.0.1/a.jpg", policy) == "private_network"
 
 
 def test_caption_problem_separates_missing_from_empty():

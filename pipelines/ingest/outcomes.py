@@ -10,6 +10,9 @@ def download_drop_reason(status: str, error_message: str | None) -> str:
     """Map one failed img2dataset row to a short, countable reason."""
     message = (error_message or "").strip()
     lowered = message.lower()
+    for reason in ("private_network", "too_large", "too_many_pixels"):  # Loom's fetch guard refused it
+        if f"{reason}:" in lowered:
+            return reason
     match = _HTTP.search(message)
     if match:
         return f"http_{next(g for g in match.groups() if g)}"

@@ -10,6 +10,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.ingest.fetch_guard import FetchPolicy
+
 SOURCE_SCHEMA = pa.schema(
     [("row_id", pa.string()), ("source", pa.string()), ("url", pa.string()), ("caption", pa.string())]
 )
@@ -54,8 +56,12 @@ def _as_strings(column: pa.ChunkedArray) -> list[str | None]:
     return [v if isinstance(v, str) else None for v in column.to_pylist()]
 
 
-def url_problem(url: str | None, allow_private_network: bool) -> str | None:
-    """Why a URL must not be fetched ('malformed_url', 'private_network'), or None."""
+def url_problem(url: str | None, policy: "FetchPolicy") -> str | None:
+    """Why a URL must not be fetched ('malformed_url', 'private_network'), or None.
+
+    Literal addresses and localhost are refused here, before any download; host names are
+    checked by the workers' fetch guard once resolved, on every redirect hop.
+    """
     if not url:
         return "malformed_url"
     try:
@@ -65,17 +71,13 @@ def url_problem(url: str | None, allow_private_network: bool) -> str | None:
         return "malformed_url"
     if parts.scheme not in ("http", "https") or not host:
         return "malformed_url"
-    if allow_private_network:
-        return None
     if host == "localhost" or host.endswith(".localhost"):
-        return "private_network"
+        host = "127.0.0.1"
     try:
-        address = ipaddress.ip_address(host)
+        ipaddress.ip_address(host)
     except ValueError:
-        return None  # a host name: resolved by the downloader
-    if not address.is_global:
-        return "private_network"
-    return None
+        return None  # a host name: resolved and checked by the fetch guard
+    return "private_network" if policy.refusal(host) else None
 
 
 def caption_problem(caption: str | None) -> str | None:

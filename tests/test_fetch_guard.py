@@ -1,0 +1,181 @@
+"""The download workers' fetch guard, against a real loopback HTTP server."""
+from __future__ import annotations
+
+import http.server
+import io
+import struct
+import threading
+import time
+import urllib.request
+import zlib
+
+import pytest
+from PIL import Image
+
+from pipelines.ingest.fetch_guard import FetchPolicy, build_opener
+from pipelines.ingest.outcomes import download_drop_reason
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A small PNG whose header claims width x height and whose data is a deflate stream of zeros:
+    kilobytes on the wire, gigabytes once decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    zeros = zlib.compress(b"\x00" * 1_000_000, 9)  # the start of the image data; enough to look real
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zeros) + chunk(b"IEND", b"")
+
+
+def jpeg(size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "red").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def send_body(self, body: bytes, kind="image/jpeg", length=True):
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        port = self.server.server_address[1]
+        if self.path == "/ok.jpg":
+            self.send_body(jpeg())
+        elif self.path == "/to-private":
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.2:{port}/ok.jpg")
+            self.end_headers()
+        elif self.path == "/to-ok":
+            self.send_response(301)
+            self.send_header("Location", f"http://127.0.0.1:{port}/ok.jpg")
+            self.end_headers()
+        elif self.path == "/big-declared":
+            self.send_body(b"\xff" * 5000)
+        elif self.path == "/big-undeclared":
+            self.send_body(b"\xff" * 5000, length=False)
+            self.close_connection = True
+        elif self.path == "/bomb.png":
+            self.send_body(png_bomb(60000, 60000), kind="image/png")
+        elif self.path == "/slow":
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(40):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.05)
+            self.close_connection = True
+        else:
+            self.send_error(404)
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+LOOPBACK_ONLY = FetchPolicy(allowed_networks=("127.0.0.1/32",), max_bytes=4000, max_pixels=10_000_000, max_seconds=1.0)
+
+
+def fetch(url: str, policy: FetchPolicy = LOOPBACK_ONLY) -> bytes:
+    """What img2dataset does with the process-wide opener: urlopen, then read."""
+    with build_opener(policy).open(url, timeout=5) as response:
+        return response.read()
+
+
+def refusal(url: str, policy: FetchPolicy = LOOPBACK_ONLY) -> str:
+    with pytest.raises(Exception) as raised:
+        fetch(url, policy)
+    return download_drop_reason("failed_to_download", str(raised.value))
+
+
+def test_an_allowed_address_is_fetched_in_full(server):
+    assert Image.open(io.BytesIO(fetch(f"{server}/ok.jpg"))).size == (40, 30)
+
+
+def test_a_private_address_is_refused_by_default(server):
+    assert refusal(f"{server}/ok.jpg", FetchPolicy()) == "private_network"
+
+
+def test_a_redirect_to_a_private_address_is_refused_at_that_hop(server):
+    assert refusal(f"{server}/to-private") == "private_network"
+
+
+def test_a_redirect_to_an_allowed_address_is_followed(server):
+    assert fetch(f"{server}/to-ok") == fetch(f"{server}/ok.jpg")
+
+
+def test_localhost_names_resolve_to_loopback_and_are_refused(server):
+    port = server.rsplit(":", 1)[1]
+    assert refusal(f"http://localhost:{port}/ok.jpg", FetchPolicy()) == "private_network"
+
+
+@pytest.mark.parametrize("path", ["/big-declared", "/big-undeclared"])
+def test_bodies_over_the_byte_cap_are_refused(server, path):
+    assert refusal(f"{server}{path}") == "too_large"
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(server):
+    assert refusal(f"{server}/bomb.png") == "too_many_pixels"
+
+
+def test_a_server_that_drips_bytes_hits_the_deadline(server):
+    assert refusal(f"{server}/slow") == "timeout"
+
+
+def test_errors_pass_through_untouched(server):
+    assert refusal(f"{server}/missing.jpg") == "http_404"
+
+
+def test_installing_makes_plain_urlopen_obey_the_policy(server):
+    from pipelines.ingest import fetch_guard
+
+    previous = urllib.request._opener
+    try:
+        fetch_guard.install(FetchPolicy())
+        with pytest.raises(OSError, match="private_network"):
+            urllib.request.urlopen(f"{server}/ok.jpg", timeout=5)
+    finally:
+        urllib.request.install_opener(previous)
+
+
+def test_ingest_workers_apply_the_guard_on_every_hop(server, tmp_path):
+    """The policy reaches img2dataset inside the Ray workers: each refusal lands in dropped.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.ingest import run_ingest
+
+    urls = {f"{server}/ok.jpg": "kept", f"{server}/to-private": "private_network",
+            f"{server}/bomb.png": "too_many_pixels", f"{server}/big-declared": "too_large"}
+    pq.write_table(pa.table({"url": list(urls), "caption": ["A red rectangle on a plain white background."] * 4}),
+                   tmp_path / "urls.parquet")
+    config = {"ingest": {
+        "sources": [{"path": str(tmp_path / "urls.parquet")}], "allowed_networks": ["127.0.0.1/32"],
+        "max_bytes": 4000, "max_pixels": 10_000_000, "languages": {"en": 1.0}, "filters": {"min_side": 16},
+        "image_size": 64, "timeout": 5, "retries": 0,
+    }}
+    manifest = run_ingest(config, tmp_path / "run", log=lambda *_: None)
+    dropped = {r["url"]: r["reason"] for r in pq.read_table(tmp_path / "run" / "ingest" / "dropped.parquet").to_pylist()}
+    assert dropped == {url: reason for url, reason in urls.items() if reason != "kept"}
+    assert manifest["rows_out"] == 1
+
+
+def test_a_bad_network_in_the_config_is_refused_before_any_work(tmp_path):
+    from jobs.config import ConfigError
+    from jobs.ingest import run_ingest
+
+    with pytest.raises(ConfigError, match="allowed_networks"):
+        run_ingest({"ingest": {"sources": [{"path": "x.parquet"}], "allowed_networks": ["10.0.0.0/99"]}}, tmp_path)
+    assert not (tmp_path / "ingest").exists()
