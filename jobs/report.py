@@ -18,6 +18,10 @@ def collect(run_dir: str | Path, timings: dict | None = None) -> dict:
         manifest = read_manifest(run / stage)
         if manifest is not None:
             report["stages"][stage] = manifest
+    if "ingest" in report["stages"]:
+        from jobs.ingest_figures import ingest_figures
+
+        report["figures"] = {"ingest": ingest_figures(run / "ingest")}
     if timings:
         report["wall_time_s_this_invocation"] = timings
     ingest, pack, train = (report["stages"].get(s) for s in ("ingest", "pack", "train"))
@@ -53,8 +57,8 @@ def _table(rows: list[tuple], header: tuple) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def loss_svg(curve: list[list[float]], width: int = 560, height: int = 200) -> str:
-    """A loss curve as an inline SVG polyline (no plotting library needed to read the report)."""
+def line_svg(curve: list[list[float]], x_label: str = "step", width: int = 560, height: int = 200) -> str:
+    """A curve (loss by step, throughput by time) as an inline SVG polyline: no plotting library needed."""
     if len(curve) < 2:
         return "<p>(too few points to plot)</p>"
     steps = [p[0] for p in curve]
@@ -69,7 +73,23 @@ def loss_svg(curve: list[list[float]], width: int = 560, height: int = 200) -> s
             f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points}"/>'
             f'<text x="4" y="{pad}" font-size="11">{hi:.3f}</text>'
             f'<text x="4" y="{height - pad}" font-size="11">{lo:.3f}</text>'
-            f'<text x="{width - 80}" y="{height - 8}" font-size="11">step {max(steps)}</text></svg>')
+            f'<text x="{width - 110}" y="{height - 8}" font-size="11">{x_label} {max(steps):g}</text></svg>')
+
+
+def bars_svg(counts: dict, width: int = 560, bar: int = 16, colour: str = "#1f77b4") -> str:
+    """Horizontal bars, one per label, as inline SVG."""
+    if not counts:
+        return "<p>(nothing to plot)</p>"
+    top = max(counts.values()) or 1
+    label_w, height = 150, bar * len(counts) + 8
+    rows = []
+    for i, (label, value) in enumerate(counts.items()):
+        y = 4 + i * bar
+        w = (width - label_w - 60) * value / top
+        rows.append(f'<text x="{label_w - 6}" y="{y + bar - 5}" font-size="11" text-anchor="end">{html.escape(str(label))}</text>'
+                    f'<rect x="{label_w}" y="{y + 2}" width="{w:.1f}" height="{bar - 4}" fill="{colour}"/>'
+                    f'<text x="{label_w + w + 4:.1f}" y="{y + bar - 5}" font-size="11">{value}</text>')
+    return f'<svg width="{width}" height="{height}">{"".join(rows)}</svg>'
 
 
 def render_html(report: dict) -> str:
@@ -87,13 +107,25 @@ def render_html(report: dict) -> str:
                            m["not_selected"]))
         parts.append(_table(counts + [("wall time (s)", m["wall_time_s"]), ("config hash", m["config_hash"])], ("", "")))
         if m["dropped"]:
-            parts.append("<h3>dropped, by reason</h3>" + _table(sorted(m["dropped"].items()), ("reason", "rows")))
+            parts.append("<h3>dropped, by reason</h3>" + bars_svg(dict(sorted(m["dropped"].items(), key=lambda kv: -kv[1])),
+                                                                   colour="#d62728"))
         if stage == "ingest":
             mix = m["languages"]
             parts.append("<h3>language mix</h3>" + _table(
                 [(lang, mix["available"].get(lang, 0), mix["kept"].get(lang, 0),
                   f"{mix['kept_share'].get(lang, 0):.4f}", mix["target"][lang]) for lang in mix["target"]],
                 ("language", "available", "kept", "kept share", "target")))
+            figures = report.get("figures", {}).get("ingest", {})
+            if figures:
+                parts.append("<h3>kept images: shorter side before resizing (px)</h3>"
+                             + bars_svg(figures["original_shorter_side"]))
+                for lang, counts in figures["caption_length"].items():
+                    unit = "characters" if lang == "zh" else "words"
+                    parts.append(f"<h3>caption length, {html.escape(lang)} ({unit})</h3>" + bars_svg(counts))
+                if figures["download_throughput"]:
+                    curve = [[p["t_end_s"], p["images_per_s"]] for p in figures["download_throughput"]]
+                    parts.append("<h3>download throughput (images/s per img2dataset shard, by completion time)</h3>"
+                                 + line_svg(curve, x_label="seconds"))
         if stage == "render":
             parts.append(_table([(n, d["adapter"], d["split"], d["records"], d["languages"])
                                  for n, d in m["datasets"].items()], ("file", "adapter", "split", "records", "languages")))
@@ -105,7 +137,7 @@ def render_html(report: dict) -> str:
             for s in m["stages"]:
                 parts.append(f"<h3>stage {html.escape(s['name'])}: trains {', '.join(s['trainable'])}; "
                              f"{s['steps']} steps, final loss {s['final_loss']:.4f}</h3>")
-                parts.append(loss_svg(s["loss_curve"]))
+                parts.append(line_svg(s["loss_curve"]))
             ev = m.get("evaluation")
             if ev:
                 parts.append("<h3>held-out VQA</h3>")

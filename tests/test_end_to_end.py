@@ -43,6 +43,10 @@ def test_report_carries_mix_fill_losses_and_accuracy(run):
     evaluation = train["evaluation"]
     assert evaluation["questions"] == 24 and 0.0 <= evaluation["accuracy"] <= 1.0
     assert "majority_answer" in evaluation["baselines"]
+    figures = report["figures"]["ingest"]
+    assert sum(figures["original_shorter_side"].values()) == report["stages"]["ingest"]["rows_out"]
+    assert set(figures["caption_length"]) == {"en", "zh"}
+    assert figures["download_throughput"] and all(p["images_per_s"] > 0 for p in figures["download_throughput"])
     html = (run / "report.html").read_text()
     assert "held-out VQA" in html and "<svg" in html and "language mix" in html
 
