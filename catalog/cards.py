@@ -1,4 +1,10 @@
-"""Dataset cards: what each dataset is, where it comes from, and which adapter reads it."""
+"""Dataset cards: what each dataset or caption-pair source is, where it comes from, and how to read it.
+
+Two kinds of card share one folder. A `dataset` card (the default when `kind` is absent) describes
+one of the annotated datasets and names the adapter for its native format. A `pairs` card describes
+a web-scale URL + caption list: where its metadata is published, and, per published layout, the
+file format and the exact URL and caption column names an ingest source needs.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +15,28 @@ from pathlib import Path
 import yaml
 
 CARDS_DIR = Path(__file__).with_name("cards")
-REQUIRED_FIELDS = (
-    "name",
-    "title",
-    "tasks",
-    "held",
-    "splits",
-    "native_format",
-    "source",
-    "license",
-    "citation",
-    "adapter",
-)
+KINDS = ("dataset", "pairs")
+REQUIRED_FIELDS = {
+    "dataset": ("name", "title", "tasks", "held", "splits", "native_format", "source", "license", "citation",
+                "adapter"),
+    "pairs": ("name", "title", "kind", "lang", "size", "layouts", "default_layout", "license", "citation",
+              "sources"),
+}
 HELD_VALUES = ("held-in", "held-out")
+# The file formats a URL list can come in; pipelines.ingest.sources reads each of them.
+METADATA_FORMATS = ("parquet", "tsv", "csv", "jsonl", "json")
+LAYOUT_FIELDS = ("where", "format", "url_col", "caption_col")
 
 
 class CardError(ValueError):
     """A card file that is malformed."""
+
+
+class UnknownLayoutError(KeyError):
+    """A pairs card has no metadata layout of the requested name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class UnknownCardError(KeyError):
@@ -43,14 +54,75 @@ def _read_card(path: Path) -> dict:
         raise CardError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(card, dict):
         raise CardError(f"{path}: expected a mapping of card fields")
-    missing = [name for name in REQUIRED_FIELDS if name not in card]
+    kind = card_kind(card)
+    if kind not in KINDS:
+        raise CardError(f"{path}: kind is {kind!r}; expected one of {', '.join(KINDS)}")
+    missing = [name for name in REQUIRED_FIELDS[kind] if name not in card]
     if missing:
         raise CardError(f"{path}: missing field(s) {', '.join(repr(m) for m in missing)}")
     if card["name"] != path.stem:
         raise CardError(f"{path}: name {card['name']!r} differs from the file name; expected {path.stem!r}")
-    if card["held"] not in HELD_VALUES:
+    if kind == "dataset" and card["held"] not in HELD_VALUES:
         raise CardError(f"{path}: held is {card['held']!r}; expected one of {', '.join(HELD_VALUES)}")
+    if kind == "pairs":
+        _check_pairs_card(path, card)
     return card
+
+
+def _check_pairs_card(path: Path, card: dict) -> None:
+    if not card_languages(card):
+        raise CardError(f"{path}: lang is {card['lang']!r}; expected a language code or a list of them")
+    size = card["size"]
+    if not isinstance(size, dict) or not isinstance(size.get("pairs"), int):
+        raise CardError(f"{path}: size is {size!r}; expected a mapping with an integer 'pairs'")
+    layouts = card["layouts"]
+    if not isinstance(layouts, dict) or not layouts:
+        raise CardError(f"{path}: layouts is {layouts!r}; expected a mapping of layout name to its files")
+    if card["default_layout"] not in layouts:
+        raise CardError(f"{path}: default_layout {card['default_layout']!r} is not one of the layouts "
+                        f"({', '.join(layouts)})")
+    for name, layout in layouts.items():
+        where = f"{path}: layouts.{name}"
+        missing = [field for field in LAYOUT_FIELDS if field not in (layout or {})]
+        if missing:
+            raise CardError(f"{where}: missing field(s) {', '.join(repr(m) for m in missing)}")
+        if layout["format"] not in METADATA_FORMATS:
+            raise CardError(f"{where}: format {layout['format']!r}; expected one of {', '.join(METADATA_FORMATS)}")
+        if layout.get("header", True) is False:
+            columns = layout.get("columns") or []
+            lost = [c for c in (layout["url_col"], layout["caption_col"]) if c not in columns]
+            if lost:
+                raise CardError(f"{where}: a headerless file needs 'columns' naming {', '.join(lost)}")
+    sources = card["sources"]
+    if not isinstance(sources, list) or not sources or not all(
+            isinstance(s, dict) and "fact" in s and "read_at" in s for s in sources):
+        raise CardError(f"{path}: sources must be a non-empty list of {{fact, read_at}} entries")
+    if not isinstance(card.get("unverified", []), list):
+        raise CardError(f"{path}: unverified must be a list of the facts that could not be checked")
+
+
+def card_kind(card: dict) -> str:
+    """`pairs` or `dataset`; a card without `kind` is a dataset card."""
+    return card.get("kind", "dataset")
+
+
+def card_languages(card: dict) -> list[str]:
+    """The card's language codes, whether `lang` is one code or a list."""
+    lang = card.get("lang")
+    if isinstance(lang, str):
+        return [lang]
+    if isinstance(lang, list) and all(isinstance(code, str) for code in lang):
+        return list(lang)
+    return []
+
+
+def pairs_layout(card: dict, layout: str | None = None) -> dict:
+    """One metadata layout of a pairs card (its default when `layout` is None)."""
+    name = layout or card["default_layout"]
+    if name not in card["layouts"]:
+        raise UnknownLayoutError(
+            f"card {card['name']!r} has no layout {name!r}; its layouts: {', '.join(card['layouts'])}")
+    return card["layouts"][name]
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,6 +134,14 @@ def load_cards(cards_dir: str | Path | None = None) -> dict[str, dict]:
     """Every card, by dataset name (a fresh copy each call, so callers may change it)."""
     directory = Path(cards_dir) if cards_dir is not None else CARDS_DIR
     return {name: copy.deepcopy(card) for name, card in _cards(directory.resolve()).items()}
+
+
+def select_cards(cards: dict[str, dict], kind: str | None = None, lang: str | None = None) -> dict[str, dict]:
+    """The cards of one kind and/or one language (a card matches a language it lists)."""
+    return {
+        name: card for name, card in cards.items()
+        if (kind is None or card_kind(card) == kind) and (lang is None or lang in card_languages(card))
+    }
 
 
 def get_card(name: str, cards_dir: str | Path | None = None) -> dict:

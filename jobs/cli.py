@@ -55,11 +55,21 @@ def _report(args) -> int:
 
 
 def _catalog(args) -> int:
-    from catalog.cards import get_card, load_cards
+    from catalog.cards import card_kind, card_languages, get_card, load_cards, select_cards
 
     if args.action == "list":
-        for name, card in sorted(load_cards().items()):
-            print(f"{name:16} {', '.join(card.get('tasks', [])):24} {card.get('held', ''):9} {card.get('title', '')}")
+        cards = select_cards(load_cards(), kind=args.kind, lang=args.lang)
+        if not cards:
+            print(f"loom catalog list: no card with kind={args.kind or 'any'}, lang={args.lang or 'any'}",
+                  file=sys.stderr)
+        for name, card in sorted(cards.items()):
+            if card_kind(card) == "pairs":
+                what = f"pairs, {'+'.join(card_languages(card))}"
+                size = ("~" if card["size"].get("approximate") else "") + _count(card["size"]["pairs"])
+                print(f"{name:16} {what:24} {size:9} {card['title']}")
+            else:
+                tasks = ", ".join(card.get("tasks", []))
+                print(f"{name:16} {tasks:24} {card.get('held', ''):9} {card.get('title', '')}")
     else:
         import yaml
 
@@ -68,6 +78,15 @@ def _catalog(args) -> int:
             return 2
         print(yaml.safe_dump(get_card(args.name), sort_keys=False, allow_unicode=True))
     return 0
+
+
+def _count(n: int) -> str:
+    """A pair count as people quote it: 3.3M, 747M, 2.3B."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return str(n)
 
 
 def _templates(args) -> int:
@@ -126,9 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["lint", "preview", "stats"])
     p.set_defaults(func=_templates)
 
-    p = sub.add_parser("catalog", help="list|show the dataset cards")
+    p = sub.add_parser("catalog", help="list|show the cards: annotated datasets and caption-pair sources")
     p.add_argument("action", choices=["list", "show"])
     p.add_argument("name", nargs="?")
+    p.add_argument("--kind", choices=["pairs", "dataset"], default=None,
+                   help="list only caption-pair sources (pairs) or annotated datasets (dataset)")
+    p.add_argument("--lang", default=None, help="list only cards in this language, e.g. en or zh")
     p.set_defaults(func=_catalog)
     return parser
 

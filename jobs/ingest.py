@@ -57,12 +57,23 @@ DROPPED_SCHEMA = pa.schema(
 def ingest_settings(config: dict) -> dict:
     cfg = section(config, "ingest", DEFAULTS)
     require(bool(cfg["sources"]), "ingest.sources: empty; name at least one URL list, e.g. "
-            "[{path: urls.parquet, url_col: url, caption_col: caption}]")
+            "[{path: urls.parquet, url_col: url, caption_col: caption}] or [{card: cc3m, path: /data/cc3m/*.tsv}]")
+    from pipelines.ingest.sources import SourceConfigError
+
+    entry_of_prefix: dict[str, int] = {}
     for i, src in enumerate(cfg["sources"]):
-        require(isinstance(src, dict) and "path" in src,
-                f"ingest.sources[{i}]: {src!r}; expected {{path: ..., url_col: url, caption_col: caption}}")
-        extra = set(src) - {"path", "url_col", "caption_col", "name"}
-        require(not extra, f"ingest.sources[{i}]: unknown key(s) {sorted(extra)}")
+        require(isinstance(src, dict) and ("path" in src or "card" in src),
+                f"ingest.sources[{i}]: {src!r}; expected {{path: ..., url_col: url, caption_col: caption}} "
+                "or {card: NAME, path: ...} (`loom catalog list --kind pairs` lists the cards)")
+        try:
+            resolved = Source.from_config(src)  # a card source expands its glob here, so no match fails early
+        except SourceConfigError as err:
+            key = f"ingest.sources[{i}]" + (f".{err.key}" if err.key else "")
+            raise ConfigError(f"{key}: {err}") from err
+        for source in resolved:
+            earlier = entry_of_prefix.setdefault(source.row_prefix, i)
+            require(earlier == i, f"ingest.sources[{i}]: its row ids ({source.row_prefix}:<row>) would repeat those "
+                    f"of ingest.sources[{earlier}]; give one of them a distinct name:")
     require(cfg["resize_mode"] in ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"),
             f"ingest.resize_mode: {cfg['resize_mode']!r}; expected one of no, keep_ratio, "
             "keep_ratio_largest, center_crop, border (img2dataset's modes)")
@@ -93,7 +104,7 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
     """Run (or resume, or skip) the ingest stage into `out/ingest`; return its manifest."""
     cfg = ingest_settings(config)
     policy = fetch_policy(cfg)  # a bad CIDR is refused here, before any work
-    sources = [Source(**s) for s in cfg["sources"]]
+    sources = [source for entry in cfg["sources"] for source in Source.from_config(entry)]
     stage_dir = Path(out) / "ingest"
     inputs = {s.path: _fingerprint(s.path) for s in sources}
     if is_complete(stage_dir, cfg, inputs):
