@@ -110,7 +110,8 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
     if is_complete(stage_dir, cfg, inputs):
         log(f"ingest: complete in {stage_dir} (same config and inputs); skipped")
         return read_manifest(stage_dir)
-    start_or_resume(stage_dir, cfg)
+    # a half-finished run resumes only under the same config and the same URL lists
+    start_or_resume(stage_dir, {"ingest": cfg, "inputs": inputs})
     work = stage_dir / "_work"
     work.mkdir(exist_ok=True)
     record = StageRecord("ingest", cfg, inputs)
@@ -131,7 +132,7 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
         downloaded = _download(to_fetch, work, cfg, log)
         dropped.append(_failed_downloads(downloaded))
 
-        tars = sorted(str(p) for p in (work / "download").glob("*.tar"))
+        tars = _finished_download_tars(work / "download")
         samples = _filter_on_ray(ray, tars, filter_config) if tars else _empty_samples()
         samples = mark_duplicates(samples)
         samples, mix_report = apply_mix(samples, normalise_ratios(cfg["languages"]), cfg["seed"])
@@ -213,13 +214,26 @@ def _download(rows: pa.Table, work: Path, cfg: dict, log) -> pa.Table:
         enable_wandb=False,
         incremental_mode="incremental",
     )
+    finished = _finished_download_tars(work / "download")  # a shard img2dataset gave up on stops here, clearly
+    columns = ["key", "status", "error_message", "row_id", "source", "url", "caption"]
     statuses = pa.concat_tables(
-        [pq.read_table(p, columns=["key", "status", "error_message", "row_id", "source", "url", "caption"])
-         for p in sorted((work / "download").glob("*.parquet"))]
-    )
+        [pq.read_table(Path(p).with_suffix(".parquet"), columns=columns) for p in finished]
+    ) if finished else pa.table({c: pa.array([], pa.string()) for c in columns})
     log(f"ingest: img2dataset fetched {rows.num_rows} URLs in {time.time() - started:.1f}s: "
         f"{statuses['status'].value_counts().to_pylist()}")
     return statuses
+
+
+def _finished_download_tars(folder: Path) -> list[str]:
+    """img2dataset's tars, each finished: it writes a shard's `_stats.json` once its tar is closed."""
+    tars = sorted(folder.glob("*.tar"))
+    unfinished = [p.name for p in tars if not (folder / f"{p.stem}_stats.json").exists()]
+    if unfinished:  # half written (a shard that failed); reading it would lose or garble its rows
+        raise RuntimeError(
+            f"ingest: img2dataset left download shard(s) {unfinished} in {folder} unfinished (no _stats.json; "
+            "its log above says why); run `loom ingest` again to retry them: finished shards are kept"
+        )
+    return [str(p) for p in tars]
 
 
 def _failed_downloads(statuses: pa.Table) -> pa.Table:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 LOOM_VERSION = "0.1.0"
 MANIFEST = "manifest.json"
+# `.{name}.tmp-{pid}`: the name write_atomic (and the shard writers) give a file until it is complete
+TEMPORARY_NAME = re.compile(r"\..+\.tmp-\d+")
 
 
 def config_hash(section: Any) -> str:
@@ -105,7 +108,8 @@ def start_or_resume(stage_dir: str | os.PathLike, config: Any) -> None:
     """Keep a half-finished run of the same config, to resume it; clear one of any other config.
 
     A stage folder holds a marker with the hash of the config that started it, so work done
-    under an old config is never mistaken for progress under a new one.
+    under an old config is never mistaken for progress under a new one. What a killed run was
+    still writing (`write_atomic`'s temporary files) is removed: it never became output.
     """
     stage_dir = Path(stage_dir)
     marker = stage_dir / ".config_hash"
@@ -115,4 +119,7 @@ def start_or_resume(stage_dir: str | os.PathLike, config: Any) -> None:
 
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    for unfinished in stage_dir.rglob(".*.tmp-*"):
+        if TEMPORARY_NAME.fullmatch(unfinished.name) and unfinished.is_file():
+            unfinished.unlink(missing_ok=True)
     write_atomic(marker, wanted)
