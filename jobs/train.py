@@ -101,20 +101,16 @@ def run_train(config: dict, out: str | Path, log=print) -> dict:
     return record.finish(stage_dir)
 
 
-def _heldout_records(render_dir: Path, settings: dict) -> list[dict]:
+def _vqa_records(render_dir: Path, settings: dict) -> tuple[list[dict], list[dict]]:
+    """(held-out questions to score, training questions for the baselines), read once from the render output."""
     manifest = read_manifest(render_dir)
     if manifest is None:
-        return []
-    records = read_instructions([render_dir / f for f in manifest["files"]]).to_pylist()
-    chosen = [r for r in records if r["split"] == settings["split"] and r["task"] == "vqa"
-              and any(r["dataset"].startswith(d) for d in settings["datasets"]) and r["answers"]]
-    return chosen[: settings["limit"]] if settings["limit"] else chosen
-
-
-def _train_answers(render_dir: Path) -> list[dict]:
-    manifest = read_manifest(render_dir)
-    records = read_instructions([render_dir / f for f in manifest["files"]]).to_pylist()
-    return [r for r in records if r["split"] == "train" and r["task"] == "vqa"]
+        return [], []
+    records = [r for r in read_instructions([render_dir / f for f in manifest["files"]]).to_pylist() if r["task"] == "vqa"]
+    heldout = [r for r in records if r["split"] == settings["split"] and r["answers"]
+               and any(r["dataset"].startswith(d) for d in settings["datasets"])]
+    train = [r for r in records if r["split"] == "train"]
+    return (heldout[: settings["limit"]] if settings["limit"] else heldout), train
 
 
 def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print) -> dict | None:
@@ -123,7 +119,7 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
     from vlm.evaluate import generate_greedy, normalize_answer, vqa_accuracy
     from vlm.images import ImageProcessor
 
-    items = _heldout_records(render_dir, settings)
+    items, train = _vqa_records(render_dir, settings)
     if not items:
         log("train: no held-out VQA records to evaluate (render a split "
             f"{settings['split']!r} of {settings['datasets']}); evaluation skipped")
@@ -143,7 +139,6 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
     scores = vqa_accuracy(predictions, answers)
 
     # Baselines a blind model could reach from the training answers alone.
-    train = _train_answers(render_dir)
     overall = collections.Counter(normalize_answer(r["messages"][1]["content"]) for r in train)
     majority = overall.most_common(1)[0][0]
     by_type: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
