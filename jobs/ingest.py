@@ -127,18 +127,29 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
         record.rows_in = rows.num_rows
         log(f"ingest: {rows.num_rows} rows from {len(sources)} source(s)")
 
+        phases, clock = {}, time.perf_counter()
+
+        def lap(name: str) -> None:  # where the stage's time goes, for the report and bench/ingest.py
+            nonlocal clock
+            phases[name] = round(time.perf_counter() - clock, 2)
+            clock = time.perf_counter()
+
         to_fetch, refused = _refuse_unfetchable(rows, policy)
         dropped.append(refused)
         downloaded = _download(to_fetch, work, cfg, log)
         dropped.append(_failed_downloads(downloaded))
+        lap("download")
 
         tars = _finished_download_tars(work / "download")
         samples = _filter_on_ray(ray, tars, filter_config) if tars else _empty_samples()
+        lap("filters")
         samples = mark_duplicates(samples)
         samples, mix_report = apply_mix(samples, normalise_ratios(cfg["languages"]), cfg["seed"])
         kept = samples.filter(pl.col("drop_reason").is_null()).sort("key")
         dropped.append(_filter_drops(samples.filter(pl.col("drop_reason").is_not_null())))
+        lap("dedup_and_mix")
         shard_paths = _write_shards(ray, kept, stage_dir / "shards", cfg["samples_per_shard"], log)
+        lap("write_shards")
 
     dropped_table = pa.concat_tables([t.cast(DROPPED_SCHEMA) for t in dropped])
     _check_every_row_once(rows, kept, dropped_table)
@@ -151,6 +162,7 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
         shards=[os.path.relpath(p, stage_dir) for p in shard_paths],
         languages=mix_report,
         kept_by_source=dict(kept.group_by("source").len().sort("source").iter_rows()),
+        phase_seconds=phases,
     )
     manifest = record.finish(stage_dir)
     shutil.rmtree(work / "_tmp", ignore_errors=True)
