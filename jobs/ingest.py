@@ -13,7 +13,6 @@ import shutil
 import time
 from pathlib import Path
 
-import fsspec
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,7 +25,7 @@ from pipelines.ingest.mix import apply_mix, normalise_ratios
 from pipelines.ingest.outcomes import download_drop_reason
 from pipelines.ingest.shards import read_tar_members, write_pairs_shard
 from pipelines.ingest.sources import Source, caption_problem, read_source, url_problem
-from pipelines.manifest import StageRecord, is_complete, read_manifest, start_or_resume
+from pipelines.manifest import StageRecord, input_fingerprint, is_complete, read_manifest, start_or_resume
 
 DEFAULTS = {
     "sources": [],
@@ -83,10 +82,10 @@ def ingest_settings(config: dict) -> dict:
 
 
 def _fingerprint(path: str) -> str:
-    fs, p = fsspec.core.url_to_fs(path)
-    if not fs.exists(p):
+    fingerprint = input_fingerprint(path)
+    if fingerprint is None:
         raise ConfigError(f"ingest.sources: {path}: no such file")
-    return str(fs.checksum(p))
+    return fingerprint
 
 
 @contextlib.contextmanager

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from jobs.config import ConfigError, require, section
-from pipelines.manifest import StageRecord, file_hash, is_complete, manifest_hash, read_manifest, write_json_atomic
+from pipelines.manifest import StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest, write_json_atomic
 from pipelines.pack import assign_bins, build_sequences, fill_stats
-from pipelines.render import read_instructions
+from pipelines.render import read_render_output, selected
 from pipelines.tokenize import Encoder, load_tokenizer
 from pipelines.tokenizer_training import train_bpe
 from templates.chat import get_chat_format
@@ -60,18 +60,18 @@ def run_pack(config: dict, out: str | Path, log=print) -> dict:
     inputs = {str(render_dir): manifest_hash(render_dir)}
     if "path" in cfg["tokenizer"]:
         tokenizer_file = Path(cfg["tokenizer"]["path"]) / "tokenizer.json"
-        if not tokenizer_file.exists():
+        fingerprint = input_fingerprint(tokenizer_file)
+        if fingerprint is None:
             raise ConfigError(f"pack.tokenizer.path: {cfg['tokenizer']['path']}: no tokenizer.json; give a folder "
                               "saved by a Hugging Face fast tokenizer, or use {train: {vocab_size: N}}")
-        inputs[str(tokenizer_file)] = file_hash(tokenizer_file)
+        inputs[str(tokenizer_file)] = fingerprint
     stage_dir = Path(out) / "pack"
     if is_complete(stage_dir, cfg, inputs):
         log(f"pack: complete in {stage_dir} (same config and inputs); skipped")
         return read_manifest(stage_dir)
     shutil.rmtree(stage_dir, ignore_errors=True)  # packing is fast: a partial pack is redone whole
 
-    render_manifest = read_manifest(render_dir)
-    records = read_instructions([render_dir / f for f in render_manifest["files"]]).to_pylist()
+    records = read_render_output(render_dir)
     chat_format = get_chat_format(preset.chat_format)
     tokenizer_dir = stage_dir / "tokenizer"
     if "train" in cfg["tokenizer"]:
@@ -86,8 +86,7 @@ def run_pack(config: dict, out: str | Path, log=print) -> dict:
     record.rows_in = len(records)
     outputs = {}
     for name, spec in cfg["outputs"].items():
-        chosen = [r for r in records if r["split"] == spec.get("split", "train")
-                  and any(r["dataset"].startswith(p) for p in spec["datasets"])]
+        chosen = [r for r in records if selected(r, spec["datasets"], spec.get("split", "train"))]
         summary = _pack_output(chosen, encoder, cfg, preset, stage_dir / name, tokenizer_dir, record)
         outputs[name] = summary
         record.rows_out += summary["samples"]

@@ -4,10 +4,9 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-import fsspec
 
 from jobs.config import ConfigError, require, section
-from pipelines.manifest import StageRecord, is_complete, manifest_hash, read_manifest
+from pipelines.manifest import StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest
 from pipelines.render import render_record, write_instructions
 from templates.library import TemplateError, template_by_id
 
@@ -73,10 +72,10 @@ def _input_fingerprints(cfg: dict) -> dict[str, str]:
         else:
             for key in ("annotations", "questions"):
                 if entry.get(key):
-                    fs, p = fsspec.core.url_to_fs(entry[key])
-                    if not fs.exists(p):
+                    fingerprint = input_fingerprint(entry[key])
+                    if fingerprint is None:
                         raise ConfigError(f"render.datasets: {entry[key]}: no such file")
-                    inputs[entry[key]] = str(fs.checksum(p))
+                    inputs[entry[key]] = fingerprint
     return inputs
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jobs.config import ConfigError, require, section
 from pipelines.manifest import StageRecord, is_complete, manifest_hash, read_manifest, start_or_resume
-from pipelines.render import read_instructions
+from pipelines.render import read_render_output, selected
 from pipelines.tokenize import Encoder, load_tokenizer
 from templates.chat import get_chat_format
 
@@ -103,12 +103,8 @@ def run_train(config: dict, out: str | Path, log=print) -> dict:
 
 def _vqa_records(render_dir: Path, settings: dict) -> tuple[list[dict], list[dict]]:
     """(held-out questions to score, training questions for the baselines), read once from the render output."""
-    manifest = read_manifest(render_dir)
-    if manifest is None:
-        return [], []
-    records = [r for r in read_instructions([render_dir / f for f in manifest["files"]]).to_pylist() if r["task"] == "vqa"]
-    heldout = [r for r in records if r["split"] == settings["split"] and r["answers"]
-               and any(r["dataset"].startswith(d) for d in settings["datasets"])]
+    records = [r for r in read_render_output(render_dir) or [] if r["task"] == "vqa"]
+    heldout = [r for r in records if r["answers"] and selected(r, settings["datasets"], settings["split"])]
     train = [r for r in records if r["split"] == "train"]
     return (heldout[: settings["limit"]] if settings["limit"] else heldout), train
 

@@ -30,6 +30,14 @@ def file_hash(path: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
+def input_fingerprint(path: str | os.PathLike) -> str | None:
+    """Identity of an input file, local or any fsspec URL, for skip decisions; None when it does not exist."""
+    import fsspec
+
+    fs, fs_path = fsspec.core.url_to_fs(str(path))
+    return str(fs.checksum(fs_path)) if fs.exists(fs_path) else None
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Write a file so that a reader sees either the old file or the whole new one."""
     path = Path(path)

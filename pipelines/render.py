@@ -55,3 +55,18 @@ def write_instructions(rows: list[dict], path: Path) -> None:
 
 def read_instructions(paths: list[Path]) -> pa.Table:
     return pa.concat_tables([pq.read_table(p, schema=INSTRUCTIONS_SCHEMA) for p in paths])
+
+
+def read_render_output(render_dir: str | Path) -> list[dict] | None:
+    """Every instruction record of a finished render stage, or None when it has not finished."""
+    from pipelines.manifest import read_manifest
+
+    manifest = read_manifest(render_dir)
+    if manifest is None:
+        return None
+    return read_instructions([Path(render_dir) / f for f in manifest["files"]]).to_pylist()
+
+
+def selected(record: dict, datasets: list[str], split: str) -> bool:
+    """Whether a record is of this split and of a dataset named by one of the prefixes ('pairs' takes 'pairs/cc3m')."""
+    return record["split"] == split and any(record["dataset"].startswith(prefix) for prefix in datasets)
