@@ -9,23 +9,39 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.config import ConfigError, require, section
 from pipelines.ingest import filters
 from pipelines.ingest.dedup import mark_duplicates
+from pipelines.ingest.download import (
+    DownloadConfig,
+    clear_unfinished,
+    download_shard,
+    read_shard,
+    shard_stem,
+)
 from pipelines.ingest.fetch_guard import POLICY_ENV, FetchPolicy
 from pipelines.ingest.mix import apply_mix, normalise_ratios
 from pipelines.ingest.outcomes import download_drop_reason
 from pipelines.ingest.shards import read_tar_members, write_pairs_shard
-from pipelines.ingest.sources import Source, caption_problem, read_source, url_problem
-from pipelines.manifest import StageRecord, input_fingerprint, is_complete, read_manifest, start_or_resume
+from pipelines.ingest.sources import Source, read_source
+from pipelines.manifest import (
+    StageRecord,
+    input_fingerprint,
+    is_complete,
+    read_manifest,
+    start_or_resume,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 
 DEFAULTS = {
     "sources": [],
@@ -47,6 +63,16 @@ DEFAULTS = {
     "timeout": 10,
     "retries": 1,
 }
+FETCH_COLUMNS = ("key", "status", "error_message", "width", "height", "original_width", "original_height",
+                 "sha256", "download_tar")
+SAMPLES_SCHEMA = pa.schema(  # one row per input row after the per-shard operators, kept in work/samples
+    [("shard", pa.int64()), ("row_id", pa.string()), ("source", pa.string()), ("url", pa.string()),
+     ("caption", pa.string()), ("lang", pa.string()), ("lang_confidence", pa.float32()),
+     ("key", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
+     ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
+     ("original_height", pa.int32()), ("sha256", pa.string()), ("phash", pa.string()),
+     ("download_tar", pa.string()), ("stage", pa.string()), ("drop_reason", pa.string())]
+)
 DROPPED_SCHEMA = pa.schema(
     [("row_id", pa.string()), ("source", pa.string()), ("url", pa.string()), ("caption", pa.string()),
      ("key", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
@@ -115,17 +141,14 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
     work.mkdir(exist_ok=True)
     record = StageRecord("ingest", cfg, inputs)
     filter_config = filters.FilterConfig.from_config(cfg["filters"], list(cfg["languages"]))
-    dropped: list[pa.Table] = []
+    download_config = DownloadConfig(cfg["image_size"], cfg["resize_mode"], cfg["encode_quality"], cfg["threads"],
+                                     cfg["timeout"], cfg["retries"], cfg["download_shard_size"])
 
     from jobs.ray_runtime import ray_session
 
     worker_env = {POLICY_ENV: policy.to_env(), "OPENCV_IO_MAX_IMAGE_PIXELS": str(cfg["max_pixels"])}
     with _serving(cfg["serve"]), ray_session(ray_address, worker_env=worker_env,
                                              worker_setup_hook="pipelines.ingest.fetch_guard.install") as ray:
-        rows = pa.concat_tables([read_source(s) for s in sources])
-        record.rows_in = rows.num_rows
-        log(f"ingest: {rows.num_rows} rows from {len(sources)} source(s)")
-
         phases, clock = {}, time.perf_counter()
 
         def lap(name: str) -> None:  # where the stage's time goes, for the report and bench/ingest.py
@@ -133,24 +156,22 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
             phases[name] = round(time.perf_counter() - clock, 2)
             clock = time.perf_counter()
 
-        to_fetch, refused = _refuse_unfetchable(rows, policy)
-        dropped.append(refused)
-        downloaded = _download(to_fetch, work, cfg, log)
-        dropped.append(_failed_downloads(downloaded))
-        lap("download")
-
-        tars = _finished_download_tars(work / "download")
-        samples = _filter_on_ray(ray, tars, filter_config) if tars else _empty_samples()
-        lap("filters")
-        samples = mark_duplicates(samples)
+        rows = pa.concat_tables([read_source(s) for s in sources])
+        record.rows_in = rows.num_rows
+        log(f"ingest: {rows.num_rows} rows from {len(sources)} source(s)")
+        shard_count = _plan_shards(rows, work, cfg["download_shard_size"])
+        lap("read_and_plan")
+        samples = _fetch_and_filter(ray, work, shard_count, policy, filter_config, download_config, log)
+        lap("screen_download_filter")
+        samples = _stamp(mark_duplicates(samples), "dedup")
         samples, mix_report = apply_mix(samples, normalise_ratios(cfg["languages"]), cfg["seed"])
+        samples = _stamp(samples, "mix")
         kept = samples.filter(pl.col("drop_reason").is_null()).sort("key")
-        dropped.append(_filter_drops(samples.filter(pl.col("drop_reason").is_not_null())))
+        dropped_table = _drops(samples.filter(pl.col("drop_reason").is_not_null()))
         lap("dedup_and_mix")
         shard_paths = _write_shards(ray, kept, stage_dir / "shards", cfg["samples_per_shard"], log)
         lap("write_shards")
 
-    dropped_table = pa.concat_tables([t.cast(DROPPED_SCHEMA) for t in dropped])
     _check_every_row_once(rows, kept, dropped_table)
     pq.write_table(dropped_table, work / "dropped.parquet")
     os.replace(work / "dropped.parquet", stage_dir / "dropped.parquet")
@@ -161,10 +182,10 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
         shards=[os.path.relpath(p, stage_dir) for p in shard_paths],
         languages=mix_report,
         kept_by_source=dict(kept.group_by("source").len().sort("source").iter_rows()),
+        dropped_by_stage=dict(sorted(Counter(dropped_table["stage"].to_pylist()).items())),
         phase_seconds=phases,
     )
     manifest = record.finish(stage_dir)
-    shutil.rmtree(work / "_tmp", ignore_errors=True)
     log(f"ingest: kept {kept.height} of {rows.num_rows}; dropped {manifest['dropped']}; "
         f"mix {mix_report['kept_share']}")
     return manifest
@@ -178,142 +199,125 @@ def fetch_policy(cfg: dict) -> FetchPolicy:
         raise ConfigError(str(err)) from err
 
 
-def _refuse_unfetchable(rows: pa.Table, policy: FetchPolicy) -> tuple[pa.Table, pa.Table]:
-    reasons = [
-        url_problem(url, policy) or caption_problem(caption)
-        for url, caption in zip(rows["url"].to_pylist(), rows["caption"].to_pylist())
-    ]
-    refused = pa.array([r is not None for r in reasons])
-    fetch = rows.filter(pa.compute.invert(refused))
-    bad = rows.filter(refused)
-    bad = bad.append_column("key", pa.array([None] * bad.num_rows, pa.string()))
-    bad = bad.append_column("stage", pa.array(["validate"] * bad.num_rows, pa.string()))
-    bad = bad.append_column("reason", pa.array([r for r in reasons if r], pa.string()))
-    bad = bad.append_column("detail", pa.array([None] * bad.num_rows, pa.string()))
-    return fetch, bad
+def _plan_shards(rows: pa.Table, work: Path, per_shard: int) -> int:
+    """Cut the input rows into download shards, once: a resumed run fetches exactly the same shards."""
+    folder = work / "input"
+    plan = folder / "_plan.json"
+    if plan.exists():
+        return json.loads(plan.read_text())["shards"]
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for count, start in enumerate(range(0, rows.num_rows, per_shard), start=1):
+        write_parquet_atomic(rows.slice(start, per_shard), folder / f"{shard_stem(count - 1)}.parquet")
+    write_json_atomic(plan, {"shards": count, "rows": rows.num_rows, "per_shard": per_shard})
+    return count
 
 
-def _download(rows: pa.Table, work: Path, cfg: dict, log) -> pa.Table:
-    """img2dataset on the Ray cluster; returns its per-sample status table (one row per input)."""
-    from img2dataset import download
+def _fetch_and_filter(ray, work: Path, shard_count: int, policy: FetchPolicy, config: filters.FilterConfig,
+                      download: DownloadConfig, log) -> pl.DataFrame:
+    """Each download shard through three Ray Data operators, streamed shard by shard so that one
+    shard's filters run while others download: screen its rows, fetch the rest with img2dataset,
+    check and hash the images. Each finished shard's rows are kept in `work/samples`."""
+    samples_dir = work / "samples"
+    samples_dir.mkdir(exist_ok=True)
+    removed = clear_unfinished(work / "download")
+    if removed:
+        log(f"ingest: resuming; discarded {len(removed)} download shard(s) a stopped run left unfinished")
+    pending = [i for i in range(shard_count) if not (samples_dir / f"{shard_stem(i)}.parquet").exists()]
+    if pending:
+        log(f"ingest: {len(pending)} of {shard_count} download shard(s) to fetch")
+        ds = ray.data.from_items([{"shard": i} for i in pending], override_num_blocks=len(pending))
+        ds = ds.map_batches(screen_shards, fn_kwargs={"work": str(work), "policy": policy, "config": config},
+                            batch_size=None, batch_format="pyarrow")
+        ds = ds.map_batches(fetch_shards, fn_kwargs={"work": str(work), "config": download},
+                            batch_size=None, batch_format="pyarrow")
+        ds = ds.map_batches(filter_shards, fn_kwargs={"work": str(work), "config": config},
+                            batch_size=None, batch_format="pyarrow")
+        done = 0
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for shard in sorted(set(block["shard"].to_pylist())):
+                done += 1
+                rows = block.filter(pc.equal(block["shard"], shard))
+                fetched = pc.sum(pc.equal(rows["status"], "success")).as_py() or 0
+                log(f"ingest: shard {shard_stem(shard)} done ({done}/{len(pending)}): {rows.num_rows} rows, "
+                    f"{fetched} fetched, {pc.sum(pc.is_valid(rows['drop_reason'])).as_py()} dropped")
+    tables = [pq.read_table(samples_dir / f"{shard_stem(i)}.parquet") for i in range(shard_count)]
+    return pl.from_arrow(pa.concat_tables(tables)) if tables else pl.from_arrow(SAMPLES_SCHEMA.empty_table())
 
-    url_list = work / "download_input.parquet"
-    if not url_list.exists():
-        pq.write_table(rows, work / ".download_input.tmp.parquet")
-        os.replace(work / ".download_input.tmp.parquet", url_list)
-    started = time.time()
-    download(
-        url_list=str(url_list),
-        input_format="parquet",
-        url_col="url",
-        caption_col="caption",
-        save_additional_columns=["row_id", "source"],
-        output_format="webdataset",
-        output_folder=str(work / "download"),
-        image_size=cfg["image_size"],
-        resize_mode=cfg["resize_mode"],
-        resize_only_if_bigger=True,
-        encode_format="jpg",
-        encode_quality=cfg["encode_quality"],
-        thread_count=cfg["threads"],
-        number_sample_per_shard=cfg["download_shard_size"],
-        timeout=cfg["timeout"],
-        retries=cfg["retries"],
-        distributor="ray",
-        compute_hash="sha256",
-        extract_exif=False,
-        enable_wandb=False,
-        incremental_mode="incremental",
+
+def screen_shards(batch: pa.Table, work: str, policy: FetchPolicy, config: filters.FilterConfig) -> pa.Table:
+    """Ray Data operator: a shard's input rows, each refused or not from the row alone (URL, caption,
+    language) before anything is fetched."""
+    tables = []
+    for shard in batch["shard"].to_pylist():
+        rows = pq.read_table(Path(work) / "input" / f"{shard_stem(shard)}.parquet")
+        rows = filters.screen_rows(rows, policy, config)
+        rows = rows.append_column("stage", pa.array([None] * rows.num_rows, pa.string()))
+        rows = _stamp_arrow(rows, "screen")
+        tables.append(rows.append_column("shard", pa.array([shard] * rows.num_rows, pa.int64())))
+    return pa.concat_tables(tables)
+
+
+def fetch_shards(batch: pa.Table, work: str, config: DownloadConfig) -> pa.Table:
+    """Ray Data operator: img2dataset fetches a shard's screened rows (unless a stopped run finished
+    that shard); each row gets its download status, sizes, content hash and image bytes."""
+    tables = []
+    folder = Path(work) / "download"
+    for shard in sorted(set(batch["shard"].to_pylist())):
+        rows = batch.filter(pc.equal(batch["shard"], shard))
+        to_fetch = rows.filter(pc.is_null(rows["drop_reason"]))
+        if to_fetch.num_rows:
+            download_shard(to_fetch, shard, folder, config)
+            fetched = read_shard(folder, shard)
+        else:
+            fetched = pa.schema([SAMPLES_SCHEMA.field("row_id")] + [SAMPLES_SCHEMA.field(c) for c in FETCH_COLUMNS]
+                                + [pa.field("jpg", pa.binary())]).empty_table()
+        picked = fetched.take(pc.index_in(rows["row_id"], value_set=fetched["row_id"]))
+        for name in (*FETCH_COLUMNS, "jpg"):
+            rows = rows.append_column(name, picked[name])
+        tables.append(rows)
+    return pa.concat_tables(tables)
+
+
+def filter_shards(batch: pa.Table, work: str, config: filters.FilterConfig) -> pa.Table:
+    """Ray Data operator: failed fetches get their reason; the images fetched are checked (size,
+    aspect) and hashed; the shard's rows, without image bytes, are kept in `work/samples`."""
+    failed = pc.and_(pc.is_null(batch["drop_reason"]), pc.not_equal(batch["status"], "success"))
+    reasons = [download_drop_reason(s, e) if f else None for f, s, e in
+               zip(failed.to_pylist(), batch["status"].to_pylist(), batch["error_message"].to_pylist())]
+    batch = _stamp_arrow(filters.mark(batch, reasons), "download")
+    batch = _stamp_arrow(filters.perceptual_hash(filters.image_geometry(batch, config)), "filter")
+    batch = batch.drop_columns(["jpg"]).select(SAMPLES_SCHEMA.names).cast(SAMPLES_SCHEMA)
+    for shard in sorted(set(batch["shard"].to_pylist())):
+        write_parquet_atomic(batch.filter(pc.equal(batch["shard"], shard)),
+                             Path(work) / "samples" / f"{shard_stem(shard)}.parquet")
+    return batch
+
+
+def _stamp_arrow(batch: pa.Table, stage: str) -> pa.Table:
+    """Name `stage` as where each row dropped since the last stamp was dropped."""
+    fresh = pc.and_(pc.is_valid(batch["drop_reason"]), pc.is_null(batch["stage"]))
+    return batch.set_column(batch.schema.get_field_index("stage"), "stage",
+                            pc.if_else(fresh, pa.scalar(stage), batch["stage"]))
+
+
+def _stamp(samples: pl.DataFrame, stage: str) -> pl.DataFrame:
+    fresh = pl.col("drop_reason").is_not_null() & pl.col("stage").is_null()
+    return samples.with_columns(pl.when(fresh).then(pl.lit(stage)).otherwise(pl.col("stage")).alias("stage"))
+
+
+def _drops(samples: pl.DataFrame) -> pa.Table:
+    detail = (
+        pl.when(pl.col("drop_reason") == "language")
+        .then(pl.lit("detected ") + pl.col("lang") + pl.lit(" (confidence ")
+              + pl.col("lang_confidence").round(3).cast(pl.String) + pl.lit(")"))
+        .when(pl.col("stage") == "download").then(pl.col("error_message"))
+        .otherwise(None)
     )
-    finished = _finished_download_tars(work / "download")  # a shard img2dataset gave up on stops here, clearly
-    columns = ["key", "status", "error_message", "row_id", "source", "url", "caption"]
-    statuses = pa.concat_tables(
-        [pq.read_table(Path(p).with_suffix(".parquet"), columns=columns) for p in finished]
-    ) if finished else pa.table({c: pa.array([], pa.string()) for c in columns})
-    log(f"ingest: img2dataset fetched {rows.num_rows} URLs in {time.time() - started:.1f}s: "
-        f"{statuses['status'].value_counts().to_pylist()}")
-    return statuses
-
-
-def _finished_download_tars(folder: Path) -> list[str]:
-    """img2dataset's tars, each finished: it writes a shard's `_stats.json` once its tar is closed."""
-    tars = sorted(folder.glob("*.tar"))
-    unfinished = [p.name for p in tars if not (folder / f"{p.stem}_stats.json").exists()]
-    if unfinished:  # half written (a shard that failed); reading it would lose or garble its rows
-        raise RuntimeError(
-            f"ingest: img2dataset left download shard(s) {unfinished} in {folder} unfinished (no _stats.json; "
-            "its log above says why); run `loom ingest` again to retry them: finished shards are kept"
-        )
-    return [str(p) for p in tars]
-
-
-def _failed_downloads(statuses: pa.Table) -> pa.Table:
-    failed = statuses.filter(pa.compute.not_equal(statuses["status"], "success"))
-    reasons = [download_drop_reason(s, e) for s, e in
-               zip(failed["status"].to_pylist(), failed["error_message"].to_pylist())]
-    return pa.table({
-        "row_id": failed["row_id"], "source": failed["source"], "url": failed["url"],
-        "caption": failed["caption"], "key": failed["key"],
-        "stage": pa.array(["download"] * failed.num_rows, pa.string()),
-        "reason": pa.array(reasons, pa.string()), "detail": failed["error_message"],
-    })
-
-
-def samples_from_tars(batch: pa.Table) -> pa.Table:
-    """img2dataset's webdataset samples (raw bytes) → one row per image with its metadata columns."""
-    metas = [json.loads(m) for m in batch["json"].to_pylist()]
-    n = len(metas)
-    column = lambda name, kind: pa.array([m.get(name) for m in metas], kind)  # noqa: E731
-    return pa.table({
-        "key": batch["__key__"].cast(pa.string()),
-        "download_tar": batch["__url__"].cast(pa.string()),
-        "row_id": column("row_id", pa.string()),
-        "source": column("source", pa.string()),
-        "url": column("url", pa.string()),
-        "caption": column("caption", pa.string()),
-        "width": column("width", pa.int32()),
-        "height": column("height", pa.int32()),
-        "original_width": column("original_width", pa.int32()),
-        "original_height": column("original_height", pa.int32()),
-        "sha256": column("sha256", pa.string()),
-        "jpg": batch["jpg"].cast(pa.binary()),
-        "drop_reason": pa.array([None] * n, pa.string()),
-    })
-
-
-def _filter_on_ray(ray, tars: list[str], config: filters.FilterConfig) -> pl.DataFrame:
-    import ray.data
-
-    ds = ray.data.read_webdataset(tars, decoder=None)  # bytes stay bytes until a filter needs pixels
-    ds = ds.map_batches(samples_from_tars, batch_format="pyarrow")
-    ds = ds.map_batches(filters.image_geometry, fn_kwargs={"config": config}, batch_format="pyarrow")
-    ds = ds.map_batches(filters.LanguageId, fn_constructor_kwargs={"config": config},
-                        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2))
-    ds = ds.map_batches(filters.caption_quality, fn_kwargs={"config": config}, batch_format="pyarrow")
-    ds = ds.map_batches(filters.perceptual_hash, batch_format="pyarrow")
-    ds = ds.drop_columns(["jpg"])  # the global steps below need metadata only
-    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-    return pl.from_arrow(pa.concat_tables(tables)) if tables else _empty_samples()
-
-
-def _empty_samples() -> pl.DataFrame:
-    return pl.DataFrame(schema={
-        "key": pl.String, "download_tar": pl.String, "row_id": pl.String, "source": pl.String,
-        "url": pl.String, "caption": pl.String, "width": pl.Int32, "height": pl.Int32,
-        "original_width": pl.Int32, "original_height": pl.Int32, "sha256": pl.String,
-        "drop_reason": pl.String, "lang": pl.String, "lang_confidence": pl.Float32, "phash": pl.String,
-    })
-
-
-def _filter_drops(samples: pl.DataFrame) -> pa.Table:
-    detail = pl.when(pl.col("drop_reason") == "language").then(
-        pl.lit("detected ") + pl.col("lang") + pl.lit(" (confidence ")
-        + pl.col("lang_confidence").round(3).cast(pl.String) + pl.lit(")")
-    ).otherwise(None)
     return samples.select(
-        "row_id", "source", "url", "caption", "key", pl.lit("filter").alias("stage"),
-        pl.col("drop_reason").alias("reason"), detail.alias("detail"),
-    ).to_arrow()
+        "row_id", "source", "url", "caption", "key", "stage", pl.col("drop_reason").alias("reason"),
+        detail.alias("detail"),
+    ).to_arrow().cast(DROPPED_SCHEMA)
 
 
 def _write_one_shard(out_dir: str, index: int, rows: list[dict]) -> str:

@@ -50,6 +50,17 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
+def write_parquet_atomic(table, path: str | os.PathLike) -> None:
+    """A pyarrow table as parquet, written so that a reader sees either no file or the whole one."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 

@@ -156,9 +156,11 @@ def test_a_headerless_cc3m_tsv_reads_caption_then_url(tmp_path):
     [source] = Source.from_config({"card": "cc3m", "path": str(path)})
     rows = read_source(source).to_pylist()
     assert rows == [
-        {"row_id": "cc3m:0:0", "source": "cc3m", "url": "http://a.example/1.jpg", "caption": "a dog runs on the grass"},
-        {"row_id": "cc3m:0:1", "source": "cc3m", "url": "http://a.example/2.jpg", "caption": "1984"},
-        {"row_id": "cc3m:0:2", "source": "cc3m", "url": "http://a.example/3.jpg", "caption": 'actor says "hello'},
+        {"row_id": "cc3m:0:0", "source": "cc3m", "url": "http://a.example/1.jpg", "caption": "a dog runs on the grass",
+         "problem": None},
+        {"row_id": "cc3m:0:1", "source": "cc3m", "url": "http://a.example/2.jpg", "caption": "1984", "problem": None},
+        {"row_id": "cc3m:0:2", "source": "cc3m", "url": "http://a.example/3.jpg", "caption": 'actor says "hello',
+         "problem": None},
     ]
 
 
@@ -186,7 +188,8 @@ def test_a_layout_picks_the_hub_copy_and_config_keys_override_the_card(tmp_path)
     [renamed] = Source.from_config({"card": "cc3m", "layout": "hub", "path": str(path),
                                     "caption_col": "alt", "name": "cc3m_alt"})
     assert read_source(renamed).to_pylist()[0] == {
-        "row_id": "cc3m_alt:0:0", "source": "cc3m_alt", "url": "http://h.example/1.jpg", "caption": "b cat"}
+        "row_id": "cc3m_alt:0:0", "source": "cc3m_alt", "url": "http://h.example/1.jpg", "caption": "b cat",
+        "problem": None}
 
 
 def test_a_path_source_is_read_exactly_as_before(tmp_path):
@@ -195,7 +198,8 @@ def test_a_path_source_is_read_exactly_as_before(tmp_path):
     entry = {"path": str(path), "url_col": "u", "caption_col": "c"}
     assert Source.from_config(entry) == [Source(path=str(path), url_col="u", caption_col="c")]
     assert read_source(Source(**entry)).to_pylist() == [
-        {"row_id": "urls:0", "source": "urls", "url": "http://p.example/1.jpg", "caption": "a red circle"}]
+        {"row_id": "urls:0", "source": "urls", "url": "http://p.example/1.jpg", "caption": "a red circle",
+         "problem": None}]
 
 
 def test_ingest_accepts_card_and_path_sources_together(tmp_path):

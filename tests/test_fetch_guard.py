@@ -64,6 +64,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         elif self.path == "/bomb.png":
             self.send_body(png_bomb(60000, 60000), kind="image/png")
+        elif self.path == "/truncated.jpg":  # a JPEG cut short, sent as if whole
+            self.send_body(jpeg((64, 64))[:300])
+        elif self.path == "/short-body.jpg":  # the connection closes before the declared length
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "3000")
+            self.end_headers()
+            self.wfile.write(jpeg((64, 64))[:500])
+            self.close_connection = True
+        elif self.path == "/corrupt.jpg":  # JPEG markers around noise
+            self.send_body(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9")
+        elif self.path == "/error-page.jpg":  # an HTML error page served with 200
+            self.send_body(b"<!DOCTYPE html><html><body>Not found</body></html>", kind="text/html")
+        elif self.path == "/server-error.jpg":
+            self.send_error(500)
         elif self.path == "/slow":
             self.send_response(200)
             self.end_headers()
@@ -121,6 +136,12 @@ def test_localhost_names_resolve_to_loopback_and_are_refused(server):
     assert refusal(f"http://localhost:{port}/ok.jpg", FetchPolicy()) == "private_network"
 
 
+def test_a_truncated_image_is_refused_before_a_decoder_greys_in_the_rest(server):
+    assert refusal(f"{server}/truncated.jpg") == "truncated"
+    assert refusal(f"{server}/short-body.jpg") == "truncated"
+    assert fetch(f"{server}/ok.jpg") == jpeg()
+
+
 @pytest.mark.parametrize("path", ["/big-declared", "/big-undeclared"])
 def test_bodies_over_the_byte_cap_are_refused(server, path):
     assert refusal(f"{server}{path}") == "too_large"
@@ -151,20 +172,26 @@ def test_installing_makes_plain_urlopen_obey_the_policy(server):
 
 
 def test_ingest_workers_apply_the_guard_on_every_hop(server, tmp_path):
-    """The policy reaches img2dataset inside the Ray workers: each refusal lands in dropped.parquet."""
+    """A messy URL list through a real job: the policy reaches img2dataset inside the Ray workers and
+    every bad response lands in dropped.parquet with its reason; the job finishes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from jobs.ingest import run_ingest
 
     urls = {f"{server}/ok.jpg": "kept", f"{server}/to-private": "private_network",
-            f"{server}/bomb.png": "too_many_pixels", f"{server}/big-declared": "too_large"}
-    pq.write_table(pa.table({"url": list(urls), "caption": ["A red rectangle on a plain white background."] * 4}),
+            f"{server}/bomb.png": "too_many_pixels", f"{server}/big-declared": "too_large",
+            f"{server}/big-undeclared": "too_large", f"{server}/truncated.jpg": "truncated",
+            f"{server}/short-body.jpg": "truncated", f"{server}/corrupt.jpg": "not_image",
+            f"{server}/error-page.jpg": "not_image", f"{server}/server-error.jpg": "http_500",
+            f"{server}/gone.jpg": "http_404", f"{server}/slow": "timeout",
+            "http://10.255.255.1/a.jpg": "private_network", "not a url": "malformed_url"}
+    pq.write_table(pa.table({"url": list(urls), "caption": ["A red rectangle on a plain white background."] * len(urls)}),
                    tmp_path / "urls.parquet")
     config = {"ingest": {
         "sources": [{"path": str(tmp_path / "urls.parquet")}], "allowed_networks": ["127.0.0.1/32"],
-        "max_bytes": 4000, "max_pixels": 10_000_000, "languages": {"en": 1.0}, "filters": {"min_side": 16},
-        "image_size": 64, "timeout": 5, "retries": 0,
+        "max_bytes": 4000, "max_pixels": 10_000_000, "max_seconds": 1.0, "languages": {"en": 1.0},
+        "filters": {"min_side": 16}, "image_size": 64, "timeout": 5, "retries": 0,
     }}
     manifest = run_ingest(config, tmp_path / "run", log=lambda *_: None)
     dropped = {r["url"]: r["reason"] for r in pq.read_table(tmp_path / "run" / "ingest" / "dropped.parquet").to_pylist()}

@@ -2,8 +2,9 @@
 
 A real job (`python -m jobs.cli ingest`) is killed three times, each re-run resuming the folder
 the killed one left: its driver alone while img2dataset downloads (some download shards finished,
-some half written) and while Ray Data runs the filters; the driver and every process it started
-while the pairs shards are written (some finished, some not). The moments are found by watching
+some half written) and while Ray Data streams shards through the filters (some shards' rows kept,
+others still in flight); the driver and every process it started while the pairs shards are
+written (some finished, some not). The moments are found by watching
 what the job writes, not by guessing times. An uninterrupted run beside it is the reference.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pipelines.ingest.shards import read_pairs_index
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = {"seed": 5, "pair_scenes": 150, "train_scenes": 1, "val_scenes": 1}
+SHARDS = 6  # download shards of 30 rows: 150 scenes + 24 bad rows (pipelines/shapes_world BAD_ROWS_PER_KIND)
 # Ray processes that only report on a node and never touch a job's files; they notice their
 # raylet is gone on a timer of their own (about a minute), after the test has moved on.
 RAY_REPORTERS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
@@ -191,12 +193,11 @@ def runs(tmp_path_factory):
         began, done = download_shards(stage)
         return bool(done) and bool(began - done)
 
-    filtering_since: dict[str, float] = {}
+    def mid_stream():  # a later run: some shards' filtered rows kept in work/samples, some not yet
+        kept = list((stage / "_work" / "samples").glob("*.parquet"))
+        return len(kept) > shards_at_start.get("kept", 0) and len(kept) < SHARDS
 
-    def mid_filter():  # Loom logs the download summary, then Ray Data's filter pass (about 10 s) starts
-        if killed.logged("img2dataset fetched"):
-            filtering_since.setdefault("t", time.time())
-        return time.time() - filtering_since.get("t", time.time()) > 1.5
+    shards_at_start: dict[str, int] = {}
 
     # The world is served by its own process (not by the job), so that A and B can fetch it at once.
     server = serve_world(root / "world")
@@ -204,7 +205,8 @@ def runs(tmp_path_factory):
     try:
         seen["download"] = killed.kill_when(mid_download, "while img2dataset downloads",
                                             at_kill=lambda: download_shards(stage))
-        seen["filter"] = killed.kill_when(mid_filter, "while Ray Data filters",
+        shards_at_start["kept"] = len(list((stage / "_work" / "samples").glob("*.parquet")))
+        seen["filter"] = killed.kill_when(mid_stream, "while Ray Data streams shards through the filters",
                                           at_kill=lambda: (stage / "shards").exists())
         seen["shards"] = killed.kill_when(
             lambda: bool(finished_pairs_shards(stage)), "while the pairs shards are written",
@@ -356,12 +358,10 @@ def test_a_half_finished_run_is_not_resumed_on_a_changed_url_list(tmp_path, monk
     assert not progress.exists()
 
 
-def test_a_download_tar_without_its_stats_file_is_never_filtered(tmp_path):
-    from jobs.ingest import _finished_download_tars
+def test_a_download_tar_without_its_stats_file_is_cleared_for_a_fresh_fetch(tmp_path):
+    from pipelines.ingest.download import clear_unfinished
 
     for name in ("00000.tar", "00000_stats.json", "00000.parquet", "00001.tar", "00001.parquet"):
         (tmp_path / name).write_bytes(b"x")
-    with pytest.raises(RuntimeError, match=r"\['00001.tar'\] .* unfinished"):
-        _finished_download_tars(tmp_path)
-    (tmp_path / "00001_stats.json").write_text("{}")
-    assert _finished_download_tars(tmp_path) == [str(tmp_path / "00000.tar"), str(tmp_path / "00001.tar")]
+    assert clear_unfinished(tmp_path) == ["00001.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.parquet", "00000.tar", "00000_stats.json"]

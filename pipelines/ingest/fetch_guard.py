@@ -9,7 +9,9 @@ in every Ray worker (`install`, run by Ray's worker setup hook) covers every hop
 - the body is read with a byte cap and an overall deadline (a server that drips one byte at a
   time never trips a per-read timeout);
 - the image header is read before anything decodes it, and an image of more pixels than the
-  cap (a decompression bomb: a few KB of PNG that inflate to gigabytes) is refused.
+  cap (a decompression bomb: a few KB of PNG that inflate to gigabytes) is refused;
+- a JPEG or PNG that stops before its end marker is refused as truncated: decoders fill the
+  missing part with grey and carry on, so it would otherwise pass as a good image.
 A refusal raises `FetchRefused`, whose message starts with the drop reason.
 """
 from __future__ import annotations
@@ -147,6 +149,7 @@ class _BoundedBody(urllib.request.BaseHandler):
             raise FetchRefused(f"too_large: Content-Length {declared} exceeds max_bytes {self.policy.max_bytes}")
         body = self._read(response)
         self._check_pixels(body)
+        self._check_complete(body)
         bounded = urllib.response.addinfourl(io.BytesIO(body), response.headers, response.url, response.status)
         bounded._loom_bounded = True
         return bounded
@@ -166,6 +169,14 @@ class _BoundedBody(urllib.request.BaseHandler):
             if time.monotonic() > deadline:
                 raise FetchRefused(f"timeout: body took longer than max_seconds {self.policy.max_seconds}")
             chunks.append(chunk)
+
+    @staticmethod
+    def _check_complete(body: bytes) -> None:
+        tail = body[-64:]  # end markers may be followed by a little padding
+        if body.startswith(b"\xff\xd8") and b"\xff\xd9" not in tail:
+            raise FetchRefused(f"truncated: JPEG of {len(body)} bytes has no end-of-image marker")
+        if body.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" not in tail:
+            raise FetchRefused(f"truncated: PNG of {len(body)} bytes has no IEND chunk")
 
     def _check_pixels(self, body: bytes) -> None:
         from PIL import Image

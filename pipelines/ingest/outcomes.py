@@ -10,12 +10,14 @@ def download_drop_reason(status: str, error_message: str | None) -> str:
     """Map one failed img2dataset row to a short, countable reason."""
     message = (error_message or "").strip()
     lowered = message.lower()
-    for reason in ("private_network", "too_large", "too_many_pixels"):  # Loom's fetch guard refused it
+    for reason in ("private_network", "too_large", "too_many_pixels", "truncated"):  # Loom's fetch guard refused it
         if f"{reason}:" in lowered:
             return reason
     match = _HTTP.search(message)
     if match:
         return f"http_{next(g for g in match.groups() if g)}"
+    if "incompleteread" in lowered or "incomplete read" in lowered:  # the body ended before its Content-Length
+        return "truncated"
     if "timed out" in lowered or "timeout" in lowered:
         return "timeout"
     if "cannot identify image" in lowered or "image decoding error" in lowered or "not an image" in lowered:

@@ -27,7 +27,8 @@ from catalog.cards import (
 from pipelines.ingest.fetch_guard import FetchPolicy
 
 SOURCE_SCHEMA = pa.schema(
-    [("row_id", pa.string()), ("source", pa.string()), ("url", pa.string()), ("caption", pa.string())]
+    [("row_id", pa.string()), ("source", pa.string()), ("url", pa.string()), ("caption", pa.string()),
+     ("problem", pa.string())]  # set where the row's url or caption was a value of another type
 )
 
 
@@ -152,7 +153,8 @@ def expand_paths(path: str) -> list[str]:
 
 
 def read_source(source: Source) -> pa.Table:
-    """Load a source as (row_id, source, url, caption); non-string values become null."""
+    """Load a source as (row_id, source, url, caption, problem); a url or caption that is not text
+    (a number, a list) becomes null and the row's `problem` says so: url_not_text, caption_not_text."""
     try:
         table = _READERS[source.format](source)
     except pa.ArrowInvalid as err:
@@ -164,13 +166,13 @@ def read_source(source: Source) -> pa.Table:
             )
     n = table.num_rows
     prefix = source.row_prefix
+    urls, url_typed = _as_strings(table[source.url_col])
+    captions, caption_typed = _as_strings(table[source.caption_col])
+    problems = [("url_not_text" if u else None) or ("caption_not_text" if c else None)
+                for u, c in zip(url_typed, caption_typed)]
     return pa.table(
-        {
-            "row_id": [f"{prefix}:{i}" for i in range(n)],
-            "source": [source.label] * n,
-            "url": _as_strings(table[source.url_col]),
-            "caption": _as_strings(table[source.caption_col]),
-        },
+        {"row_id": [f"{prefix}:{i}" for i in range(n)], "source": [source.label] * n,
+         "url": urls, "caption": captions, "problem": problems},
         schema=SOURCE_SCHEMA,
     )
 
@@ -192,8 +194,15 @@ def _read_delimited(source: Source) -> pa.Table:
 
 
 def _read_jsonl(source: Source) -> pa.Table:
-    with fsspec.open(source.path, "rb", compression="infer") as f:
-        return pa_json.read_json(f)
+    try:
+        with fsspec.open(source.path, "rb", compression="infer") as f:
+            return pa_json.read_json(f)
+    except pa.ArrowInvalid:  # a column whose type changes from row to row: read it record by record
+        with fsspec.open(source.path, "rt", encoding="utf-8", compression="infer") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        if not all(isinstance(record, dict) for record in records):
+            raise
+        return _columns_table(records)
 
 
 def _read_json(source: Source) -> pa.Table:
@@ -206,20 +215,35 @@ def _read_json(source: Source) -> pa.Table:
             raise ValueError(f"source {source.path}: column lists of different lengths {sorted(lengths)}")
         columns = document
     elif isinstance(document, list) and all(isinstance(record, dict) for record in document):
-        names = list(dict.fromkeys(key for record in document for key in record))
-        columns = {name: [record.get(name) for record in document] for name in names}
+        return _columns_table(document)
     else:
         raise ValueError(f"source {source.path}: expected a JSON list of records or a mapping of column lists")
-    return pa.table({name: pa.array([v if isinstance(v, str) else None for v in values], pa.string())
-                     for name, values in columns.items()})
+    return _typed_columns(columns)
+
+
+def _columns_table(records: list[dict]) -> pa.Table:
+    names = list(dict.fromkeys(key for record in records for key in record))
+    return _typed_columns({name: [record.get(name) for record in records] for name in names})
+
+
+def _typed_columns(columns: dict[str, list]) -> pa.Table:
+    """Columns of any JSON values, text kept as text and anything else as its JSON, marked."""
+    return pa.table({name: pa.array([v if v is None or isinstance(v, str) else _NOT_TEXT + json.dumps(v)
+                                      for v in values], pa.string()) for name, values in columns.items()})
 
 
 _READERS = {"parquet": _read_parquet, "tsv": _read_delimited, "csv": _read_delimited,
             "jsonl": _read_jsonl, "json": _read_json}
 
 
-def _as_strings(column: pa.ChunkedArray) -> list[str | None]:
-    return [v if isinstance(v, str) else None for v in column.to_pylist()]
+_NOT_TEXT = "\x00not-text:"  # prefixes a JSON value that was not a string (no URL or caption starts so)
+
+
+def _as_strings(column: pa.ChunkedArray) -> tuple[list[str | None], list[bool]]:
+    """The column's text values, null where a value was not text; and where that was so."""
+    values = column.to_pylist()
+    typed = [v is not None and (not isinstance(v, str) or v.startswith(_NOT_TEXT)) for v in values]
+    return [None if t else v for v, t in zip(values, typed)], typed
 
 
 def url_problem(url: str | None, policy: "FetchPolicy") -> str | None:

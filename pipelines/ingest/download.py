@@ -1,0 +1,102 @@
+"""One download shard through img2dataset's own downloader, resizer and webdataset writer.
+
+Loom schedules the shards itself (as Ray Data blocks, so the filters of a finished shard run
+while others download) and hands each one to img2dataset's `Downloader`: the same retries,
+timeouts, resize modes, hashing and webdataset output as `img2dataset.download`, without its
+shard reader and stats-logger process. A shard is finished once img2dataset has written its
+`{id:05d}_stats.json`, which it does after closing the tar; a shard without one is fetched
+again from the start.
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SHARD_DIGITS = 5  # shard files are {id:05d}.tar, as img2dataset names them
+# the input columns img2dataset keeps with each sample (in its json and parquet); url last, as its reader does
+KEPT_COLUMNS = ["row_id", "source", "lang", "caption", "url"]
+STATUS_COLUMNS = ["key", "status", "error_message", "width", "height", "original_width", "original_height", "sha256"]
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """The img2dataset settings of one ingest run."""
+
+    image_size: int = 224
+    resize_mode: str = "keep_ratio"
+    encode_quality: int = 90
+    threads: int = 32
+    timeout: float = 10
+    retries: int = 1
+    samples_per_shard: int = 1000  # sizes the keys: img2dataset reserves digits for this many per shard
+
+
+def shard_stem(shard_id: int) -> str:
+    return f"{shard_id:0{SHARD_DIGITS}d}"
+
+
+def is_finished(folder: str | Path, shard_id: int) -> bool:
+    return (Path(folder) / f"{shard_stem(shard_id)}_stats.json").exists()
+
+
+def download_shard(rows: pa.Table, shard_id: int, folder: str | Path, config: DownloadConfig) -> None:
+    """Fetch `rows` (KEPT_COLUMNS) into `folder/{id}.tar` + `.parquet` + `_stats.json`, unless finished."""
+    from img2dataset.downloader import Downloader
+    from img2dataset.resizer import Resizer
+    from img2dataset.writer import WebDatasetSampleWriter
+
+    folder = Path(folder)
+    if is_finished(folder, shard_id):
+        return
+    inputs = folder / "_input"
+    inputs.mkdir(parents=True, exist_ok=True)
+    shard_file = inputs / f"{shard_stem(shard_id)}.arrow"
+    with pa.OSFile(str(shard_file), "wb") as sink, pa.ipc.new_file(sink, rows.select(KEPT_COLUMNS).schema) as out:
+        out.write_table(rows.select(KEPT_COLUMNS))
+    resizer = Resizer(image_size=config.image_size, resize_mode=config.resize_mode, resize_only_if_bigger=True,
+                      encode_quality=config.encode_quality, encode_format="jpg")
+    downloader = Downloader(
+        sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=config.threads,
+        save_caption=True, extract_exif=False, output_folder=str(folder), column_list=KEPT_COLUMNS,
+        timeout=config.timeout, number_sample_per_shard=config.samples_per_shard, oom_shard_count=SHARD_DIGITS,
+        compute_hash="sha256", verify_hash_type=None, encode_format="jpg", retries=config.retries,
+        user_agent_token=None, disallowed_header_directives=None,
+    )
+    downloader.download_shard((shard_id, str(shard_file)))  # removes the input file when done
+
+
+def read_shard(folder: str | Path, shard_id: int) -> pa.Table:
+    """A finished shard: one row per URL it was given (its status, sizes, hash) plus the image bytes
+    (`jpg`, null where the fetch failed) and the tar it is in."""
+    stem = Path(folder) / shard_stem(shard_id)
+    statuses = pq.read_table(f"{stem}.parquet", columns=KEPT_COLUMNS + STATUS_COLUMNS)
+    images: dict[str, bytes] = {}
+    with tarfile.open(f"{stem}.tar") as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".jpg"):
+                images[member.name[: -len(".jpg")]] = tar.extractfile(member).read()
+    keys = statuses["key"].to_pylist()
+    return statuses.append_column("jpg", pa.array([images.get(k) for k in keys], pa.binary())).append_column(
+        "download_tar", pa.array([f"{stem}.tar"] * statuses.num_rows, pa.string()))
+
+
+def shard_stats(folder: str | Path, shard_id: int) -> dict:
+    return json.loads((Path(folder) / f"{shard_stem(shard_id)}_stats.json").read_text())
+
+
+def clear_unfinished(folder: str | Path) -> list[str]:
+    """Remove what a killed run left of shards it had not finished; return their names."""
+    folder = Path(folder)
+    removed = []
+    for path in sorted(folder.glob("*.tar")):
+        if not (folder / f"{path.stem}_stats.json").exists():
+            for leftover in (path, path.with_suffix(".parquet")):
+                leftover.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
