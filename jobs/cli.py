@@ -8,6 +8,8 @@ import sys
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which phones home
 
 NOT_BUILT = "is not built yet in this version of Loom"
+RAY_ADDRESS_HELP = ("a running Ray cluster's GCS address, HEAD:6379 (default: $RAY_ADDRESS, which `ray job submit` "
+                    "sets for its job; else start a local Ray)")
 
 
 def _demo_data(args) -> int:
@@ -128,13 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config")
         p.add_argument("--out", required=True, help="run folder; the stage writes OUT/" + name)
         if name == "ingest":
-            p.add_argument("--ray-address", default=None, help="a running Ray cluster (default: start a local one)")
+            p.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
         p.set_defaults(func=_stage(name))
 
     p = sub.add_parser("run", help="every stage the config names, in order; resumable")
     p.add_argument("config")
     p.add_argument("--out", required=True)
-    p.add_argument("--ray-address", default=None)
+    p.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
     p.set_defaults(func=_run)
 
     p = sub.add_parser("report", help="HTML + JSON report of a run folder")
