@@ -12,7 +12,8 @@ process of its own, on the same URL list, at the same image size, thread count a
   downloads, image filters, global dedup, language mix, pairs shards written);
 - `loom ingest` alone, which also starts and stops a local Ray.
 
-The three run in turn, `--repeats` times; the median of each is reported. Images/s counts
+The three run in turn, `--repeats` times after one warm-up round that is not counted (the first
+start of each tool reads its libraries from disk); the median of each is reported. Images/s counts
 input URLs per wall-clock second. Issue 3's target: loom on a running cluster >= 0.9x plain.
 """
 from __future__ import annotations
@@ -77,7 +78,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"plain_img2dataset": [], "loom_on_running_ray": [], "loom_with_ray_start": []}
     manifests = {}
     with serve_demo_world(str(world)):
-        for r in range(args.repeats):
+        for r in range(-1, args.repeats):  # round -1 warms up
             plain_out = out / f"plain-{r}"
             times["plain_img2dataset"].append(timed(plain_command + [f"--output_folder={plain_out}"],
                                                     out / f"plain-{r}.log"))
@@ -93,8 +94,11 @@ def main() -> None:
             run = out / f"loom-local-{r}"
             times["loom_with_ray_start"].append(timed(loom_command + ["--out", str(run)], out / f"loom-local-{r}.log"))
             manifests["loom_with_ray_start"] = json.loads((run / "ingest" / "manifest.json").read_text())
-            print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()),
+            print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()),
                   file=sys.stderr)
+            if r < 0:
+                for values in times.values():
+                    values.clear()
 
     median = {name: statistics.median(values) for name, values in times.items()}
     fetched = sum(json.loads(p.read_text())["successes"] for p in (out / "plain-0").glob("*_stats.json"))

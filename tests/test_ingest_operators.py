@@ -80,6 +80,21 @@ def test_caption_filter_counts_words_for_english_and_characters_for_chinese():
                                               "caption_junk", "caption_junk", "caption_junk"]
 
 
+def test_the_hash_drops_an_image_that_does_not_decode_and_names_the_reason():
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 64), "red").save(buffer, "JPEG")
+    good = buffer.getvalue()
+    b = pa.table({"jpg": [good, good[:20], b"GIF89a not really", None],
+                  "drop_reason": pa.array([None, None, None, "http_404"], pa.string())})
+    out = filters.perceptual_hash(b)
+    assert out["drop_reason"].to_pylist() == [None, "decode_error", "decode_error", "http_404"]
+    assert len(out["phash"][0].as_py()) == 64 and out["phash"].to_pylist()[1:] == [None, None, None]
+
+
 def test_a_filter_never_overwrites_an_earlier_reason():
     b = pa.table({"original_width": [10], "original_height": [10], "drop_reason": ["http_404"]})
     assert filters.image_geometry(b, CONFIG)["drop_reason"].to_pylist() == ["http_404"]
