@@ -65,6 +65,8 @@ DEFAULTS = {
 }
 FETCH_COLUMNS = ("key", "status", "error_message", "width", "height", "original_width", "original_height",
                  "sha256", "download_tar")
+# what the whole-run decisions (dedup, mix, the shard plan) read of each row; the rest stays on disk
+DECISION_COLUMNS = ["shard", "row_id", "source", "key", "lang", "sha256", "phash", "stage", "drop_reason"]
 SAMPLES_SCHEMA = pa.schema(  # one row per input row after the per-shard operators, kept in work/samples
     [("shard", pa.int64()), ("row_id", pa.string()), ("source", pa.string()), ("url", pa.string()),
      ("caption", pa.string()), ("lang", pa.string()), ("lang_confidence", pa.float32()),
@@ -161,39 +163,41 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
             phases[name] = round(time.perf_counter() - clock, 2)
             clock = time.perf_counter()
 
-        rows = pa.concat_tables([read_source(s) for s in sources])
-        record.rows_in = rows.num_rows
-        log(f"ingest: {rows.num_rows} rows from {len(sources)} source(s)")
-        shard_count = _plan_shards(rows, work, cfg["download_shard_size"])
+        plan = _plan_shards(ray, sources, work, cfg["download_shard_size"])
+        record.rows_in = plan["rows"]
+        log(f"ingest: {plan['rows']} rows from {len(sources)} source(s) in {len(plan['shards'])} download shard(s)")
         lap("read_and_plan")
-        samples = _fetch_and_filter(ray, work, shard_count, policy, filter_config, download_config, log)
+        samples = _fetch_and_filter(ray, work, plan["shards"], policy, filter_config, download_config, log)
         lap("screen_download_filter")
         dedup: dict = {}
-        samples = _stamp(mark_duplicates(samples, filter_config.near_duplicate_radius, counters=dedup), "dedup")
-        samples, mix_report = apply_mix(samples, normalise_ratios(cfg["languages"]), cfg["seed"])
-        samples = _stamp(samples, "mix")
-        kept = samples.filter(pl.col("drop_reason").is_null()).sort("key")
-        dropped_table = _drops(samples.filter(pl.col("drop_reason").is_not_null()))
+        decided = _stamp(mark_duplicates(samples, filter_config.near_duplicate_radius, counters=dedup), "dedup")
+        decided, mix_report = apply_mix(decided, normalise_ratios(cfg["languages"]), cfg["seed"])
+        decided = _stamp(decided, "mix")
+        if decided.height != samples.height:
+            raise RuntimeError(f"ingest bookkeeping: dedup and mix turned {samples.height} rows into "
+                               f"{decided.height}. This is a Loom bug: please report it.")
         lap("dedup_and_mix")
-        shard_paths = _write_shards(ray, kept, stage_dir / "shards", cfg["samples_per_shard"], log)
+        drops = _write_dropped(ray, work, decided, stage_dir / "dropped.parquet")
+        kept = decided.filter(pl.col("drop_reason").is_null())
+        shard_paths = _write_shards(ray, work, decided, stage_dir / "shards", cfg["samples_per_shard"], log)
         lap("write_shards")
 
-    _check_every_row_once(rows, kept, dropped_table)
-    pq.write_table(dropped_table, work / "dropped.parquet")
-    os.replace(work / "dropped.parquet", stage_dir / "dropped.parquet")
-    for reason in dropped_table["reason"].to_pylist():
-        record.drop("duplicate" if reason.startswith("duplicate_of ") else reason)
+    if kept.height + drops["rows"] != plan["rows"]:
+        raise RuntimeError(f"ingest bookkeeping: {plan['rows']} rows in, {kept.height} kept + {drops['rows']} "
+                           "dropped. This is a Loom bug: please report it.")
+    for reason, count in drops["reasons"].items():
+        record.drop("duplicate" if reason.startswith("duplicate_of ") else reason, count)
     record.rows_out = kept.height
     record.extra.update(
         shards=[os.path.relpath(p, stage_dir) for p in shard_paths],
         languages=mix_report,
         kept_by_source=dict(kept.group_by("source").len().sort("source").iter_rows()),
-        dropped_by_stage=dict(sorted(Counter(dropped_table["stage"].to_pylist()).items())),
+        dropped_by_stage=dict(sorted(drops["stages"].items())),
         phase_seconds=phases,
         dedup=dedup,
     )
     manifest = record.finish(stage_dir)
-    log(f"ingest: kept {kept.height} of {rows.num_rows}; dropped {manifest['dropped']}; "
+    log(f"ingest: kept {kept.height} of {plan['rows']}; dropped {manifest['dropped']}; "
         f"mix {mix_report['kept_share']}")
     return manifest
 
@@ -206,25 +210,48 @@ def fetch_policy(cfg: dict) -> FetchPolicy:
         raise ConfigError(str(err)) from err
 
 
-def _plan_shards(rows: pa.Table, work: Path, per_shard: int) -> int:
-    """Cut the input rows into download shards, once: a resumed run fetches exactly the same shards."""
+def split_source(source: Source, index: int, folder: str, per_shard: int) -> list[tuple[str, int]] | str:
+    """Ray task: read one URL-list file and cut it into download-shard inputs; (name, rows) of each,
+    or the reason the file cannot be read."""
+    try:
+        rows = read_source(source)
+    except ValueError as err:
+        return str(err)
+    parts = []
+    for part, start in enumerate(range(0, rows.num_rows, per_shard)):
+        name = f"s{index:05d}-{part:05d}.parquet"
+        chunk = rows.slice(start, per_shard)
+        write_parquet_atomic(chunk, Path(folder) / name)
+        parts.append((name, chunk.num_rows))
+    return parts
+
+
+def _plan_shards(ray, sources: list[Source], work: Path, per_shard: int) -> dict:
+    """Cut the input rows into download shards, once, each URL-list file read by a Ray task of its
+    own (the driver never holds the rows): a resumed run fetches exactly the same shards."""
     folder = work / "input"
-    plan = folder / "_plan.json"
-    if plan.exists():
-        return json.loads(plan.read_text())["shards"]
+    plan_path = folder / "_plan.json"
+    if plan_path.exists():
+        return json.loads(plan_path.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    count = 0
-    for count, start in enumerate(range(0, rows.num_rows, per_shard), start=1):
-        write_parquet_atomic(rows.slice(start, per_shard), folder / f"{shard_stem(count - 1)}.parquet")
-    write_json_atomic(plan, {"shards": count, "rows": rows.num_rows, "per_shard": per_shard})
-    return count
+    split = ray.remote(split_source)
+    results = ray.get([split.remote(source, i, str(folder), per_shard) for i, source in enumerate(sources)])
+    problems = [r for r in results if isinstance(r, str)]
+    if problems:
+        raise ConfigError("ingest.sources: " + "; ".join(problems))
+    plan = {"shards": [name for parts in results for name, _ in parts],
+            "rows": sum(count for parts in results for _, count in parts), "per_shard": per_shard}
+    write_json_atomic(plan_path, plan)
+    return plan
 
 
-def _fetch_and_filter(ray, work: Path, shard_count: int, policy: FetchPolicy, config: filters.FilterConfig,
+def _fetch_and_filter(ray, work: Path, inputs: list[str], policy: FetchPolicy, config: filters.FilterConfig,
                       download: DownloadConfig, log) -> pl.DataFrame:
     """Each download shard through three Ray Data operators, streamed shard by shard so that one
     shard's filters run while others download: screen its rows, fetch the rest with img2dataset,
-    check and hash the images. Each finished shard's rows are kept in `work/samples`."""
+    check and hash the images. Each finished shard's rows are kept in `work/samples`; what the
+    whole-run decisions need of them (DECISION_COLUMNS) is returned."""
+    shard_count = len(inputs)
     samples_dir = work / "samples"
     samples_dir.mkdir(exist_ok=True)
     removed = clear_unfinished(work / "download")
@@ -234,7 +261,8 @@ def _fetch_and_filter(ray, work: Path, shard_count: int, policy: FetchPolicy, co
     if pending:
         log(f"ingest: {len(pending)} of {shard_count} download shard(s) to fetch")
         ds = ray.data.from_items([{"shard": i} for i in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(screen_shards, fn_kwargs={"work": str(work), "policy": policy, "config": config},
+        ds = ds.map_batches(screen_shards, fn_kwargs={"work": str(work), "inputs": inputs, "policy": policy,
+                                                      "config": config},
                             batch_size=None, batch_format="pyarrow")
         ds = ds.map_batches(fetch_shards, fn_kwargs={"work": str(work), "config": download},
                             batch_size=None, batch_format="pyarrow")
@@ -248,16 +276,19 @@ def _fetch_and_filter(ray, work: Path, shard_count: int, policy: FetchPolicy, co
                 fetched = pc.sum(pc.equal(rows["status"], "success")).as_py() or 0
                 log(f"ingest: shard {shard_stem(shard)} done ({done}/{len(pending)}): {rows.num_rows} rows, "
                     f"{fetched} fetched, {pc.sum(pc.is_valid(rows['drop_reason'])).as_py()} dropped")
-    tables = [pq.read_table(samples_dir / f"{shard_stem(i)}.parquet") for i in range(shard_count)]
-    return pl.from_arrow(pa.concat_tables(tables)) if tables else pl.from_arrow(SAMPLES_SCHEMA.empty_table())
+    tables = [pq.read_table(samples_dir / f"{shard_stem(i)}.parquet", columns=DECISION_COLUMNS)
+              for i in range(shard_count)]
+    schema = pa.schema([SAMPLES_SCHEMA.field(c) for c in DECISION_COLUMNS])
+    return pl.from_arrow(pa.concat_tables(tables) if tables else schema.empty_table())
 
 
-def screen_shards(batch: pa.Table, work: str, policy: FetchPolicy, config: filters.FilterConfig) -> pa.Table:
+def screen_shards(batch: pa.Table, work: str, inputs: list[str], policy: FetchPolicy,
+                  config: filters.FilterConfig) -> pa.Table:
     """Ray Data operator: a shard's input rows, each refused or not from the row alone (URL, caption,
     language) before anything is fetched."""
     tables = []
     for shard in batch["shard"].to_pylist():
-        rows = pq.read_table(Path(work) / "input" / f"{shard_stem(shard)}.parquet")
+        rows = pq.read_table(Path(work) / "input" / inputs[shard])
         rows = filters.screen_rows(rows, policy, config)
         rows = rows.append_column("stage", pa.array([None] * rows.num_rows, pa.string()))
         rows = _stamp_arrow(rows, "screen")
@@ -327,7 +358,54 @@ def _drops(samples: pl.DataFrame) -> pa.Table:
     ).to_arrow().cast(DROPPED_SCHEMA)
 
 
-def _write_one_shard(out_dir: str, index: int, rows: list[dict]) -> str:
+def shard_rows(work: str, shard: int, decided: pa.Table) -> pl.DataFrame:
+    """A download shard's rows (work/samples) with the whole-run decisions (dedup, mix) applied."""
+    rows = pl.from_arrow(pq.read_table(Path(work) / "samples" / f"{shard_stem(shard)}.parquet"))
+    if rows["row_id"].n_unique() != rows.height:
+        raise RuntimeError(f"ingest bookkeeping: shard {shard} repeats a row. This is a Loom bug: please report it.")
+    decided = pl.from_arrow(decided).select("row_id", pl.col("drop_reason").alias("decided_reason"),
+                                            pl.col("stage").alias("decided_stage"))
+    return (rows.join(decided, on="row_id", how="left", maintain_order="left")
+            .with_columns(pl.col("decided_reason").alias("drop_reason"), pl.col("decided_stage").alias("stage"))
+            .drop("decided_reason", "decided_stage"))
+
+
+def shard_drops(work: str, shard: int, decided: pa.Table) -> pa.Table:
+    """Ray task: a download shard's dropped rows, as dropped.parquet holds them."""
+    rows = shard_rows(work, shard, decided)
+    return _drops(rows.filter(pl.col("drop_reason").is_not_null()))
+
+
+def _by_shard(decided: pl.DataFrame) -> dict[int, pa.Table]:
+    return {shard: part.select("row_id", "drop_reason", "stage").to_arrow()
+            for (shard,), part in decided.partition_by("shard", as_dict=True).items()}
+
+
+def _write_dropped(ray, work: Path, decided: pl.DataFrame, path: Path) -> dict:
+    """dropped.parquet, streamed shard by shard (a Ray task each), so no step holds every dropped row."""
+    task = ray.remote(shard_drops)
+    parts = _by_shard(decided)
+    refs = [task.remote(str(work), shard, parts[shard]) for shard in sorted(parts)]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    counts = {"rows": 0, "reasons": Counter(), "stages": Counter()}
+    with pq.ParquetWriter(tmp, DROPPED_SCHEMA) as writer:
+        for ref in refs:
+            table = ray.get(ref)
+            writer.write_table(table)
+            counts["rows"] += table.num_rows
+            counts["reasons"].update(table["reason"].to_pylist())
+            counts["stages"].update(table["stage"].to_pylist())
+    os.replace(tmp, path)
+    return counts
+
+
+def write_pairs_piece(out_dir: str, index: int, work: str, pieces: list[tuple[int, int, int]],
+                      decided: dict[int, pa.Table]) -> str:
+    """Ray task: pairs shard `index` from (download shard, first, end) slices of each shard's kept rows in key order."""
+    rows: list[dict] = []
+    for shard, first, end in pieces:
+        kept = shard_rows(work, shard, decided[shard]).filter(pl.col("drop_reason").is_null()).sort("key")
+        rows.extend(kept.slice(first, end - first).to_dicts())
     wanted: dict[str, set[str]] = {}
     for row in rows:
         wanted.setdefault(row["download_tar"], set()).add(row["key"])
@@ -337,20 +415,26 @@ def _write_one_shard(out_dir: str, index: int, rows: list[dict]) -> str:
     return write_pairs_shard(out_dir, index, rows, images)
 
 
-def _write_shards(ray, kept: pl.DataFrame, out_dir: Path, per_shard: int, log) -> list[str]:
-    rows = kept.to_dicts()
-    chunks = [rows[i:i + per_shard] for i in range(0, len(rows), per_shard)]
-    write = ray.remote(_write_one_shard)
-    paths = ray.get([write.remote(str(out_dir), i, chunk) for i, chunk in enumerate(chunks)])
+def _write_shards(ray, work: Path, decided: pl.DataFrame, out_dir: Path, per_shard: int, log) -> list[str]:
+    """Pairs shards of `per_shard` kept rows in key order (download shard, then row), each written by a
+    Ray task that reads its rows from the download shards; the driver only passes counts."""
+    kept_counts = dict(decided.filter(pl.col("drop_reason").is_null()).group_by("shard").len().iter_rows())
+    parts = _by_shard(decided)
+    pieces: list[list[tuple[int, int, int]]] = [[]]
+    room = per_shard
+    for shard in sorted(kept_counts):
+        first = 0
+        while first < kept_counts[shard]:
+            if room == 0:
+                pieces.append([])
+                room = per_shard
+            end = min(kept_counts[shard], first + room)
+            pieces[-1].append((shard, first, end))
+            room -= end - first
+            first = end
+    pieces = [p for p in pieces if p]
+    write = ray.remote(write_pairs_piece)
+    paths = ray.get([write.remote(str(out_dir), i, str(work), piece, {s: parts[s] for s, _, _ in piece})
+                     for i, piece in enumerate(pieces)])
     log(f"ingest: wrote {len(paths)} pairs shard(s) to {out_dir}")
     return paths
-
-
-def _check_every_row_once(rows: pa.Table, kept: pl.DataFrame, dropped: pa.Table) -> None:
-    seen = kept["row_id"].to_list() + dropped["row_id"].to_pylist()
-    if len(seen) != len(set(seen)) or set(seen) != set(rows["row_id"].to_pylist()):
-        lost = set(rows["row_id"].to_pylist()) - set(seen)
-        raise RuntimeError(
-            f"ingest bookkeeping: {rows.num_rows} rows in, {kept.height} kept + {dropped.num_rows} dropped; "
-            f"{len(lost)} unaccounted (e.g. {sorted(lost)[:5]}). This is a Loom bug: please report it."
-        )

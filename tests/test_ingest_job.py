@@ -157,3 +157,10 @@ def test_a_bad_config_is_refused_before_any_work(small_world, tmp_path):
     with pytest.raises(ConfigError, match=r"ingest.languages: \['xx'\] not among"):
         run_ingest(config_for(world_dir, languages={"en": 0.5, "xx": 0.5}), tmp_path)
     assert not (tmp_path / "ingest").exists()
+
+
+def test_an_unreadable_url_list_is_named_with_the_reason(tmp_path):
+    (tmp_path / "urls.jsonl").write_text("not json at all\n")
+    config = {"ingest": {"sources": [{"path": str(tmp_path / "urls.jsonl"), "format": "jsonl"}]}}
+    with pytest.raises(ConfigError, match=r"ingest.sources: source .*urls.jsonl: not readable as jsonl"):
+        run_ingest(config, tmp_path / "run", log=lambda *_: None)

@@ -157,7 +157,7 @@ def read_source(source: Source) -> pa.Table:
     (a number, a list) becomes null and the row's `problem` says so: url_not_text, caption_not_text."""
     try:
         table = _READERS[source.format](source)
-    except pa.ArrowInvalid as err:
+    except (pa.ArrowInvalid, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"source {source.path}: not readable as {source.format} ({err})") from err
     for col, what in ((source.url_col, "url_col"), (source.caption_col, "caption_col")):
         if col not in table.column_names:
