@@ -3,28 +3,16 @@ from __future__ import annotations
 
 import http.server
 import io
-import struct
 import threading
 import time
 import urllib.request
-import zlib
 
 import pytest
 from PIL import Image
 
 from pipelines.ingest.fetch_guard import FetchPolicy, build_opener
 from pipelines.ingest.outcomes import download_drop_reason
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A small PNG whose header claims width x height and whose data is a deflate stream of zeros:
-    kilobytes on the wire, gigabytes once decoded."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    zeros = zlib.compress(b"\x00" * 1_000_000, 9)  # the start of the image data; enough to look real
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zeros) + chunk(b"IEND", b"")
+from pipelines.shapes_world.faults import png_bomb
 
 
 def jpeg(size=(40, 30)) -> bytes:
@@ -79,14 +67,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_body(b"<!DOCTYPE html><html><body>Not found</body></html>", kind="text/html")
         elif self.path == "/server-error.jpg":
             self.send_error(500)
-        elif self.path == "/slow":
+        elif self.path == "/slow":  # a byte every 50 ms for 30 s, or until the client hangs up
             self.send_response(200)
             self.end_headers()
-            for _ in range(40):
-                self.wfile.write(b"x")
-                self.wfile.flush()
-                time.sleep(0.05)
             self.close_connection = True
+            try:
+                for _ in range(600):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
         else:
             self.send_error(404)
 
@@ -151,8 +142,10 @@ def test_a_decompression_bomb_is_refused_from_its_header(server):
     assert refusal(f"{server}/bomb.png") == "too_many_pixels"
 
 
-def test_a_server_that_drips_bytes_hits_the_deadline(server):
+def test_a_server_that_drips_bytes_is_cut_off_at_the_deadline(server):
+    started = time.monotonic()
     assert refusal(f"{server}/slow") == "timeout"
+    assert time.monotonic() - started < LOOPBACK_ONLY.max_seconds + 1.0  # not when the server stops, 30 s on
 
 
 def test_errors_pass_through_untouched(server):

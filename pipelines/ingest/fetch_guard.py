@@ -160,7 +160,10 @@ class _BoundedBody(urllib.request.BaseHandler):
         deadline = time.monotonic() + self.policy.max_seconds
         chunks, size = [], 0
         while True:
-            chunk = response.read(64 * 1024)
+            # read1, not read: read(n) waits for all n bytes, so a server dripping a byte at a time
+            # would hold the worker until it stopped; read1 returns what has arrived, and the
+            # deadline is checked after every arrival
+            chunk = response.read1(64 * 1024)
             if not chunk:
                 return b"".join(chunks)
             size += len(chunk)
