@@ -16,7 +16,8 @@ def _demo_data(args) -> int:
     from pipelines.shapes_world import write_demo_data
 
     summary = write_demo_data(args.out, seed=args.seed, pair_scenes=args.pair_scenes,
-                              train_scenes=args.train_scenes, val_scenes=args.val_scenes, port=args.port)
+                              train_scenes=args.train_scenes, val_scenes=args.val_scenes, port=args.port,
+                              messy=args.messy)
     urls = summary["urls"]
     bad = {kind: n for kind, n in urls["row_kinds"].items() if kind != "good"}
     print(f"shapes world (seed {summary['seed']}) written to {args.out}")
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-scenes", type=int, default=800)
     p.add_argument("--val-scenes", type=int, default=150)
     p.add_argument("--port", type=int, default=None, help="port the URL list points at (default: a free one)")
+    p.add_argument("--messy", action="store_true",
+                   help="also plant what a real crawl meets: malformed and private URLs, junk and mis-sized captions, "
+                        "servers that stall, drip, truncate, redirect to private addresses, send bombs or errors")
     p.set_defaults(func=_demo_data)
 
     for name, help_text in (("ingest", "URL lists → pairs (img2dataset + filters on Ray)"),

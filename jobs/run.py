@@ -8,7 +8,8 @@ from pathlib import Path
 from jobs.config import section
 
 ORDER = ("demo_data", "ingest", "render", "pack", "train")
-DEMO_DEFAULTS = {"seed": 0, "pair_scenes": 600, "train_scenes": 800, "val_scenes": 150, "port": None, "out": None}
+DEMO_DEFAULTS = {"seed": 0, "pair_scenes": 600, "train_scenes": 800, "val_scenes": 150, "port": None, "out": None,
+                 "messy": False}
 
 
 def stages_in(config: dict) -> list[str]:
@@ -25,7 +26,8 @@ def run_demo_data(config: dict, out: str, log=print) -> dict:
     if world.exists():
         settings = json.loads(world.read_text())
         wanted = {"pairs": cfg["pair_scenes"], "train2014": cfg["train_scenes"], "val2014": cfg["val_scenes"]}
-        if settings.get("seed") == cfg["seed"] and settings.get("scenes") == wanted:
+        if (settings.get("seed") == cfg["seed"] and settings.get("scenes") == wanted
+                and settings["urls"].get("messy", False) == cfg["messy"]):
             log(f"demo_data: shapes world present in {target}; reused")
             return settings
     log(f"demo_data: writing the shapes world to {target}")

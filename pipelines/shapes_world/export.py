@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from .draw import draw_scene, encode_jpeg
+from .faults import corrupt_jpeg
 from .scenes import COLOURS, SHAPE_KINDS, Scene, area, captions, make_scene, outline, questions
 
 DEFAULT_PAIR_SCENES = 600
@@ -50,6 +51,22 @@ BAD_ROW_KINDS = (
     "duplicate_image",
     "near_duplicate_image",
     "extreme_aspect",
+)
+# What a real crawl adds on top (`messy=True`): rows that break the URL, the caption or the
+# server's side of the download. Served by faults.py where the server has to misbehave.
+MESSY_ROW_KINDS = (
+    "malformed_url",
+    "private_address",
+    "redirect_to_private",
+    "server_error",
+    "slow_server",
+    "stalled_server",
+    "truncated_body",
+    "oversized_body",
+    "decompression_bomb",
+    "corrupt_image",
+    "junk_caption",
+    "caption_length",
 )
 # A near duplicate is a good row's scene as another site would serve it: scaled to 90% and
 # saved at a lower JPEG quality, so neither its bytes nor its size match the original.
@@ -136,11 +153,12 @@ def _foreign_caption(scene: Scene, index: int) -> str:
     return f"Sur cette image, on voit {_FRENCH_COUNTS[total]} formes géométriques sur un fond clair."
 
 
-def _write_url_list(out: Path, seed: int, pair_scenes: int, port: int) -> dict:
+def _write_url_list(out: Path, seed: int, pair_scenes: int, port: int, messy: bool = False) -> dict:
     images = out / "web" / "images"
     base = f"http://127.0.0.1:{port}/images"
     rows: list[tuple[str, str | None]] = []
-    bad_rows: dict[str, list[str]] = {kind: [] for kind in BAD_ROW_KINDS}
+    kinds = BAD_ROW_KINDS + (MESSY_ROW_KINDS if messy else ())
+    bad_rows: dict[str, list[str]] = {kind: [] for kind in kinds}
 
     zh_rows = round(ZH_SHARE * pair_scenes)
     languages = ["zh"] * zh_rows + ["en"] * (pair_scenes - zh_rows)
@@ -156,11 +174,12 @@ def _write_url_list(out: Path, seed: int, pair_scenes: int, port: int) -> dict:
         rows.append((f"{base}/{name}", caption))
         good.append((scene, data, caption))
 
-    def add_bad(kind: str, name: str, caption: str | None, data: bytes | None) -> None:
+    def add_bad(kind: str, name: str, caption: str | None, data: bytes | None, url: str | None = None) -> None:
         if data is not None:
             _write_bytes(images / name, data)
-        rows.append((f"{base}/{name}", caption))
-        bad_rows[kind].append(f"{base}/{name}")
+        url = f"{base}/{name}" if url is None else url
+        rows.append((url, caption))
+        bad_rows[kind].append(url)
 
     for k in range(BAD_ROWS_PER_KIND):
         # Each bad row has its own scene, so no two bad rows share image
@@ -211,6 +230,9 @@ def _write_url_list(out: Path, seed: int, pair_scenes: int, port: int) -> dict:
             others = [c for c in captions(scene, "en", pick, count=10) if c != original]
             add_bad("near_duplicate_image", f"near_duplicate_{k:03d}.jpg", others[0], data)
 
+    if messy:
+        _add_messy_rows(add_bad, seed, port)
+
     # Bad rows are scattered through the list, as they would be in a real
     # crawl, so every download shard meets some.
     random.Random(f"shapes-world/{seed}/row-order").shuffle(rows)
@@ -224,11 +246,51 @@ def _write_url_list(out: Path, seed: int, pair_scenes: int, port: int) -> dict:
     row_kinds = {"good": pair_scenes, **{kind: len(urls) for kind, urls in bad_rows.items()}}
     return {
         "file": "urls.parquet",
+        "messy": messy,
         "rows": len(rows),
         "row_kinds": row_kinds,
         "good_caption_languages": {"en": pair_scenes - zh_rows, "zh": zh_rows},
         "bad_rows": bad_rows,
     }
+
+
+def _add_messy_rows(add_bad, seed: int, port: int) -> None:
+    """BAD_ROWS_PER_KIND rows of each MESSY_ROW_KINDS kind, each with its own scene and a caption true of it."""
+    server = f"http://127.0.0.1:{port}"
+    faults = {"redirect_to_private": "redirect-private", "server_error": "server-error", "slow_server": "slow",
+              "stalled_server": "stall", "truncated_body": "truncated", "oversized_body": "oversized",
+              "decompression_bomb": "bomb"}
+    for k in range(BAD_ROWS_PER_KIND):
+        def caption_for(kind: str, lang: str = "en", count: int = 1) -> list[str]:
+            rng = _scene_rng(seed, f"messy-rows/{kind}", k)
+            return captions(make_scene(rng), lang, rng, count=count)
+
+        malformed = ("not a url", f"ftp://127.0.0.1:{port}/images/ftp_{k:03d}.jpg", f"http://[127.0.0.1:{port}/x.jpg")
+        add_bad("malformed_url", "", caption_for("malformed_url")[0], None, url=malformed[k])
+        # 127.0.0.2 is loopback but outside 127.0.0.1/32, and nothing listens there
+        add_bad("private_address", "", caption_for("private_address")[0], None,
+                url=f"http://127.0.0.2:{port}/images/private_{k:03d}.jpg")
+        for kind, fault in faults.items():
+            add_bad(kind, "", caption_for(kind)[0], None, url=f"{server}/faults/{fault}/{kind}_{k:03d}.jpg")
+        add_bad("corrupt_image", f"corrupt_{k:03d}.jpg", caption_for("corrupt_image")[0], corrupt_jpeg(k))
+
+        rng = _scene_rng(seed, "messy-rows/junk_caption", k)
+        scene = make_scene(rng)
+        true = captions(scene, "en", rng, count=1)[0]
+        junk = (f"{true} Buy now at https://shop.example.com/item/{k}",
+                f"<p class=\"caption\">{true}</p>",
+                "photo photo photo photo photo photo " + true.split()[0])[k]
+        add_bad("junk_caption", f"junk_caption_{k:03d}.jpg", junk, encode_jpeg(draw_scene(scene)))
+
+        rng = _scene_rng(seed, "messy-rows/caption_length", k)
+        scene = make_scene(rng)
+        if k == 0:  # over 77 words: every distinct English caption of the scene, twice, as pasted alt text can be
+            text = " ".join(captions(scene, "en", rng, count=40) * 2)
+        elif k == 1:  # under 3 words
+            text = " ".join(captions(scene, "en", rng, count=1)[0].split()[:2])
+        else:  # under 4 Chinese characters
+            text = captions(scene, "zh", rng, count=1)[0][:3]
+        add_bad("caption_length", f"caption_length_{k:03d}.jpg", text, encode_jpeg(draw_scene(scene)))
 
 
 # ---------------------------------------------------------------- COCO and VQAv2
@@ -377,11 +439,14 @@ def write_demo_data(
     train_scenes: int = DEFAULT_TRAIN_SCENES,
     val_scenes: int = DEFAULT_VAL_SCENES,
     port: int | None = None,
+    messy: bool = False,
 ) -> dict:
     """Write the whole shapes world under `out_dir` and return what world.json records.
 
     `port` is the loopback port the URL list points at; None picks one that
-    is free now. Serve it later with `serve_demo_world(out_dir)`.
+    is free now. Serve it later with `serve_demo_world(out_dir)`. `messy` adds
+    MESSY_ROW_KINDS rows to the URL list: broken URLs and captions, and
+    servers that misbehave (faults.py).
     """
     for name, value in (("pair_scenes", pair_scenes), ("train_scenes", train_scenes), ("val_scenes", val_scenes)):
         if value < 0:
@@ -404,7 +469,7 @@ def write_demo_data(
         "port": port,
         "base_url": f"http://127.0.0.1:{port}",
         "scenes": {"pairs": pair_scenes, "train2014": train_scenes, "val2014": val_scenes},
-        "urls": _write_url_list(out, seed, pair_scenes, port),
+        "urls": _write_url_list(out, seed, pair_scenes, port, messy),
         "coco": {
             "train2014": _write_coco_split(out, seed, "train2014", TRAIN_FIRST_IMAGE_ID, train_scenes),
             "val2014": _write_coco_split(out, seed, "val2014", VAL_FIRST_IMAGE_ID, val_scenes),

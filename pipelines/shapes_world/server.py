@@ -6,19 +6,38 @@ import errno
 import functools
 import json
 import os
+import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from .faults import serve_fault
 
 
 class PortInUseError(OSError):
     """The port a demo world's URLs point at is taken by another process."""
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
+class _WorldHandler(SimpleHTTPRequestHandler):
+    """Files under the root, and the misbehaving responses of faults.py under /faults/."""
+
     # Thousands of image requests per ingest would otherwise each print a line.
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def do_GET(self) -> None:
+        if not serve_fault(self, self.path):
+            super().do_GET()
+
+
+class _WorldServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that stops reading (a fetch guard refusing a body, a timeout) is not the
+        # server's error; anything else is still printed.
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
 
 class ShapesServer:
@@ -42,9 +61,9 @@ class ShapesServer:
             return self
         if not self.root_dir.is_dir():
             raise FileNotFoundError(f"ShapesServer: {self.root_dir} is not a directory to serve")
-        handler = functools.partial(_QuietHandler, directory=str(self.root_dir))
+        handler = functools.partial(_WorldHandler, directory=str(self.root_dir))
         try:
-            self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+            self._server = _WorldServer(("127.0.0.1", self.port), handler)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise PortInUseError(
@@ -52,7 +71,6 @@ class ShapesServer:
                     f"port {self.port} on 127.0.0.1 is already in use, so {self.root_dir} cannot be served there",
                 ) from error
             raise
-        self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         # A short poll interval lets `stop` return promptly (the default waits up to 0.5 s).
         self._thread = threading.Thread(
