@@ -18,6 +18,7 @@ EXPECTED_REASON = {
     "dead_url": "http_404", "not_image": "not_image", "tiny_image": "too_small", "empty_caption": "caption_empty",
     "null_caption": "caption_missing", "foreign_caption": "language", "extreme_aspect": "aspect",
     "malformed_url": "malformed_url", "private_address": "private_network", "redirect_to_private": "private_network",
+    "unreachable_host": "unreachable",
     "server_error": "http_500", "slow_server": "timeout", "stalled_server": "timeout", "truncated_body": "truncated",
     "oversized_body": "too_large", "decompression_bomb": "too_many_pixels", "corrupt_image": "not_image",
     "junk_caption": "caption_junk", "caption_length": "caption_length",

@@ -57,6 +57,7 @@ BAD_ROW_KINDS = (
 MESSY_ROW_KINDS = (
     "malformed_url",
     "private_address",
+    "unreachable_host",
     "redirect_to_private",
     "server_error",
     "slow_server",
@@ -270,6 +271,9 @@ def _add_messy_rows(add_bad, seed: int, port: int) -> None:
         # 127.0.0.2 is loopback but outside 127.0.0.1/32, and nothing listens there
         add_bad("private_address", "", caption_for("private_address")[0], None,
                 url=f"http://127.0.0.2:{port}/images/private_{k:03d}.jpg")
+        # port 1 (tcpmux) on loopback: nothing listens, so the connection is refused
+        add_bad("unreachable_host", "", caption_for("unreachable_host")[0], None,
+                url=f"http://127.0.0.1:1/images/unreachable_{k:03d}.jpg")
         for kind, fault in faults.items():
             add_bad(kind, "", caption_for(kind)[0], None, url=f"{server}/faults/{fault}/{kind}_{k:03d}.jpg")
         add_bad("corrupt_image", f"corrupt_{k:03d}.jpg", caption_for("corrupt_image")[0], corrupt_jpeg(k))
