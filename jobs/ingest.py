@@ -31,7 +31,7 @@ from pipelines.ingest.download import (
 from pipelines.ingest.fetch_guard import POLICY_ENV, FetchPolicy
 from pipelines.ingest.mix import apply_mix, normalise_ratios
 from pipelines.ingest.outcomes import download_drop_reason
-from pipelines.ingest.shards import read_tar_members, write_pairs_shard
+from pipelines.ingest.shards import read_tar_spans, write_pairs_shard
 from pipelines.ingest.sources import Source, read_source
 from pipelines.manifest import (
     StageRecord,
@@ -64,16 +64,19 @@ DEFAULTS = {
     "retries": 1,
 }
 FETCH_COLUMNS = ("key", "status", "error_message", "width", "height", "original_width", "original_height",
-                 "sha256", "download_tar")
-# what the whole-run decisions (dedup, mix, the shard plan) read of each row; the rest stays on disk
-DECISION_COLUMNS = ["shard", "row_id", "source", "key", "lang", "sha256", "phash", "stage", "drop_reason"]
+                 "sha256", "download_tar", "jpg_offset", "jpg_size")
+# What the whole-run decisions (dedup, mix, the shard plan) read of each row still kept after the
+# per-shard operators; rows already dropped, and every other column, stay on disk (work/samples).
+# The driver holds these for every such row at once: see README "Ingest at scale" for the bytes.
+DECISION_COLUMNS = ["shard", "key", "source", "lang", "sha256", "phash"]
 SAMPLES_SCHEMA = pa.schema(  # one row per input row after the per-shard operators, kept in work/samples
     [("shard", pa.int64()), ("row_id", pa.string()), ("source", pa.string()), ("url", pa.string()),
      ("caption", pa.string()), ("lang", pa.string()), ("lang_confidence", pa.float32()),
      ("key", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
      ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
      ("original_height", pa.int32()), ("sha256", pa.string()), ("phash", pa.string()),
-     ("download_tar", pa.string()), ("stage", pa.string()), ("drop_reason", pa.string())]
+     ("download_tar", pa.string()), ("jpg_offset", pa.int64()), ("jpg_size", pa.int64()),
+     ("stage", pa.string()), ("drop_reason", pa.string())]
 )
 DROPPED_SCHEMA = pa.schema(
     [("row_id", pa.string()), ("source", pa.string()), ("url", pa.string()), ("caption", pa.string()),
@@ -177,9 +180,13 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
             raise RuntimeError(f"ingest bookkeeping: dedup and mix turned {samples.height} rows into "
                                f"{decided.height}. This is a Loom bug: please report it.")
         lap("dedup_and_mix")
-        drops = _write_dropped(ray, work, decided, stage_dir / "dropped.parquet")
+        # the pairs shards are written by Ray tasks while the driver streams dropped.parquet
+        shard_count = len(plan["shards"])
+        writing = _submit_shards(ray, work, decided, shard_count, stage_dir / "shards", cfg["samples_per_shard"])
+        drops = _write_dropped(ray, work, decided, shard_count, stage_dir / "dropped.parquet")
         kept = decided.filter(pl.col("drop_reason").is_null())
-        shard_paths = _write_shards(ray, work, decided, stage_dir / "shards", cfg["samples_per_shard"], log)
+        shard_paths = ray.get(writing)
+        log(f"ingest: wrote {len(shard_paths)} pairs shard(s) to {stage_dir / 'shards'}")
         lap("write_shards")
 
     if kept.height + drops["rows"] != plan["rows"]:
@@ -279,10 +286,14 @@ def _fetch_and_filter(ray, work: Path, inputs: list[str], policy: FetchPolicy, c
                 fetched = pc.sum(pc.equal(rows["status"], "success")).as_py() or 0
                 log(f"ingest: shard {shard_stem(shard)} done ({done}/{len(pending)}): {rows.num_rows} rows, "
                     f"{fetched} fetched, {pc.sum(pc.is_valid(rows['drop_reason'])).as_py()} dropped")
-    tables = [pq.read_table(samples_dir / f"{shard_stem(i)}.parquet", columns=DECISION_COLUMNS)
+    still_kept = pc.is_null(pc.field("drop_reason"))
+    tables = [pq.read_table(samples_dir / f"{shard_stem(i)}.parquet", columns=DECISION_COLUMNS, filters=still_kept)
               for i in range(shard_count)]
     schema = pa.schema([SAMPLES_SCHEMA.field(c) for c in DECISION_COLUMNS])
-    return pl.from_arrow(pa.concat_tables(tables) if tables else schema.empty_table())
+    return pl.from_arrow(pa.concat_tables(tables) if tables else schema.empty_table()).with_columns(
+        pl.col("sha256").str.decode("hex"),  # 32 bytes instead of 64 hex digits each
+        pl.col("phash").str.decode("hex"),
+        drop_reason=pl.lit(None, pl.String), stage=pl.lit(None, pl.String))
 
 
 def screen_shards(batch: pa.Table, work: str, inputs: list[str], policy: FetchPolicy,
@@ -362,14 +373,22 @@ def _drops(samples: pl.DataFrame) -> pa.Table:
 
 
 def shard_rows(work: str, shard: int, decided: pa.Table) -> pl.DataFrame:
-    """A download shard's rows (work/samples) with the whole-run decisions (dedup, mix) applied."""
+    """A download shard's rows (work/samples) with the whole-run decisions (dedup, mix) applied.
+
+    `decided` holds (key, drop_reason, stage) of the shard's rows that reached those decisions;
+    every other row keeps the reason the per-shard operators gave it."""
     rows = pl.from_arrow(pq.read_table(Path(work) / "samples" / f"{shard_stem(shard)}.parquet"))
     if rows["row_id"].n_unique() != rows.height:
         raise RuntimeError(f"ingest bookkeeping: shard {shard} repeats a row. This is a Loom bug: please report it.")
-    decided = pl.from_arrow(decided).select("row_id", pl.col("drop_reason").alias("decided_reason"),
+    decided = pl.from_arrow(decided).select("key", pl.col("drop_reason").alias("decided_reason"),
                                             pl.col("stage").alias("decided_stage"))
-    return (rows.join(decided, on="row_id", how="left", maintain_order="left")
-            .with_columns(pl.col("decided_reason").alias("drop_reason"), pl.col("decided_stage").alias("stage"))
+    joined = rows.join(decided, on="key", how="left", maintain_order="left")  # null keys (never fetched) match nothing
+    if joined.height != rows.height or joined.filter(pl.col("decided_stage").is_not_null()
+                                                     & pl.col("drop_reason").is_not_null()).height:
+        raise RuntimeError(f"ingest bookkeeping: shard {shard}: a whole-run decision names a key twice or a row "
+                           "already dropped. This is a Loom bug: please report it.")
+    return (joined.with_columns(pl.coalesce("drop_reason", "decided_reason").alias("drop_reason"),
+                                pl.coalesce("stage", "decided_stage").alias("stage"))
             .drop("decided_reason", "decided_stage"))
 
 
@@ -379,15 +398,19 @@ def shard_drops(work: str, shard: int, decided: pa.Table) -> pa.Table:
     return _drops(rows.filter(pl.col("drop_reason").is_not_null()))
 
 
-def _by_shard(decided: pl.DataFrame) -> dict[int, pa.Table]:
-    return {shard: part.select("row_id", "drop_reason", "stage").to_arrow()
-            for (shard,), part in decided.partition_by("shard", as_dict=True).items()}
+def _by_shard(decided: pl.DataFrame, shard_count: int) -> dict[int, pa.Table]:
+    """Each download shard's part of the whole-run decisions (empty for a shard none of whose rows reached them)."""
+    columns = ["key", "drop_reason", "stage"]
+    parts = {shard: part.select(columns).to_arrow()
+             for (shard,), part in decided.partition_by("shard", as_dict=True).items()}
+    empty = decided.select(columns).clear().to_arrow()
+    return {shard: parts.get(shard, empty) for shard in range(shard_count)}
 
 
-def _write_dropped(ray, work: Path, decided: pl.DataFrame, path: Path) -> dict:
+def _write_dropped(ray, work: Path, decided: pl.DataFrame, shard_count: int, path: Path) -> dict:
     """dropped.parquet, streamed shard by shard (a Ray task each), so no step holds every dropped row."""
     task = ray.remote(shard_drops)
-    parts = _by_shard(decided)
+    parts = _by_shard(decided, shard_count)
     refs = [task.remote(str(work), shard, parts[shard]) for shard in sorted(parts)]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     counts = {"rows": 0, "reasons": Counter(), "stages": Counter()}
@@ -409,20 +432,21 @@ def write_pairs_piece(out_dir: str, index: int, work: str, pieces: list[tuple[in
     for shard, first, end in pieces:
         kept = shard_rows(work, shard, decided[shard]).filter(pl.col("drop_reason").is_null()).sort("key")
         rows.extend(kept.slice(first, end - first).to_dicts())
-    wanted: dict[str, set[str]] = {}
+    wanted: dict[str, dict[str, tuple[int, int]]] = {}
     for row in rows:
-        wanted.setdefault(row["download_tar"], set()).add(row["key"])
+        wanted.setdefault(row["download_tar"], {})[row["key"]] = (row["jpg_offset"], row["jpg_size"])
     images: dict[str, bytes] = {}
-    for tar_path, keys in wanted.items():
-        images.update(read_tar_members(tar_path, keys))
+    for tar_path, spans in wanted.items():
+        images.update(read_tar_spans(tar_path, spans))
     return write_pairs_shard(out_dir, index, rows, images)
 
 
-def _write_shards(ray, work: Path, decided: pl.DataFrame, out_dir: Path, per_shard: int, log) -> list[str]:
-    """Pairs shards of `per_shard` kept rows in key order (download shard, then row), each written by a
-    Ray task that reads its rows from the download shards; the driver only passes counts."""
+def _submit_shards(ray, work: Path, decided: pl.DataFrame, shard_count: int, out_dir: Path, per_shard: int) -> list:
+    """Start writing pairs shards of `per_shard` kept rows in key order (download shard, then row), each
+    by a Ray task that reads its rows from the download shards; the driver only passes counts. Returns
+    the tasks' references (each gives its shard's tar path)."""
     kept_counts = dict(decided.filter(pl.col("drop_reason").is_null()).group_by("shard").len().iter_rows())
-    parts = _by_shard(decided)
+    parts = _by_shard(decided, shard_count)
     pieces: list[list[tuple[int, int, int]]] = [[]]
     room = per_shard
     for shard in sorted(kept_counts):
@@ -437,7 +461,5 @@ def _write_shards(ray, work: Path, decided: pl.DataFrame, out_dir: Path, per_sha
             first = end
     pieces = [p for p in pieces if p]
     write = ray.remote(write_pairs_piece)
-    paths = ray.get([write.remote(str(out_dir), i, str(work), piece, {s: parts[s] for s, _, _ in piece})
-                     for i, piece in enumerate(pieces)])
-    log(f"ingest: wrote {len(paths)} pairs shard(s) to {out_dir}")
-    return paths
+    return [write.remote(str(out_dir), i, str(work), piece, {s: parts[s] for s, _, _ in piece})
+            for i, piece in enumerate(pieces)]

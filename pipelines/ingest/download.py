@@ -72,17 +72,20 @@ def download_shard(rows: pa.Table, shard_id: int, folder: str | Path, config: Do
 
 def read_shard(folder: str | Path, shard_id: int) -> pa.Table:
     """A finished shard: one row per URL it was given (its status, sizes, hash) plus the image bytes
-    (`jpg`, null where the fetch failed) and the tar it is in."""
+    (`jpg`, null where the fetch failed), the tar it is in and where in that tar the bytes lie
+    (`jpg_offset`, `jpg_size`), so a later step reads them back without parsing the tar again."""
     stem = Path(folder) / shard_stem(shard_id)
     statuses = pq.read_table(f"{stem}.parquet", columns=KEPT_COLUMNS + STATUS_COLUMNS)
-    images: dict[str, bytes] = {}
+    images: dict[str, tuple[bytes, int, int]] = {}
     with tarfile.open(f"{stem}.tar") as tar:
         for member in tar:
             if member.isfile() and member.name.endswith(".jpg"):
-                images[member.name[: -len(".jpg")]] = tar.extractfile(member).read()
-    keys = statuses["key"].to_pylist()
-    return statuses.append_column("jpg", pa.array([images.get(k) for k in keys], pa.binary())).append_column(
-        "download_tar", pa.array([f"{stem}.tar"] * statuses.num_rows, pa.string()))
+                images[member.name[: -len(".jpg")]] = (tar.extractfile(member).read(), member.offset_data, member.size)
+    found = [images.get(k) for k in statuses["key"].to_pylist()]
+    return (statuses.append_column("jpg", pa.array([f and f[0] for f in found], pa.binary()))
+            .append_column("download_tar", pa.array([f"{stem}.tar"] * statuses.num_rows, pa.string()))
+            .append_column("jpg_offset", pa.array([f and f[1] for f in found], pa.int64()))
+            .append_column("jpg_size", pa.array([f and f[2] for f in found], pa.int64())))
 
 
 def shard_stats(folder: str | Path, shard_id: int) -> dict:

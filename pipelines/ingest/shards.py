@@ -33,17 +33,18 @@ def shard_name(index: int) -> str:
     return f"pairs-{index:05d}"
 
 
-def read_tar_members(tar_path: str, keys: set[str], extension: str = "jpg") -> dict[str, bytes]:
-    """The bytes of `{key}.{extension}` for each wanted key in one tar."""
+def read_tar_spans(tar_path: str, spans: dict[str, tuple[int, int]]) -> dict[str, bytes]:
+    """The bytes of each key's member in one tar, from where the member's data starts and its size
+    (tarfile's offset_data and size, recorded when the tar was first read): no header is parsed."""
     found: dict[str, bytes] = {}
-    with tarfile.open(tar_path) as tar:
-        for member in tar:
-            key, _, ext = member.name.partition(".")
-            if ext == extension and key in keys:
-                found[key] = tar.extractfile(member).read()
-    missing = keys - found.keys()
-    if missing:
-        raise FileNotFoundError(f"{tar_path}: no {extension} for keys {sorted(missing)[:5]}")
+    with open(tar_path, "rb") as tar:
+        for key, (offset, size) in sorted(spans.items(), key=lambda item: item[1][0]):
+            tar.seek(offset)
+            data = tar.read(size)
+            if len(data) != size:
+                raise OSError(f"{tar_path}: member {key} ends at byte {offset + len(data)}, expected {offset + size}; "
+                              "the download shard changed after it was read: delete the run's _work folder and re-run")
+            found[key] = data
     return found
 
 
@@ -66,7 +67,7 @@ def write_pairs_shard(out_dir: str, index: int, rows: list[dict], images: dict[s
     if tar_path.exists() and index_path.exists():
         return str(tar_path)
     tmp_tar = out / f".{name}.tar.tmp-{os.getpid()}"
-    with tarfile.open(tmp_tar, "w") as tar:
+    with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar:  # short names: no pax headers to build
         for row in rows:
             key = row["key"]
             meta = {field: row[field] for field in SAMPLE_JSON_FIELDS}
