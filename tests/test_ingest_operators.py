@@ -249,6 +249,19 @@ def test_fifty_thousand_hashes_find_exactly_the_planted_near_copies():
     assert counters["method"] == "bands" and counters["checked_pairs"] < 0.001 * len(keys) ** 2 / 2
 
 
+def test_hashes_held_as_bytes_decide_as_their_hex_does():
+    """The ingest driver holds sha256 and phash as 32 bytes each, not 64 hex digits: same decisions."""
+    hashes = random_hashes(3000, seed=10)
+    hashes += [flip(h, range(0, 200, 20)) for h in hashes[:50]]  # 50 near copies, 10 bits away
+    keys = [f"{i:05d}" for i in range(len(hashes))]
+    sha = [f"{i - 2950 if 2950 <= i < 3000 else i:064x}" for i in range(len(hashes))]  # 2950-2999 copy 0-49
+    as_hex = samples(keys, sha, [phash_hex(h) for h in hashes])
+    as_bytes = as_hex.with_columns(pl.col("sha256").str.decode("hex"), pl.col("phash").str.decode("hex"))
+    decided = reasons(as_bytes)
+    assert decided == reasons(as_hex)
+    assert sum(r is not None for r in decided.values()) == 100  # 50 exact copies (sha256) + 50 near ones
+
+
 def test_identical_hashes_are_searched_once():
     (h,) = random_hashes(1, seed=9)
     keys = [f"{i:05d}" for i in range(5000)]
@@ -274,6 +287,28 @@ def test_hashes_sharing_most_bands_fall_back_to_checking_all_pairs():
         if first is None:
             kept.append(i)
     assert dict(out.select("key", "drop_reason").iter_rows()) == expected
+
+
+def test_the_banded_search_in_small_slices_finds_every_pair_brute_force_finds(monkeypatch):
+    """Slices of 50 candidate pairs, so buckets are grouped across slices and a bucket of 190 pairs
+    (20 hashes agreeing on their first 64 bits) is searched blockwise on its own: same pairs."""
+    import numpy as np
+
+    from pipelines.ingest import dedup
+
+    rng = random.Random(12)
+    hashes = random_hashes(600, seed=13)
+    hashes += [flip(hashes[i], rng.sample(range(256), rng.randint(1, 16))) for i in range(0, 600, 7)]
+    hashes += [(hashes[0] >> 192 << 192) | rng.getrandbits(192) for _ in range(19)]  # one band value, 20 hashes
+    words = dedup.hash_words(pl.Series([phash_hex(h) for h in hashes]), pl.Series([str(i) for i in range(len(hashes))]))
+    brute = {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
+             if (hashes[i] ^ hashes[j]).bit_count() <= 16}
+    monkeypatch.setattr(dedup, "VERIFY_PAIRS_PER_SLICE", 50)
+    counters = {}
+    found = dedup.near_pairs(words, 16, counters=counters)
+    assert counters["method"] == "bands" and counters["biggest_bucket"] >= 20
+    assert {tuple(p) for p in found.tolist()} == brute and len(brute) >= 86
+    assert found.dtype == np.uint32
 
 
 def test_a_search_over_the_candidate_limit_is_refused_with_the_figures():

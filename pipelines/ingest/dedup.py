@@ -1,7 +1,6 @@
 """Exact and near duplicates across the whole run, decided on metadata alone."""
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -32,14 +31,12 @@ MAX_RADIUS = HASH_BITS // 2 - 1  # unrelated images differ in about half their b
 # m(m-1)/2 over the buckets (one per band and band value): for uniform hashes about
 # (radius + 1) * n^2 / 2 / 2^(256 / (radius + 1)); on the shapes world 6.5 times that (plain
 # backgrounds agree on low-frequency bits), 0.34% of all n^2/2 pairs at radius 16: 42 000
-# candidates for 5000 hashes (0.05 s), 4.3 million for 50 000 (0.8 s). It still grows as n^2:
-# about 1.7e9 candidates for a million hashes (extrapolated: minutes). Beyond this many checks the
+# candidates for 5000 hashes, 4.3 million for 50 000. At radius 16 it grows as n^2 (uniform
+# hashes: 3e8 candidates for a million, 28 s on 2 cores, bench/dedup.py); at radius 8 the bands
+# are 28 bits wide and a million uniform hashes share 1e5 (3.5 s). Beyond this many checks the
 # search is refused with the figures rather than left to run for hours.
 MAX_CANDIDATE_PAIRS = 2_000_000_000
-# A band's self-join materialises m^2 rows per bucket; bands are joined in parts of about
-# this many rows (split by band value, so a bucket is never cut), which bounds memory.
-JOIN_ROWS_PER_PART = 20_000_000
-# Pairs whose distance is computed at once; bounds the temporary arrays of the check.
+# Candidate pairs generated and verified at once; bounds the temporary arrays (about 40 bytes each).
 VERIFY_PAIRS_PER_SLICE = 4_000_000
 # When banding would verify more than this share of all pairs, the blockwise all-pairs check
 # (numpy popcount over 4 uint64 words, no join) is the cheaper exact search.
@@ -102,7 +99,14 @@ def mark_duplicates(
 
 
 def hash_words(phash: pl.Series, keys: pl.Series) -> np.ndarray:
-    """The 64-hex-digit hashes as 4 uint64 words each, shape (4, n), word 0 holding the first 16 digits."""
+    """The hashes (64 hex digits, or their 32 bytes) as 4 uint64 words each, shape (4, n), word 0 holding the first 16 digits."""
+    if phash.dtype == pl.Binary:
+        bad = pl.DataFrame({"phash": phash, "key": keys}).filter(pl.col("phash").bin.size() != HASH_BITS // 8)
+        if bad.height:
+            row = bad.row(0, named=True)
+            raise ValueError(f"sample {row['key']}: phash of {len(row['phash'])} bytes is not a {HASH_BITS}-bit "
+                             f"perceptual hash; {bad.height} such sample(s)")
+        return np.frombuffer(b"".join(phash.to_list()), dtype=">u8").astype(np.uint64).reshape(-1, HASH_WORDS).T.copy()
     parsed = pl.DataFrame({"phash": phash, "key": keys}).with_columns(
         pl.col("phash").str.slice(16 * w, 16).str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias(f"w{w}")
         for w in range(HASH_WORDS)
@@ -162,15 +166,14 @@ def near_pairs(
     started = time.perf_counter()
     count = words.shape[1]
     widths = band_widths(radius)
-    rows = pl.Series("row", np.arange(count, dtype=np.uint32))
-    starts = np.cumsum([0, *widths[:-1]])
-    buckets = pl.concat([
-        pl.DataFrame({"band": np.full(count, band, np.uint16), "row": rows,
-                      "value": band_values(words, int(start), width)})
-        for band, (start, width) in enumerate(zip(starts, widths))
-    ]) if count else pl.DataFrame(schema={"band": pl.UInt16, "row": pl.UInt32, "value": pl.UInt64})
-    sizes = buckets.group_by("band", "value").len("size").filter(pl.col("size") > 1)
-    candidates = int(sizes.select((pl.col("size").cast(pl.Int64) * (pl.col("size") - 1) // 2).sum()).item() or 0)
+    starts = np.cumsum([0, *widths[:-1]]).tolist()
+    # Pass 1 counts each band's buckets; pass 2 sorts the band again to pair them, so at most one
+    # band's sort order (4 bytes a hash) is held at a time.
+    candidates, biggest = 0, 1
+    for start, width in zip(starts, widths):
+        _, sizes = _shared_buckets(band_values(words, start, width))
+        candidates += int((sizes * (sizes - 1) // 2).sum())
+        biggest = max(biggest, int(sizes.max(initial=1)))
     all_pairs = count * (count - 1) // 2
     method = "all_pairs" if candidates > ALL_PAIRS_SHARE * all_pairs else "bands"
     checked = all_pairs if method == "all_pairs" else candidates
@@ -184,39 +187,64 @@ def near_pairs(
     if method == "all_pairs":
         found = _all_pairs_within(words, radius)
     else:
-        found = [_band_pairs_within(words, buckets.filter(pl.col("band") == band).drop("band"),
-                                    sizes.filter(pl.col("band") == band), radius)
-                 for band in range(len(widths))]
-    pairs = np.unique(np.concatenate([np.zeros((0, 2), np.uint32), *found]), axis=0)
+        found = [pairs for start, width in zip(starts, widths)
+                 for pairs in _band_pairs_within(words, band_values(words, start, width), radius)]
+    flat = np.unique(np.concatenate([np.zeros(0, np.uint64), *(i.astype(np.uint64) * count + j for i, j in found)]))
+    pairs = np.stack([flat // max(count, 1), flat % max(count, 1)], axis=1).astype(np.uint32)
     if counters is not None:
         counters.update(
             hashes=count, radius=radius, bands=len(widths), method=method, candidate_pairs=candidates,
-            checked_pairs=checked, biggest_bucket=int(sizes["size"].max()) if sizes.height else 1,
-            near_pairs=len(pairs), seconds=round(time.perf_counter() - started, 3),
+            checked_pairs=checked, biggest_bucket=biggest, near_pairs=len(pairs),
+            seconds=round(time.perf_counter() - started, 3),
         )
     return pairs
 
 
-def _band_pairs_within(words: np.ndarray, band: pl.DataFrame, sizes: pl.DataFrame, radius: int) -> np.ndarray:
-    """Pairs within `radius` among the rows sharing a value of one band (a self-join, in parts that fit memory)."""
-    shared = band.join(sizes.select("value"), on="value")  # rows alone in their bucket pair with nobody
-    join_rows = int(sizes.select(pl.col("size").cast(pl.Int64).pow(2).sum()).item() or 0)
-    parts = max(1, math.ceil(join_rows / JOIN_ROWS_PER_PART))
-    found = []
-    for part in range(parts):
-        rows = shared.filter(pl.col("value") % parts == part) if parts > 1 else shared
-        pairs = (rows.join(rows, on="value", suffix="_other")
-                 .filter(pl.col("row") < pl.col("row_other")))
-        i, j = pairs["row"].to_numpy(), pairs["row_other"].to_numpy()
-        for s in range(0, len(i), VERIFY_PAIRS_PER_SLICE):
-            si, sj = i[s:s + VERIFY_PAIRS_PER_SLICE], j[s:s + VERIFY_PAIRS_PER_SLICE]
-            near = hamming(words, si, sj) <= radius
-            found.append(np.stack([si[near], sj[near]], axis=1))
-    return np.concatenate([np.zeros((0, 2), np.uint32), *found])
+def _shared_buckets(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes sorted by band value, and the (start, size) in that order of each value two or more hashes share."""
+    order = np.argsort(values, kind="stable").astype(np.uint32)
+    ordered = values[order]
+    edges = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+    run_starts = np.concatenate(([0], edges)).astype(np.int64)
+    sizes = np.diff(np.concatenate((run_starts, [len(values)]))).astype(np.int64)
+    shared = sizes > 1
+    return (order, run_starts[shared]), sizes[shared]
 
 
-def _all_pairs_within(words: np.ndarray, radius: int, block_cells: int = 8_000_000) -> list[np.ndarray]:
-    """Pairs within `radius` by checking every pair, a block of rows against all later rows at a time."""
+def _pairs_in_runs(order: np.ndarray, run_starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (i, j), i < j, of hashes that share a run of `order`, vectorised over the runs."""
+    offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # place within its run
+    members = np.repeat(run_starts, sizes) + offsets
+    partners = np.repeat(sizes, sizes) - 1 - offsets  # the members after it in its run
+    left = np.repeat(members, partners)
+    right = left + 1 + np.arange(partners.sum()) - np.repeat(np.cumsum(partners) - partners, partners)
+    a, b = order[left], order[right]
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def _band_pairs_within(words: np.ndarray, values: np.ndarray, radius: int):
+    """Pairs within `radius` among the hashes sharing a value of one band, in slices that bound memory."""
+    (order, run_starts), sizes = _shared_buckets(values)
+    pairs_per_run = sizes * (sizes - 1) // 2
+    first = 0
+    while first < len(sizes):
+        if pairs_per_run[first] > VERIFY_PAIRS_PER_SLICE:  # one huge bucket: its members against each other, blockwise
+            members = order[run_starts[first]:run_starts[first] + sizes[first]]
+            for i, j in _all_pairs_within(words[:, members], radius):
+                a, b = members[i], members[j]
+                yield np.minimum(a, b), np.maximum(a, b)
+            first += 1
+            continue
+        last = first + max(1, int(np.searchsorted(np.cumsum(pairs_per_run[first:]), VERIFY_PAIRS_PER_SLICE, "right")))
+        last = min(last, len(sizes))
+        i, j = _pairs_in_runs(order, run_starts[first:last], sizes[first:last])
+        near = hamming(words, i, j) <= radius
+        yield i[near], j[near]
+        first = last
+
+
+def _all_pairs_within(words: np.ndarray, radius: int, block_cells: int = 8_000_000) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pairs (i, j), i < j, within `radius` by checking every pair, a block of rows against all later rows at a time."""
     count = words.shape[1]
     block = max(1, block_cells // max(count, 1))
     found = []
@@ -227,7 +255,7 @@ def _all_pairs_within(words: np.ndarray, radius: int, block_cells: int = 8_000_0
             distance += np.bitwise_count(word[start:stop, None] ^ word[None, start:])
         i, j = np.nonzero(distance <= radius)
         later = j > i  # the block's own rows sit at the start of the columns
-        found.append(np.stack([i[later] + start, j[later] + start], axis=1).astype(np.uint32))
+        found.append(((i[later] + start).astype(np.uint32), (j[later] + start).astype(np.uint32)))
     return found
 
 
