@@ -23,6 +23,9 @@ REQUIRED_FIELDS = {
               "sources"),
 }
 HELD_VALUES = ("held-in", "held-out")
+# The 11 task categories of InstructBLIP's 26 datasets (arXiv 2305.06500, Figure 2), as card `tasks` ids.
+TASKS = ("captioning", "captioning_reading", "visual_reasoning", "vqa", "knowledge_vqa", "reading_vqa",
+         "question_generation", "video_qa", "visual_dialog", "classification", "llava_instruct")
 # The file formats a URL list can come in; pipelines.ingest.sources reads each of them.
 METADATA_FORMATS = ("parquet", "tsv", "csv", "jsonl", "json")
 LAYOUT_FIELDS = ("where", "format", "url_col", "caption_col")
@@ -62,11 +65,27 @@ def _read_card(path: Path) -> dict:
         raise CardError(f"{path}: missing field(s) {', '.join(repr(m) for m in missing)}")
     if card["name"] != path.stem:
         raise CardError(f"{path}: name {card['name']!r} differs from the file name; expected {path.stem!r}")
-    if kind == "dataset" and card["held"] not in HELD_VALUES:
-        raise CardError(f"{path}: held is {card['held']!r}; expected one of {', '.join(HELD_VALUES)}")
+    if kind == "dataset":
+        _check_dataset_card(path, card)
     if kind == "pairs":
         _check_pairs_card(path, card)
     return card
+
+
+def _check_dataset_card(path: Path, card: dict) -> None:
+    if card["held"] not in HELD_VALUES:
+        raise CardError(f"{path}: held is {card['held']!r}; expected one of {', '.join(HELD_VALUES)}")
+    tasks = card["tasks"]
+    if not isinstance(tasks, list) or not tasks or any(task not in TASKS for task in tasks):
+        raise CardError(f"{path}: tasks is {tasks!r}; expected a list of some of {', '.join(TASKS)}")
+    role = (card.get("instructblip") or {}).get("role", card["held"])
+    if role != card["held"]:
+        raise CardError(f"{path}: instructblip.role is {role!r} but held is {card['held']!r}; they must agree")
+    adapter = card["adapter"]
+    if adapter is not None and (not isinstance(adapter, str) or "." not in adapter):
+        raise CardError(f"{path}: adapter is {adapter!r}; expected module.function, or null while none is written")
+    if not isinstance(card.get("unverified", []), list):
+        raise CardError(f"{path}: unverified must be a list of the facts that could not be checked")
 
 
 def _check_pairs_card(path: Path, card: dict) -> None:
@@ -136,11 +155,14 @@ def load_cards(cards_dir: str | Path | None = None) -> dict[str, dict]:
     return {name: copy.deepcopy(card) for name, card in _cards(directory.resolve()).items()}
 
 
-def select_cards(cards: dict[str, dict], kind: str | None = None, lang: str | None = None) -> dict[str, dict]:
-    """The cards of one kind and/or one language (a card matches a language it lists)."""
+def select_cards(cards: dict[str, dict], kind: str | None = None, lang: str | None = None,
+                 task: str | None = None, held: str | None = None) -> dict[str, dict]:
+    """The cards of one kind, language, task and/or held-in/out role (a card matches a language or task it lists).
+    A task or role selects dataset cards only: caption-pair sources have neither."""
     return {
         name: card for name, card in cards.items()
         if (kind is None or card_kind(card) == kind) and (lang is None or lang in card_languages(card))
+        and (task is None or task in card.get("tasks", [])) and (held is None or card.get("held") == held)
     }
 
 

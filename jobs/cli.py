@@ -7,6 +7,8 @@ import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which phones home
 
+from catalog.cards import TASKS  # noqa: E402 - pyyaml only: `loom --help` stays quick
+
 NOT_BUILT = "is not built yet in this version of Loom"
 RAY_ADDRESS_HELP = ("a running Ray cluster's GCS address, HEAD:6379 (default: $RAY_ADDRESS, which `ray job submit` "
                     "sets for its job; else start a local Ray)")
@@ -61,18 +63,20 @@ def _catalog(args) -> int:
     from catalog.cards import card_kind, card_languages, get_card, load_cards, select_cards
 
     if args.action == "list":
-        cards = select_cards(load_cards(), kind=args.kind, lang=args.lang)
+        cards = select_cards(load_cards(), kind=args.kind, lang=args.lang, task=args.task, held=args.held)
         if not cards:
-            print(f"loom catalog list: no card with kind={args.kind or 'any'}, lang={args.lang or 'any'}",
-                  file=sys.stderr)
+            print(f"loom catalog list: no card with kind={args.kind or 'any'}, lang={args.lang or 'any'}, "
+                  f"task={args.task or 'any'}, held={args.held or 'any'}", file=sys.stderr)
+        width = max([16, *(len(name) for name in cards)])
         for name, card in sorted(cards.items()):
             if card_kind(card) == "pairs":
                 what = f"pairs, {'+'.join(card_languages(card))}"
                 size = ("~" if card["size"].get("approximate") else "") + _count(card["size"]["pairs"])
-                print(f"{name:16} {what:24} {size:9} {card['title']}")
+                print(f"{name:{width}} {what:24} {size:9} {card['title']}")
             else:
                 tasks = ", ".join(card.get("tasks", []))
-                print(f"{name:16} {tasks:24} {card.get('held', ''):9} {card.get('title', '')}")
+                pending = "" if card.get("adapter") else "  (adapter not built yet)"
+                print(f"{name:{width}} {tasks:24} {card.get('held', ''):9} {card.get('title', '')}{pending}")
     else:
         import yaml
 
@@ -157,7 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["pairs", "dataset"], default=None,
                    help="list only caption-pair sources (pairs) or annotated datasets (dataset)")
     p.add_argument("--lang", default=None, help="list only cards in this language, e.g. en or zh")
-    p.set_defaults(func=_catalog)
+    p.add_argument("--task", choices=TASKS, default=None,
+                   help="list only the datasets of one InstructBLIP task category")
+    held = p.add_mutually_exclusive_group()
+    held.add_argument("--held-in", dest="held", action="store_const", const="held-in",
+                      help="list only datasets InstructBLIP trains on")
+    held.add_argument("--held-out", dest="held", action="store_const", const="held-out",
+                      help="list only datasets InstructBLIP keeps for zero-shot evaluation")
+    p.set_defaults(func=_catalog, held=None)
     return parser
 
 

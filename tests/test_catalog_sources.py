@@ -98,7 +98,8 @@ def test_catalog_list_lang_zh_lists_the_chinese_sources(capsys):
 
 def test_catalog_list_keeps_the_dataset_card_line_format(capsys):
     lines = listed(capsys, "--kind", "dataset")
-    assert lines["vqav2"] == f"{'vqav2':16} {'vqa':24} {'held-in':9} VQAv2"
+    width = max(len(name) for name in lines)  # the name column fits the longest name
+    assert lines["vqav2"] == f"{'vqav2':{width}} {'vqa':24} {'held-in':9} VQAv2"
 
 
 def test_catalog_list_gives_a_pairs_card_its_language_and_size(capsys):
