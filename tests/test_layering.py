@@ -36,5 +36,9 @@ def test_pipelines_import_without_torch():
         import pipelines.ingest.filters, pipelines.ingest.dedup, pipelines.ingest.mix, pipelines.ingest.shards
         import pipelines.ingest.sources, pipelines.ingest.outcomes
         import catalog.adapters.coco_captions, catalog.adapters.vqav2, templates.library, templates.chat
+        import catalog.adapters.okvqa, catalog.adapters.aokvqa, catalog.adapters.question_generation
+        import catalog.adapters.gqa, catalog.adapters.vizwiz, catalog.adapters.textvqa, catalog.adapters.ocrvqa
+        import catalog.adapters.hateful_memes, catalog.adapters.llava_instruct, catalog.adapters.scienceqa
+        import catalog.adapters.vsr, pipelines.shapes_world.formats
     """)
     assert result.returncode == 0, result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from . import AnnotationError
@@ -27,6 +28,63 @@ def load_annotation_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: top level is {_json_type(data)}; expected an object")
     return data
+
+
+def load_annotation_list(path: Path, holds: str = "questions") -> list:
+    """The file's top-level JSON list (A-OKVQA, VizWiz, LLaVA-Instruct files are one bare list)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation file not found")
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AnnotationError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, list):
+        raise AnnotationError(f"{path}: top level is {_json_type(data)}; expected a list of {holds}")
+    return data
+
+
+def load_annotation_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) per non-blank line; a line that is not a JSON object names the file and line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation file not found")
+    rows = []
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise AnnotationError(f"{path}: line {number}: not valid JSON ({error})") from error
+            if not isinstance(row, dict):
+                raise AnnotationError(f"{path}: line {number}: is {_json_type(row)}; expected a JSON object")
+            rows.append((number, row))
+    return rows
+
+
+def image_size(image_path: Path) -> tuple[int, int]:
+    """(width, height) from the image file's header; nothing is decoded. For files that carry no sizes."""
+    from PIL import Image
+
+    with Image.open(image_path) as image:
+        return image.size
+
+
+def image_entry(image_path: Path, path: Path, where: str, named: str) -> dict:
+    """{"path", "width", "height"} of the image a row names (`named`, e.g. "field 'img' names 'x.png'"),
+    read from its header; a missing or unreadable image names the annotation file and row."""
+    if not image_path.is_file():
+        raise AnnotationError(f"{path}: {where}: {named}, but there is no image at {image_path}")
+    try:
+        width, height = image_size(image_path)
+    except OSError as error:
+        raise AnnotationError(f"{path}: {where}: {image_path} is not a readable image ({error})") from error
+    return {"path": str(image_path), "width": width, "height": height}
+
+
+def most_common_answer(answers: list[str]) -> str:
+    """The answer given most often; a tie goes to the one given first."""
+    return Counter(answers).most_common(1)[0][0]
 
 
 def _json_type(value: object) -> str:

@@ -1,0 +1,152 @@
+"""OK-VQA (VQA v1 layout: questions + annotations JSON) to canonical knowledge-VQA records."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from . import AnnotationError
+from .fields import field, image_size, load_annotation_json
+
+DATASET = "okvqa"
+TASK = "knowledge_vqa"
+# The COCO 2014 file name, as in VQAv2; `{subtype}` is the questions file's data_subtype.
+DEFAULT_IMAGE_NAME = "COCO_{subtype}_{image_id:012d}.jpg"
+
+
+def most_common_answer(human_answers: list[str], tie_break: str | None = None) -> str:
+    """The answer given most often; a tie goes to `tie_break` if it is one of the tied, else to the first given.
+
+    OK-VQA's five annotators' answers are each written twice, so ties are
+    common ("apple" x2, "cherry" x2, ...); file order keeps the choice stable.
+    """
+    counts = Counter(human_answers)
+    top = max(counts.values())
+    tied = [answer for answer in counts if counts[answer] == top]
+    return tie_break if tie_break in tied else tied[0]
+
+
+def _optional(row: dict, name: str, kind: type, path: Path, where: str):
+    """row[name] checked to be of `kind`, or None when the field is absent."""
+    return field(row, name, kind, path, where) if name in row else None
+
+
+def _read_answers(path: Path) -> dict[int, tuple[int, dict]]:
+    """question_id -> (row index, answer fields) from an OK-VQA annotations file."""
+    data = load_annotation_json(path)
+    answers: dict[int, tuple[int, dict]] = {}
+    for index, annotation in enumerate(field(data, "annotations", list, path, "top level")):
+        where = f"annotations[{index}]"
+        question_id = field(annotation, "question_id", int, path, where)
+        if question_id in answers:
+            raise AnnotationError(f"{path}: {where}: question_id {question_id} is annotated twice")
+        human_answers = []
+        for n, answer in enumerate(field(annotation, "answers", list, path, where)):
+            human_answers.append(field(answer, "answer", str, path, f"{where}.answers[{n}]"))
+            # v1.1 keeps the unprocessed text beside the processed one; only its type is checked.
+            _optional(answer, "raw_answer", str, path, f"{where}.answers[{n}]")
+        if not human_answers:
+            raise AnnotationError(f"{path}: {where}: field 'answers' is empty; expected the human answers")
+        # Some releases carry VQA's multiple_choice_answer and some do not: the
+        # answer to train on is the most common human answer either way, and
+        # multiple_choice_answer, where present, only settles a tie.
+        official = _optional(annotation, "multiple_choice_answer", str, path, where)
+        answers[question_id] = (
+            index,
+            {
+                "image_id": field(annotation, "image_id", int, path, where),
+                "answer": most_common_answer(human_answers, official),
+                "answers": human_answers,
+                "answer_type": _optional(annotation, "answer_type", str, path, where),
+                "question_type": _optional(annotation, "question_type", str, path, where),
+            },
+        )
+    return answers
+
+
+def read_okvqa(
+    questions_file: str | os.PathLike,
+    annotations_file: str | os.PathLike | None,
+    image_root: str | os.PathLike,
+    split: str,
+    image_name: str = DEFAULT_IMAGE_NAME,
+) -> list[dict]:
+    """One canonical knowledge-VQA record per question, in question-file order.
+
+    `image_root` is the folder holding the split's COCO 2014 images (e.g.
+    coco/train2014); `image_name` names a file there from `{subtype}` (the
+    questions file's data_subtype), `{image_id}` and `{split}`. `answer` is
+    the most common of the ten human answers (see `most_common_answer`) and
+    `answers` all of them. Without an annotations file answer, answers,
+    answer_type and question_type are None. Every question's image must exist:
+    its width and height are read from it.
+    """
+    questions_path = Path(questions_file)
+    data = load_annotation_json(questions_path)
+    questions = field(data, "questions", list, questions_path, "top level")
+    subtype = data.get("data_subtype")
+    if subtype is None and "{subtype" in image_name:
+        raise AnnotationError(
+            f"{questions_path}: top level: missing field 'data_subtype' (needed to name images by {image_name!r})"
+        )
+    answers_path = Path(annotations_file) if annotations_file is not None else None
+    answers = _read_answers(answers_path) if answers_path is not None else None
+    root = Path(os.path.abspath(image_root))
+
+    images: dict[int, dict] = {}
+    seen: set[int] = set()
+    records = []
+    for index, question in enumerate(questions):
+        where = f"questions[{index}]"
+        question_id = field(question, "question_id", int, questions_path, where)
+        image_id = field(question, "image_id", int, questions_path, where)
+        text = field(question, "question", str, questions_path, where)
+        if question_id in seen:
+            raise AnnotationError(f"{questions_path}: {where}: question_id {question_id} appears twice")
+        seen.add(question_id)
+        if image_id not in images:
+            image_path = root / image_name.format(subtype=subtype, image_id=image_id, split=split)
+            if not image_path.is_file():
+                raise AnnotationError(f"{questions_path}: {where}: image_id {image_id} has no image at {image_path}")
+            try:
+                width, height = image_size(image_path)
+            except OSError as error:
+                raise AnnotationError(
+                    f"{questions_path}: {where}: image_id {image_id}: {image_path} is not a readable image ({error})"
+                ) from error
+            images[image_id] = {"path": str(image_path), "width": width, "height": height}
+
+        record = {
+            "id": f"{DATASET}:{split}:{question_id}",
+            "dataset": DATASET,
+            "task": TASK,
+            "split": split,
+            "lang": "en",
+            "image": dict(images[image_id]),
+            "question": text,
+            "answer": None,
+            "answers": None,
+            "answer_type": None,
+            "question_type": None,
+        }
+        if answers is not None:
+            if question_id not in answers:
+                raise AnnotationError(
+                    f"{answers_path}: no annotation for question_id {question_id} ({questions_path.name} {where})"
+                )
+            answer_index, answer = answers.pop(question_id)
+            if answer["image_id"] != image_id:
+                raise AnnotationError(
+                    f"{answers_path}: annotations[{answer_index}]: image_id {answer['image_id']} differs from "
+                    f"image_id {image_id} of question_id {question_id} in {questions_path.name}"
+                )
+            record.update({k: v for k, v in answer.items() if k != "image_id"})
+        records.append(record)
+
+    if answers:
+        question_id, (answer_index, _) = min(answers.items(), key=lambda item: item[1][0])
+        raise AnnotationError(
+            f"{answers_path}: annotations[{answer_index}]: question_id {question_id} is not in {questions_path}"
+        )
+    return records

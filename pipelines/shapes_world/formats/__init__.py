@@ -1,0 +1,1 @@
+"""Shapes-world fixtures written in other datasets' native annotation formats, one module per format."""
