@@ -20,12 +20,61 @@ ADAPTERS = {
 }
 
 
+# keys every entry may give besides its adapter's own
+ENTRY_OPTIONS = {"split", "limit", "template"}
+
+
+def card_adapter(name: str, where: str):
+    """The reader a dataset card names, and its parameters other than `split` (name -> required)."""
+    import importlib
+    import inspect
+
+    from catalog.cards import UnknownCardError, get_card
+
+    try:
+        card = get_card(name)
+    except UnknownCardError as err:
+        raise ConfigError(f"{where}.card: {err}") from err
+    require(card.get("adapter"), f"{where}.card: {name} has no adapter yet in this version of Loom "
+            "(`loom catalog list --kind dataset` marks them)")
+    module, _, function = card["adapter"].rpartition(".")
+    reader = getattr(importlib.import_module(module), function)
+    parameters = {p.name: p.default is inspect.Parameter.empty
+                  for p in inspect.signature(reader).parameters.values() if p.name != "split"}
+    return card, reader, parameters
+
+
+def _check_card_entry(entry: dict, where: str) -> None:
+    card, _, parameters = card_adapter(entry["card"], where)
+    missing = sorted(name for name, required in parameters.items() if required and name not in entry)
+    require(not missing, f"{where}: missing key(s) {missing} for card {entry['card']} "
+            f"(its adapter {card['adapter']} reads them)")
+    unknown = set(entry) - set(parameters) - ENTRY_OPTIONS - {"card"}
+    require(not unknown, f"{where}: unknown key(s) {sorted(unknown)}; card {entry['card']} takes "
+            f"{sorted(parameters)} and {sorted(ENTRY_OPTIONS)}")
+    for task in card["tasks"]:
+        try:
+            from templates.library import load_task_templates
+
+            load_task_templates(task)
+        except TemplateError as err:
+            raise ConfigError(f"{where}: card {entry['card']} is a {task} dataset: {err}") from err
+
+
 def render_settings(config: dict) -> dict:
     cfg = section(config, "render", DEFAULTS)
     require(bool(cfg["datasets"]), "render.datasets: empty; list the datasets to render, e.g. "
-            "[{adapter: pairs, path: '{out}/ingest'}]")
+            "[{adapter: pairs, path: '{out}/ingest'}] or [{card: vizwiz, annotation_file: ..., image_root: ...}]")
     for i, entry in enumerate(cfg["datasets"]):
         where = f"render.datasets[{i}]"
+        if isinstance(entry, dict) and "card" in entry:  # any dataset whose card names an adapter
+            _check_card_entry(entry, where)
+            if entry.get("template"):
+                try:
+                    template_by_id(entry["template"])
+                except TemplateError as err:
+                    raise ConfigError(f"{where}.template: {err}") from err
+            continue
         require(isinstance(entry, dict) and entry.get("adapter") in ADAPTERS,
                 f"{where}: adapter {entry.get('adapter') if isinstance(entry, dict) else entry!r}; "
                 f"expected one of {sorted(ADAPTERS)}")
@@ -46,7 +95,10 @@ def render_settings(config: dict) -> dict:
 def read_records(entry: dict) -> list[dict]:
     """Canonical records of one configured dataset, through its adapter."""
     split = entry.get("split", "train")
-    if entry["adapter"] == "pairs":
+    if "card" in entry:
+        _, reader, parameters = card_adapter(entry["card"], "render.datasets")
+        records = reader(**{name: entry[name] for name in parameters if name in entry}, split=split)
+    elif entry["adapter"] == "pairs":
         from catalog.adapters.pairs import read_pairs
 
         records = read_pairs(entry["path"], split)
@@ -64,7 +116,12 @@ def read_records(entry: dict) -> list[dict]:
 def _input_fingerprints(cfg: dict) -> dict[str, str]:
     inputs = {}
     for entry in cfg["datasets"]:
-        if entry["adapter"] == "pairs":
+        if "card" in entry:  # the annotation files it names (image folders are read, not fingerprinted)
+            for name in card_adapter(entry["card"], "render.datasets")[2]:
+                value = entry.get(name)
+                if isinstance(value, str) and Path(value).is_file():
+                    inputs[value] = input_fingerprint(value)
+        elif entry["adapter"] == "pairs":
             if read_manifest(entry["path"]) is None:
                 raise ConfigError(f"render.datasets: {entry['path']}: no finished ingest output there "
                                   "(manifest.json missing); run `loom ingest` first")
@@ -92,15 +149,16 @@ def run_render(config: dict, out: str | Path, log=print) -> dict:
     for i, entry in enumerate(cfg["datasets"]):
         records = read_records(entry)
         rows = [render_record(r, cfg["seed"], entry.get("template")) for r in records]
-        name = f"{i:02d}-{entry['adapter']}-{entry.get('split', 'train')}.parquet"
+        source = entry.get("card") or entry["adapter"]
+        name = f"{i:02d}-{source}-{entry.get('split', 'train')}.parquet"
         write_instructions(rows, stage_dir / "instructions" / name)
         files.append(f"instructions/{name}")
         record.rows_in += len(records)
         record.rows_out += len(rows)
         templates_used.update(r["template_id"] for r in rows)
         langs = collections.Counter(r["lang"] for r in rows)
-        per_dataset[name] = {"adapter": entry["adapter"], "split": entry.get("split", "train"),
+        per_dataset[name] = {"adapter": source, "split": entry.get("split", "train"),
                              "records": len(rows), "languages": dict(sorted(langs.items()))}
-        log(f"render: {entry['adapter']} ({entry.get('split', 'train')}): {len(rows)} instruction records")
+        log(f"render: {source} ({entry.get('split', 'train')}): {len(rows)} instruction records")
     record.extra.update(files=files, datasets=per_dataset, templates=dict(sorted(templates_used.items())))
     return record.finish(stage_dir)

@@ -11,7 +11,20 @@ import yaml
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 BREVITY = ("short", "long", "none")
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+class _EmptyField(ValueError):
+    """A template printed a record field that is None (e.g. the answer of a split without answers)."""
+
+
+def _refuse_none(value):
+    if value is None:
+        raise _EmptyField()
+    return value
+
+
+# StrictUndefined refuses a field the record lacks; finalize refuses one it has as None, which would
+# otherwise print as the word "None" (a test split's missing answer becoming a training target).
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False,
+                          finalize=_refuse_none)
 
 
 class TemplateError(ValueError):
@@ -36,6 +49,11 @@ class InstructionTemplate:
             response = _ENV.from_string(self.response).render(**record)
         except jinja2.UndefinedError as err:
             raise TemplateError(f"template {self.id}: record {record.get('id')!r}: {err.message}") from err
+        except _EmptyField as err:
+            empty = sorted(name for name, value in record.items() if value is None)
+            raise TemplateError(f"template {self.id}: record {record.get('id')!r}: a field it uses is empty "
+                                f"(None fields: {empty}); a split without answers cannot be rendered as "
+                                "training conversations") from err
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
 

@@ -1,0 +1,66 @@
+"""`loom render` on any dataset whose card names an adapter: `{card: NAME, <the adapter's arguments>}`."""
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.config import ConfigError
+from jobs.render import run_render
+from pipelines.shapes_world.formats.vizwiz import write_vizwiz
+
+
+@pytest.fixture(scope="module")
+def vizwiz(tmp_path_factory):
+    return write_vizwiz(tmp_path_factory.mktemp("vizwiz"), seed=5, scenes=6)
+
+
+def entry(vizwiz, **extra):
+    return {"card": "vizwiz", "annotation_file": vizwiz["files"]["train"],
+            "image_root": vizwiz["image_folders"]["train"], "split": "train", **extra}
+
+
+def test_a_card_entry_renders_through_its_adapter_and_the_task_templates(vizwiz, tmp_path):
+    manifest = run_render({"render": {"datasets": [entry(vizwiz)]}}, tmp_path, log=lambda *_: None)
+    rows = pq.read_table(tmp_path / "render" / manifest["files"][0]).to_pylist()
+    native = json.loads(open(vizwiz["files"]["train"]).read())
+    assert manifest["files"] == ["instructions/00-vizwiz-train.parquet"] and len(rows) == len(native) == 6
+    for row, question in zip(rows, native):
+        assert (row["dataset"], row["task"], row["split"]) == ("vizwiz", "vqa", "train")
+        assert row["template_id"].startswith("vqa_en_") and question["question"] in row["messages"][0]["content"]
+        assert row["messages"][1]["content"] in [a["answer"] for a in question["answers"]]
+        assert row["images"][0]["path"].endswith(question["image"])
+
+
+def test_the_annotation_file_is_an_input_so_an_edit_re_renders(vizwiz, tmp_path):
+    manifest = run_render({"render": {"datasets": [entry(vizwiz)]}}, tmp_path, log=lambda *_: None)
+    assert vizwiz["files"]["train"] in manifest["inputs"]
+
+
+def test_a_card_entry_names_the_keys_its_adapter_reads(vizwiz, tmp_path):
+    bad = entry(vizwiz)
+    del bad["image_root"]
+    with pytest.raises(ConfigError, match=r"render.datasets\[0\]: missing key\(s\) \['image_root'\] for card vizwiz"):
+        run_render({"render": {"datasets": [bad]}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['images'\]; card vizwiz takes \['annotation_file', "
+                                          r"'image_root'\]"):
+        run_render({"render": {"datasets": [entry(vizwiz, images="x")]}}, tmp_path)
+
+
+def test_a_card_whose_task_has_no_templates_yet_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match=r"card gqa is a visual_reasoning dataset: no templates for task"):
+        run_render({"render": {"datasets": [{"card": "gqa", "questions_file": "q.json", "image_root": "."}]}},
+                   tmp_path)
+    with pytest.raises(ConfigError, match=r"render.datasets\[0\].card: no dataset card named 'vizwizz'"):
+        run_render({"render": {"datasets": [{"card": "vizwizz"}]}}, tmp_path)
+    assert not (tmp_path / "render").exists()
+
+
+def test_a_split_without_answers_is_refused_rather_than_trained_on_the_word_none(vizwiz, tmp_path):
+    test_split = {"card": "vizwiz", "annotation_file": vizwiz["files"]["test"],
+                  "image_root": vizwiz["image_folders"]["test"], "split": "test"}
+    from templates.library import TemplateError
+
+    with pytest.raises(TemplateError, match=r"vizwiz:test:.*a field it uses is empty \(None fields: \['answer', "):
+        run_render({"render": {"datasets": [test_split]}}, tmp_path, log=lambda *_: None)
