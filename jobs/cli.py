@@ -97,9 +97,19 @@ def _count(n: int) -> str:
 
 
 def _templates(args) -> int:
-    if args.action != "lint":
-        print(f"loom templates {args.action} {NOT_BUILT}; `loom templates lint` is.", file=sys.stderr)
-        return 2
+    if args.action == "preview":
+        from jobs.template_tools import print_preview
+
+        if not args.task:
+            print("loom templates preview TASK: give a task, e.g. vqa or captioning", file=sys.stderr)
+            return 2
+        print_preview(args.task, args.lang, args.n, args.seed, args.chat, args.config, args.dataset)
+        return 0
+    if args.action == "stats":
+        from jobs.template_tools import print_stats
+
+        print_stats(args.tokenizer)
+        return 0
     from templates.library import TASKS_DIR, load_task_templates
 
     total = 0
@@ -151,8 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(func=_report)
 
-    p = sub.add_parser("templates", help="lint (built); preview, stats (not built yet)")
+    p = sub.add_parser("templates", help="lint the templates; preview TASK: rendered examples; stats: counts and lengths")
     p.add_argument("action", choices=["lint", "preview", "stats"])
+    p.add_argument("task", nargs="?", help="preview: the task whose templates to show, e.g. vqa")
+    p.add_argument("-n", type=int, default=5, help="preview: how many examples (default 5)")
+    p.add_argument("--lang", default="en", help="preview: en or zh (default en)")
+    p.add_argument("--chat", default="llava_v1", help="preview: the chat format to lay them out in (templates/chat/)")
+    p.add_argument("--config", default=None,
+                   help="preview: draw records from this run config's render.datasets instead of the shapes world")
+    p.add_argument("--dataset", default=None, help="preview: with --config, only this card or adapter")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", default=None,
+                   help="stats: also count prompt tokens with this tokenizer.json (or a folder holding one)")
     p.set_defaults(func=_templates)
 
     p = sub.add_parser("catalog", help="list|show the cards: annotated datasets and caption-pair sources")

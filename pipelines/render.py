@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from templates.library import choose_template, template_by_id
+from templates.library import render_for_record
 
 IMAGE_REF = pa.struct([
     ("shard", pa.string()), ("key", pa.string()), ("path", pa.string()), ("url", pa.string()),
@@ -28,8 +28,7 @@ def image_ref(image: dict) -> dict:
 
 def render_record(record: dict, seed: int, template_id: str | None = None) -> dict:
     """One instruction record: a template drawn for this record (or the one pinned) applied to it."""
-    template = template_by_id(template_id) if template_id else choose_template(
-        record["task"], record["lang"], record["id"], seed)
+    template, messages = render_for_record(record, seed, template_id)
     return {
         "id": record["id"],
         "dataset": record["dataset"],
@@ -39,7 +38,7 @@ def render_record(record: dict, seed: int, template_id: str | None = None) -> di
         "template_id": template.id,
         "brevity": template.brevity,
         "images": [image_ref(record["image"])],
-        "messages": template.render(record),
+        "messages": messages,
         "answers": record.get("answers"),
         "question_type": record.get("question_type"),
     }

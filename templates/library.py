@@ -94,3 +94,10 @@ def choose_template(task: str, lang: str, record_id: str, seed: int) -> Instruct
         raise TemplateError(f"no {lang!r} templates for task {task!r}")
     digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
     return pool[int.from_bytes(digest[:8], "big") % len(pool)]
+
+
+def render_for_record(record: dict, seed: int, template_id: str | None = None) -> tuple[InstructionTemplate, list[dict]]:
+    """The template render draws for this record (or the one pinned), and the conversation it gives."""
+    template = template_by_id(template_id) if template_id else choose_template(
+        record["task"], record["lang"], record["id"], seed)
+    return template, template.render(record)

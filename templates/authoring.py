@@ -1,0 +1,52 @@
+"""Tools for template authors: what each task's templates look like in numbers, and rendered examples."""
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Callable
+
+from templates.chat import ChatFormat
+from templates.library import TASKS_DIR, load_task_templates, render_for_record
+
+# the part of a rendered example the model is trained to produce is shown between these marks
+TARGET_OPEN, TARGET_CLOSE = "\u25b6", "\u25c0"
+
+
+def prompt_length(text: str, lang: str) -> int:
+    """Words for space-separated languages, characters (without spaces) for Chinese, without the <image> mark."""
+    text = text.replace("<image>", " ")
+    return len(re.sub(r"\s", "", text)) if lang == "zh" else len(text.split())
+
+
+def template_stats(count_tokens: Callable[[str], int] | None = None) -> list[dict]:
+    """Per task and language: how many templates, their brevity split, and how long their prompts are
+    (words, or Chinese characters; tokens too when `count_tokens` is given)."""
+    rows = []
+    for path in sorted(TASKS_DIR.glob("*.yaml")):
+        templates = load_task_templates(path.stem)
+        for lang in sorted({t.lang for t in templates}):
+            pool = [t for t in templates if t.lang == lang]
+            lengths = [prompt_length(t.prompt, lang) for t in pool]
+            row = {"task": path.stem, "lang": lang, "templates": len(pool),
+                   "brevity": {b: sum(t.brevity == b for t in pool) for b in ("short", "long", "none")},
+                   "unit": "characters" if lang == "zh" else "words",
+                   "length": {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths)}}
+            if count_tokens is not None:
+                tokens = [count_tokens(t.prompt) for t in pool]
+                row["tokens"] = {"min": min(tokens), "median": statistics.median(tokens), "max": max(tokens)}
+            rows.append(row)
+    return rows
+
+
+def preview(records: list[dict], chat: ChatFormat, seed: int = 0) -> list[str]:
+    """Each record as the model sees it: its template (drawn as render draws it) laid out in `chat`,
+    the trained-on text between TARGET_OPEN and TARGET_CLOSE."""
+    shown = []
+    for record in records:
+        template, messages = render_for_record(record, seed)
+        text = "".join(f"{TARGET_OPEN}{piece}{TARGET_CLOSE}" if target else piece
+                       for piece, target in chat.pieces(messages))
+        image = record.get("image") or {}
+        shown.append(f"── {template.id} ({template.lang}, brevity {template.brevity}) · {record['id']} · "
+                     f"image {image.get('width')}x{image.get('height')} {image.get('path')}\n{text}")
+    return shown

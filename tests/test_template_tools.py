@@ -1,0 +1,67 @@
+"""`loom templates preview` and `loom templates stats`: what template authors see."""
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from jobs.cli import main as loom
+from pipelines.shapes_world.formats.vizwiz import write_vizwiz
+from templates.library import load_task_templates
+
+
+def test_preview_shows_examples_in_the_chat_format_with_the_target_marked(capsys):
+    assert loom(["templates", "preview", "vqa", "-n", "3", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    examples = [block for block in out.split("\n\n") if block.startswith("── ")]
+    ids = {t.id for t in load_task_templates("vqa")}
+    assert len(examples) == 3
+    for block in examples:
+        header, text = block.split("\n", 1)
+        assert header.split()[1] in ids and "shapes:vqa:" in header
+        assert text.startswith("<s>A chat between") and "USER: <image>\n" in text
+        assert re.search(r"ASSISTANT:▶ [^◀]+◀▶</s>◀$", text)  # only the answer and end of turn are trained on
+
+
+def test_preview_is_deterministic_by_seed(capsys):
+    loom(["templates", "preview", "captioning", "--lang", "zh", "-n", "2", "--seed", "4"])
+    first = capsys.readouterr().out
+    loom(["templates", "preview", "captioning", "--lang", "zh", "-n", "2", "--seed", "4"])
+    assert re.sub(r"/tmp/\S+", "", capsys.readouterr().out) == re.sub(r"/tmp/\S+", "", first)
+    assert "cap_zh_" in first
+
+
+def test_preview_draws_records_from_a_render_config(tmp_path, capsys):
+    fixture = write_vizwiz(tmp_path / "vizwiz", seed=2, scenes=4)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"render": {"datasets": [
+        {"card": "vizwiz", "annotation_file": fixture["files"]["val"], "image_root": fixture["image_folders"]["val"],
+         "split": "val"}]}}))
+    assert loom(["templates", "preview", "vqa", "--config", str(config), "--dataset", "vizwiz", "-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("· vizwiz:val:") == 2
+
+
+def test_preview_of_a_task_without_a_sample_says_what_to_pass(capsys):
+    assert loom(["templates", "preview", "vqa", "--lang", "zh"]) == 2
+    assert "pass --config" in capsys.readouterr().err
+
+
+def test_stats_gives_counts_brevity_and_lengths_per_task_and_language(capsys):
+    assert loom(["templates", "stats"]) == 0
+    lines = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines()[1:]}
+    vqa_en = [t for t in load_task_templates("vqa") if t.lang == "en"]
+    short = sum(t.brevity == "short" for t in vqa_en)
+    assert lines[("vqa", "en")].split()[2] == str(len(vqa_en))
+    assert f" {short}/0/{len(vqa_en) - short} " in lines[("vqa", "en")]
+    assert lines[("captioning", "zh")].endswith("characters")
+
+
+def test_stats_counts_tokens_with_a_given_tokenizer(tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    assert loom(["templates", "stats", "--tokenizer", str(tmp_path)]) == 0
+    assert "tokens" in capsys.readouterr().out
