@@ -12,7 +12,7 @@ DATASET = "textvqa"
 TASK = "reading_vqa"
 
 
-def _read_ocr_tokens(path: Path) -> dict[str, list[str]]:
+def read_ocr_tokens(path: Path) -> dict[str, list[str]]:
     """image_id -> ocr_tokens from a Rosetta OCR file ({"data": [{"image_id", "ocr_tokens", ...}]})."""
     data = load_annotation_json(path)
     tokens: dict[str, list[str]] = {}
@@ -51,7 +51,7 @@ def read_textvqa(
     questions = field(data, "data", list, path, "top level")
     root = Path(os.path.abspath(image_root))
     ocr_path = Path(ocr_file) if ocr_file is not None else None
-    ocr_tokens = _read_ocr_tokens(ocr_path) if ocr_path is not None else None
+    ocr_tokens = read_ocr_tokens(ocr_path) if ocr_path is not None else None
     has_answers = bool(questions) and isinstance(questions[0], dict) and "answers" in questions[0]
 
     seen_images: set[str] = set()
