@@ -110,17 +110,13 @@ def _templates(args) -> int:
 
         print_stats(args.tokenizer)
         return 0
-    from templates.library import TASKS_DIR, load_task_templates
+    from jobs.template_tools import lint_templates
 
-    total = 0
-    for path in sorted(TASKS_DIR.glob("*.yaml")):
-        templates = load_task_templates(path.stem)
-        total += len(templates)
-        langs = sorted({t.lang for t in templates})
-        print(f"{path.stem}: {len(templates)} templates ({', '.join(langs)}), "
-              f"{sum(t.brevity == 'short' for t in templates)} with brevity wording")
-    print(f"ok: {total} templates")
-    return 0
+    problems = lint_templates()
+    for problem in problems:
+        print(f"  problem: {problem}")
+    print(f"{len(problems)} problem(s)" if problems else "ok: every task's templates pass")
+    return 1 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

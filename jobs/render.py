@@ -52,10 +52,10 @@ def _check_card_entry(entry: dict, where: str) -> None:
     unknown = set(entry) - set(parameters) - ENTRY_OPTIONS - {"card"}
     require(not unknown, f"{where}: unknown key(s) {sorted(unknown)}; card {entry['card']} takes "
             f"{sorted(parameters)} and {sorted(ENTRY_OPTIONS)}")
-    for task in card["tasks"]:
-        try:
-            from templates.library import load_task_templates
+    from templates.library import CONVERSATION_TASKS, load_task_templates
 
+    for task in set(card["tasks"]) - set(CONVERSATION_TASKS):
+        try:
             load_task_templates(task)
         except TemplateError as err:
             raise ConfigError(f"{where}: card {entry['card']} is a {task} dataset: {err}") from err

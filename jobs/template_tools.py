@@ -11,7 +11,7 @@ from jobs.config import ConfigError, load_config
 def sample_records(task: str, lang: str, count: int, seed: int, config: str | None = None,
                    dataset: str | None = None) -> list[dict]:
     """`count` canonical records of `task` in `lang`: from the datasets a render config names (optionally one
-    card or adapter), or, without a config, from a small shapes world written to a temporary folder."""
+    card or adapter), or, without a config, from the shapes-world fixtures of the task's datasets."""
     if config:
         from jobs.render import read_records, render_settings
 
@@ -24,32 +24,40 @@ def sample_records(task: str, lang: str, count: int, seed: int, config: str | No
                               + (f" from {dataset}" if dataset else ""))
     else:
         records = _shapes_world_records(task, lang, count, seed)
+        if dataset:
+            records = [r for r in records if r["dataset"] == dataset]
     random.Random(seed).shuffle(records)
     return records[:count]
 
 
 def _shapes_world_records(task: str, lang: str, count: int, seed: int) -> list[dict]:
-    from pipelines.shapes_world.draw import draw_scene, encode_jpeg
-    from pipelines.shapes_world.scenes import captions, make_scene, questions
-
+    """English records of every dataset of `task` from their shapes-world fixtures; Chinese captions from
+    shapes-world scenes (the catalog's datasets are English)."""
     folder = Path(tempfile.mkdtemp(prefix="loom-preview-"))
-    records = []
-    for i in range(count):
-        rng = random.Random(f"loom-preview/{seed}/{i}")
-        scene = make_scene(rng)
-        image = folder / f"scene_{i:03d}.jpg"
-        image.write_bytes(encode_jpeg(draw_scene(scene)))
-        base = {"id": f"shapes:{task}:{i}", "dataset": "shapes_world", "task": task, "split": "train", "lang": lang,
-                "image": {"path": str(image), "width": scene.width, "height": scene.height}}
-        if task == "captioning":
-            records.append({**base, "caption": captions(scene, lang, rng, count=1)[0]})
-        elif task == "vqa" and lang == "en":
-            qa = rng.choice(questions(scene, rng))
-            records.append({**base, "question": qa["question"], "answer": qa["answer"], "answers": [qa["answer"]]})
-        else:
-            raise ConfigError(f"loom templates preview: no built-in shapes-world sample of {lang} {task} records; "
-                              "pass --config with a render config whose render.datasets hold such a dataset")
-    return records
+    if lang == "en":
+        from catalog.cards import load_cards, select_cards
+        from pipelines.shapes_world.formats.samples import sample_records as fixture_records
+
+        names = sorted(select_cards(load_cards(), kind="dataset", task=task))
+        records = [r for name in names for r in fixture_records(name, folder)]
+        if records:
+            return records
+    if task == "captioning" and lang == "zh":
+        from pipelines.shapes_world.draw import draw_scene, encode_jpeg
+        from pipelines.shapes_world.scenes import captions, make_scene
+
+        records = []
+        for i in range(count):
+            rng = random.Random(f"loom-preview/{seed}/{i}")
+            scene = make_scene(rng)
+            image = folder / f"scene_{i:03d}.jpg"
+            image.write_bytes(encode_jpeg(draw_scene(scene)))
+            records.append({"id": f"shapes:{task}:{i}", "dataset": "shapes_world", "task": task, "split": "train",
+                            "lang": lang, "image": {"path": str(image), "width": scene.width, "height": scene.height},
+                            "caption": captions(scene, lang, rng, count=1)[0]})
+        return records
+    raise ConfigError(f"loom templates preview: no built-in shapes-world sample of {lang} {task} records; "
+                      "pass --config with a render config whose render.datasets hold such a dataset")
 
 
 def print_preview(task: str, lang: str, count: int, seed: int, chat: str, config: str | None,
@@ -87,3 +95,99 @@ def print_stats(tokenizer: str | None) -> None:
             t = row["tokens"]
             lengths += f", {t['min']}/{t['median']:g}/{t['max']} tokens"
         print(f"{row['task']:22} {row['lang']:4} {row['templates']:>9}  {b['short']}/{b['long']}/{b['none']:<11}  {lengths}")
+
+
+BREVITY_WORDS = ("short", "brief", "concise", "single word", "three words", "few words", "one word", "a word")
+NEAR_DUPLICATE_RATIO = 0.9  # difflib similarity of two prompts' word sequences
+RECORDS_PER_DATASET = 8
+
+
+def _words(prompt: str) -> list[str]:
+    """A prompt as words (each Chinese character one), lowercased, without punctuation."""
+    import re
+
+    return re.findall(r"[\u3400-\u9fff]|[^\W_]+", prompt.lower())
+
+
+def lint_templates(log=print) -> list[str]:
+    """Every problem with the task templates, as lines naming the task, template and dataset.
+
+    Each task of the catalog has 10-15 templates per language that render may draw; the English
+    ones say "short"/"brief"/... exactly when marked brevity short; a task with short-answer
+    datasets has both short and open wording; no two prompts of a task are near copies; and every
+    dataset of the task, sampled from its shapes-world fixture through its adapter, renders with
+    every drawable template, or (an evaluation-only dataset such as VSR's statements) with at least
+    one pinned template."""
+    import difflib
+    from collections import defaultdict
+
+    from catalog.cards import TASKS, load_cards, select_cards
+    from pipelines.render import render_record
+    from pipelines.shapes_world.formats.samples import sample_records
+    from templates.library import CONVERSATION_TASKS, TemplateError, load_task_templates
+
+    problems: list[str] = []
+    cards = select_cards(load_cards(), kind="dataset")
+    datasets = defaultdict(list)
+    for name, card in sorted(cards.items()):
+        for task in card["tasks"]:
+            datasets[task].append(name)
+    with tempfile.TemporaryDirectory(prefix="loom-lint-") as scratch:
+        for task in TASKS:
+            samples = {name: sample_records(name, scratch)[:RECORDS_PER_DATASET] for name in datasets[task]}
+            if task in CONVERSATION_TASKS:
+                for name, records in samples.items():
+                    for record in records:
+                        if render_record(record, seed=0)["template_id"] != "native":
+                            problems.append(f"{task}: {name}: record {record['id']} did not pass through as a conversation")
+                log(f"{task}: no templates (conversations used as they are): {', '.join(samples)}")
+                continue
+            try:
+                templates = load_task_templates(task)
+            except TemplateError as err:
+                problems.append(f"{task}: {err}")
+                continue
+            problems += _lint_wording(task, templates, cards, datasets[task], difflib)
+            for name, records in samples.items():
+                outcome = {}
+                for template in templates:
+                    try:
+                        for record in records:
+                            render_record(record, seed=0, template_id=template.id)
+                        outcome[template.id] = None
+                    except (TemplateError, KeyError, TypeError) as err:
+                        outcome[template.id] = str(err)
+                drawable = [t.id for t in templates if t.draw]
+                failing = [t for t in drawable if outcome[t]]
+                if len(failing) < len(drawable):  # the drawn templates serve this dataset: all of them must
+                    problems += [f"{task}: template {t} fails on {name}: {outcome[t]}" for t in failing]
+                elif not any(error is None for error in outcome.values()):
+                    problems.append(f"{task}: no template renders {name} (first error: {outcome[drawable[0]]})")
+            langs = sorted({t.lang for t in templates})
+            log(f"{task}: {len(templates)} templates ({', '.join(langs)}; {sum(not t.draw for t in templates)} "
+                f"pinned for evaluation), rendered on {', '.join(samples) or 'no dataset'}")
+    return problems
+
+
+def _lint_wording(task, templates, cards, names, difflib) -> list[str]:
+    problems = []
+    short_answer = [n for n in names if (cards[n].get("instructblip") or {}).get("short_answer")]
+    for lang in sorted({t.lang for t in templates}):
+        drawable = [t for t in templates if t.lang == lang and t.draw]
+        if not 10 <= len(drawable) <= 15:
+            problems.append(f"{task}: {len(drawable)} {lang} templates to draw from; expected 10-15")
+        if short_answer and not (any(t.brevity == "short" for t in drawable)
+                                 and any(t.brevity != "short" for t in drawable)):
+            problems.append(f"{task}: short-answer datasets ({', '.join(short_answer)}) need both short and open "
+                            f"{lang} wording")
+        for i, a in enumerate(drawable):
+            for b in drawable[i + 1:]:
+                ratio = difflib.SequenceMatcher(None, _words(a.prompt), _words(b.prompt)).ratio()
+                if ratio >= NEAR_DUPLICATE_RATIO:
+                    problems.append(f"{task}: templates {a.id} and {b.id} are near copies ({ratio:.2f} similar)")
+    for t in templates:
+        says_short = any(word in t.prompt.lower() for word in BREVITY_WORDS)
+        if t.lang == "en" and says_short != (t.brevity == "short"):
+            problems.append(f"{task}: template {t.id} is marked brevity {t.brevity} but its wording "
+                            f"{'asks' if says_short else 'does not ask'} for a short answer")
+    return problems

@@ -29,6 +29,7 @@ def image_ref(image: dict) -> dict:
 def render_record(record: dict, seed: int, template_id: str | None = None) -> dict:
     """One instruction record: a template drawn for this record (or the one pinned) applied to it."""
     template, messages = render_for_record(record, seed, template_id)
+    frames = record.get("frames")
     return {
         "id": record["id"],
         "dataset": record["dataset"],
@@ -37,7 +38,7 @@ def render_record(record: dict, seed: int, template_id: str | None = None) -> di
         "lang": record["lang"],
         "template_id": template.id,
         "brevity": template.brevity,
-        "images": [image_ref(record["image"])],
+        "images": [image_ref(image) for image in frames] if frames else [image_ref(record["image"])],
         "messages": messages,
         "answers": record.get("answers"),
         "question_type": record.get("question_type"),

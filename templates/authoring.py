@@ -46,7 +46,9 @@ def preview(records: list[dict], chat: ChatFormat, seed: int = 0) -> list[str]:
         template, messages = render_for_record(record, seed)
         text = "".join(f"{TARGET_OPEN}{piece}{TARGET_CLOSE}" if target else piece
                        for piece, target in chat.pieces(messages))
-        image = record.get("image") or {}
-        shown.append(f"── {template.id} ({template.lang}, brevity {template.brevity}) · {record['id']} · "
-                     f"image {image.get('width')}x{image.get('height')} {image.get('path')}\n{text}")
+        images = record.get("frames") or [record.get("image") or {}]
+        seen = f"image {images[0].get('width')}x{images[0].get('height')} {images[0].get('path')}"
+        if len(images) > 1:
+            seen = f"{len(images)} frames, the first {seen}"
+        shown.append(f"── {template.id} ({template.lang}, brevity {template.brevity}) · {record['id']} · {seen}\n{text}")
     return shown

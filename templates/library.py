@@ -8,9 +8,12 @@ from pathlib import Path
 
 import jinja2
 import yaml
+from jinja2.sandbox import SandboxedEnvironment
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 BREVITY = ("short", "long", "none")
+# Tasks whose records are already conversations: no templates (InstructBLIP uses LLaVA-Instruct as it is).
+CONVERSATION_TASKS = ("llava_instruct",)
 class _EmptyField(ValueError):
     """A template printed a record field that is None (e.g. the answer of a split without answers)."""
 
@@ -23,8 +26,32 @@ def _refuse_none(value):
 
 # StrictUndefined refuses a field the record lacks; finalize refuses one it has as None, which would
 # otherwise print as the word "None" (a test split's missing answer becoming a training target).
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False,
-                          finalize=_refuse_none)
+# Templates are user-written and so untrusted: the sandbox keeps them from reaching Python internals.
+_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False,
+                            finalize=_refuse_none)
+# InstructBLIP appends the first 30 OCR tokens to the instruction of scene-text datasets.
+OCR_TOKENS_SHOWN = 30
+# Fields only some datasets of a task carry; a record without one renders as if it were None, so one
+# template serves a task's datasets alike (the filters below print nothing for None).
+OPTIONAL_FIELDS = ("choices", "ocr_tokens", "history", "hint")
+
+
+def _ocr(tokens) -> str:
+    """'OCR tokens: a, b, c' (the first OCR_TOKENS_SHOWN), or nothing for a record without OCR."""
+    return f"OCR tokens: {', '.join(tokens[:OCR_TOKENS_SHOWN])}" if tokens else ""
+
+
+def _options(choices) -> str:
+    """'Options: (a) x, (b) y', or nothing for an open question."""
+    return "Options: " + ", ".join(f"({chr(ord('a') + i)}) {c}" for i, c in enumerate(choices)) if choices else ""
+
+
+def _history(turns) -> str:
+    """Earlier rounds of a dialog as 'Q: ... A: ...' lines, or nothing."""
+    return "".join(f"Q: {t['question']} A: {t['answer']}\n" for t in turns or [])
+
+
+_ENV.filters.update(ocr=_ocr, options=_options, history=_history)
 
 
 class TemplateError(ValueError):
@@ -41,12 +68,14 @@ class InstructionTemplate:
     brevity: str
     prompt: str
     response: str
+    draw: bool = True  # False: an evaluation prompt, used only where a config pins it by id
 
     def render(self, record: dict) -> list[dict]:
         """The conversation for one record: a user turn (with `<image>`) and an assistant turn."""
+        fields = {**dict.fromkeys(OPTIONAL_FIELDS), **record}
         try:
-            prompt = _ENV.from_string(self.prompt).render(**record)
-            response = _ENV.from_string(self.response).render(**record)
+            prompt = _ENV.from_string(self.prompt).render(**fields)
+            response = _ENV.from_string(self.response).render(**fields)
         except jinja2.UndefinedError as err:
             raise TemplateError(f"template {self.id}: record {record.get('id')!r}: {err.message}") from err
         except _EmptyField as err:
@@ -75,7 +104,7 @@ def load_task_templates(task: str) -> tuple[InstructionTemplate, ...]:
             raise TemplateError(f"{path}: templates[{i}] ({t['id']}): the prompt must hold <image> exactly once")
         _ENV.parse(t["prompt"])  # a syntax error surfaces here, with the file named by the caller
         templates.append(InstructionTemplate(t["id"], spec["task"], t["lang"], t["brevity"], t["prompt"],
-                                             t.get("response", spec["response"])))
+                                             t.get("response", spec["response"]), bool(t.get("draw", True))))
     return tuple(templates)
 
 
@@ -89,7 +118,7 @@ def template_by_id(template_id: str) -> InstructionTemplate:
 
 def choose_template(task: str, lang: str, record_id: str, seed: int) -> InstructionTemplate:
     """A template drawn uniformly for this record, the same on every run with the same seed."""
-    pool = [t for t in load_task_templates(task) if t.lang == lang]
+    pool = [t for t in load_task_templates(task) if t.lang == lang and t.draw]
     if not pool:
         raise TemplateError(f"no {lang!r} templates for task {task!r}")
     digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
@@ -97,7 +126,17 @@ def choose_template(task: str, lang: str, record_id: str, seed: int) -> Instruct
 
 
 def render_for_record(record: dict, seed: int, template_id: str | None = None) -> tuple[InstructionTemplate, list[dict]]:
-    """The template render draws for this record (or the one pinned), and the conversation it gives."""
+    """The template render draws for this record (or the one pinned), and the conversation it gives.
+
+    A record that is already a conversation (LLaVA-Instruct's `messages`) takes no template, as
+    InstructBLIP uses it: it passes through under the id 'native'."""
+    if record.get("messages") is not None and not template_id:
+        native = InstructionTemplate("native", record["task"], record["lang"], "none", "", "", draw=False)
+        return native, [dict(m) for m in record["messages"]]
     template = template_by_id(template_id) if template_id else choose_template(
         record["task"], record["lang"], record["id"], seed)
-    return template, template.render(record)
+    messages = template.render(record)
+    frames = record.get("frames")
+    if frames:  # a video's sampled frames stand, in order, where the template puts its one image
+        messages[0]["content"] = messages[0]["content"].replace("<image>", "<image>" * len(frames), 1)
+    return template, messages

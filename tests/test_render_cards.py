@@ -48,10 +48,19 @@ def test_a_card_entry_names_the_keys_its_adapter_reads(vizwiz, tmp_path):
         run_render({"render": {"datasets": [entry(vizwiz, images="x")]}}, tmp_path)
 
 
-def test_a_card_whose_task_has_no_templates_yet_is_refused_before_any_work(tmp_path):
+def test_a_card_whose_task_has_no_templates_is_refused_before_any_work(tmp_path, monkeypatch):
+    import shutil
+
+    from templates import library
+
+    shutil.copytree(library.TASKS_DIR, tmp_path / "tasks")
+    (tmp_path / "tasks" / "visual_reasoning.yaml").unlink()
+    monkeypatch.setattr(library, "TASKS_DIR", tmp_path / "tasks")
+    library.load_task_templates.cache_clear()
     with pytest.raises(ConfigError, match=r"card gqa is a visual_reasoning dataset: no templates for task"):
         run_render({"render": {"datasets": [{"card": "gqa", "questions_file": "q.json", "image_root": "."}]}},
                    tmp_path)
+    library.load_task_templates.cache_clear()
     with pytest.raises(ConfigError, match=r"render.datasets\[0\].card: no dataset card named 'vizwizz'"):
         run_render({"render": {"datasets": [{"card": "vizwizz"}]}}, tmp_path)
     assert not (tmp_path / "render").exists()

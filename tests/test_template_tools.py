@@ -18,7 +18,7 @@ def test_preview_shows_examples_in_the_chat_format_with_the_target_marked(capsys
     assert len(examples) == 3
     for block in examples:
         header, text = block.split("\n", 1)
-        assert header.split()[1] in ids and "shapes:vqa:" in header
+        assert header.split()[1] in ids and re.search(r" · (vqav2|vizwiz):train:", header)  # the vqa datasets' fixtures
         assert text.startswith("<s>A chat between") and "USER: <image>\n" in text
         assert re.search(r"ASSISTANT:▶ [^◀]+◀▶</s>◀$", text)  # only the answer and end of turn are trained on
 
@@ -65,3 +65,51 @@ def test_stats_counts_tokens_with_a_given_tokenizer(tmp_path, capsys):
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     assert loom(["templates", "stats", "--tokenizer", str(tmp_path)]) == 0
     assert "tokens" in capsys.readouterr().out
+
+
+def lint_with(tmp_path, monkeypatch, edit):
+    """Lint a copy of the shipped templates after `edit(folder)` changed it."""
+    import shutil
+
+    from jobs.template_tools import lint_templates
+    from templates import library
+
+    folder = tmp_path / "tasks"
+    shutil.copytree(library.TASKS_DIR, folder)
+    edit(folder)
+    monkeypatch.setattr(library, "TASKS_DIR", folder)
+    library.load_task_templates.cache_clear()
+    try:
+        return lint_templates(log=lambda *_: None)
+    finally:
+        library.load_task_templates.cache_clear()
+
+
+def add_template(folder, task, line):
+    path = folder / f"{task}.yaml"
+    path.write_text(path.read_text().rstrip("\n") + "\n" + line + "\n")
+
+
+def test_lint_passes_the_shipped_templates(capsys):
+    assert loom(["templates", "lint"]) == 0
+    assert "ok: every task's templates pass" in capsys.readouterr().out
+
+
+def test_lint_names_a_template_that_fails_on_a_dataset_of_its_task(tmp_path, monkeypatch):
+    problems = lint_with(tmp_path, monkeypatch, lambda f: add_template(
+        f, "vqa", '  - {id: vqa_en_99, lang: en, brevity: none, prompt: "<image>\\nAbout {{ caption }}: {{ question }}"}'))
+    assert any(p.startswith("vqa: template vqa_en_99 fails on vizwiz:") and "caption" in p for p in problems)
+
+
+def test_lint_names_near_copies_and_mislabelled_brevity(tmp_path, monkeypatch):
+    def edit(folder):
+        add_template(folder, "captioning", '  - {id: cap_en_98, lang: en, brevity: none, '
+                                           'prompt: "<image>\\nDescribe the image briefly!"}')
+    problems = lint_with(tmp_path, monkeypatch, edit)
+    assert "captioning: templates cap_en_02 and cap_en_98 are near copies (1.00 similar)" in problems
+    assert any("cap_en_98 is marked brevity none but its wording asks for a short answer" in p for p in problems)
+
+
+def test_lint_exits_non_zero_on_a_missing_task(tmp_path, monkeypatch, capsys):
+    problems = lint_with(tmp_path, monkeypatch, lambda f: (f / "video_qa.yaml").unlink())
+    assert any(p.startswith("video_qa: no templates for task 'video_qa'") for p in problems)
