@@ -7,10 +7,13 @@ from pathlib import Path
 
 from jobs.config import ConfigError, require, section
 from pipelines.manifest import StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest
+from pipelines.mixture import draw
 from pipelines.render import render_record, write_instructions
 from templates.library import TemplateError, template_by_id
 
-DEFAULTS = {"seed": 0, "datasets": []}
+DEFAULTS = {"seed": 0, "datasets": [], "mixture": None}
+# render.mixture: the training entries (split train, not caption pairs) reweighted as InstructBLIP mixes them
+MIXTURE_DEFAULTS = {"weighting": "sqrt", "adjustments": None, "total": None}
 
 # adapter name -> (the keys an entry must give, the keys it may give)
 ADAPTERS = {
@@ -61,6 +64,39 @@ def _check_card_entry(entry: dict, where: str) -> None:
             raise ConfigError(f"{where}: card {entry['card']} is a {task} dataset: {err}") from err
 
 
+def _check_mixture(cfg: dict) -> None:
+    mixture = cfg["mixture"]
+    if mixture is None:
+        return
+    from pipelines.mixture import WEIGHTINGS
+
+    require(isinstance(mixture, dict) and not set(mixture) - set(MIXTURE_DEFAULTS),
+            f"render.mixture: {mixture!r}; expected a mapping with some of {sorted(MIXTURE_DEFAULTS)}, "
+            "e.g. {weighting: sqrt, adjustments: {okvqa: 2.0, aokvqa: 0.5}, total: 100000}")
+    mixture = cfg["mixture"] = {**MIXTURE_DEFAULTS, **mixture}
+    require(mixture["weighting"] in WEIGHTINGS,
+            f"render.mixture.weighting: {mixture['weighting']!r}; expected one of {', '.join(WEIGHTINGS)}")
+    adjustments = mixture["adjustments"]
+    require(adjustments is None or (isinstance(adjustments, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in adjustments.values())),
+        f"render.mixture.adjustments: {adjustments!r}; expected dataset: factor (a number >= 0)")
+    total = mixture["total"]
+    require(total is None or (isinstance(total, int) and not isinstance(total, bool) and total > 0),
+            f"render.mixture.total: {total!r}; expected a positive number of records (default: the datasets' sizes added up)")
+    for i, entry in enumerate(cfg["datasets"]):
+        if "card" in entry and entry.get("split", "train") == "train":
+            from catalog.cards import get_card
+
+            require(get_card(entry["card"])["held"] != "held-out",
+                    f"render.datasets[{i}]: {entry['card']} is held out in InstructBLIP (zero-shot evaluation); "
+                    "it cannot enter the training mixture: render it with split val or test, or leave out render.mixture")
+
+
+def in_mixture(entry: dict, cfg: dict) -> bool:
+    """Whether an entry's records are reweighted into the training mixture."""
+    return cfg["mixture"] is not None and entry.get("split", "train") == "train" and entry.get("adapter") != "pairs"
+
+
 def render_settings(config: dict) -> dict:
     cfg = section(config, "render", DEFAULTS)
     require(bool(cfg["datasets"]), "render.datasets: empty; list the datasets to render, e.g. "
@@ -89,6 +125,7 @@ def render_settings(config: dict) -> dict:
                 template_by_id(entry["template"])
             except TemplateError as err:
                 raise ConfigError(f"{where}.template: {err}") from err
+    _check_mixture(cfg)
     return cfg
 
 
@@ -146,9 +183,15 @@ def run_render(config: dict, out: str | Path, log=print) -> dict:
         return read_manifest(stage_dir)
     record = StageRecord("render", cfg, inputs)
     files, per_dataset, templates_used = [], {}, collections.Counter()
-    for i, entry in enumerate(cfg["datasets"]):
-        records = read_records(entry)
-        rows = [render_record(r, cfg["seed"], entry.get("template")) for r in records]
+    read = [read_records(entry) for entry in cfg["datasets"]]
+    counts, mixture_report = _plan_mixture(cfg, read)
+    for i, (entry, records) in enumerate(zip(cfg["datasets"], read)):
+        if in_mixture(entry, cfg) and records:
+            picks = draw([r["id"] for r in records], counts[records[0]["dataset"]], cfg["seed"] + i)
+            drawn = [records[k] if rep == 0 else {**records[k], "id": f"{records[k]['id']}#{rep}"} for k, rep in picks]
+        else:
+            drawn = records
+        rows = [render_record(r, cfg["seed"], entry.get("template")) for r in drawn]
         source = entry.get("card") or entry["adapter"]
         name = f"{i:02d}-{source}-{entry.get('split', 'train')}.parquet"
         write_instructions(rows, stage_dir / "instructions" / name)
@@ -161,4 +204,28 @@ def run_render(config: dict, out: str | Path, log=print) -> dict:
                              "records": len(rows), "languages": dict(sorted(langs.items()))}
         log(f"render: {source} ({entry.get('split', 'train')}): {len(rows)} instruction records")
     record.extra.update(files=files, datasets=per_dataset, templates=dict(sorted(templates_used.items())))
+    if mixture_report:
+        record.extra["mixture"] = mixture_report
+        log("render: mixture " + ", ".join(f"{d} {m['realised_share']:.3f} (target {m['target_share']:.3f})"
+                                            for d, m in mixture_report.items()))
     return record.finish(stage_dir)
+
+
+def _plan_mixture(cfg: dict, read: list[list[dict]]) -> tuple[dict[str, int], dict]:
+    """Records per training dataset, and the report of target against realised shares."""
+    from pipelines.mixture import plan_counts, target_shares
+
+    sizes: dict[str, int] = collections.Counter()
+    for entry, records in zip(cfg["datasets"], read):
+        if in_mixture(entry, cfg) and records:
+            sizes[records[0]["dataset"]] += len(records)
+    if not sizes:
+        return {}, {}
+    mixture = cfg["mixture"]
+    shares = target_shares(dict(sizes), mixture["weighting"], mixture["adjustments"])
+    total = mixture["total"] or sum(sizes.values())
+    counts = plan_counts(shares, total)
+    report = {name: {"size": sizes[name], "target_share": round(shares[name], 6), "records": counts[name],
+                     "realised_share": round(counts[name] / total, 6),
+                     "passes": round(counts[name] / sizes[name], 3)} for name in sorted(sizes)}
+    return counts, report

@@ -129,6 +129,12 @@ def render_html(report: dict) -> str:
         if stage == "render":
             parts.append(_table([(n, d["adapter"], d["split"], d["records"], d["languages"])
                                  for n, d in m["datasets"].items()], ("file", "adapter", "split", "records", "languages")))
+            if m.get("mixture"):
+                parts.append("<h3>training mixture: target (InstructBLIP's sqrt of size, adjusted) against realised</h3>")
+                parts.append(_table([(d, x["size"], f"{x['target_share']:.4f}", x["records"], f"{x['realised_share']:.4f}",
+                                      x["passes"]) for d, x in m["mixture"].items()],
+                                    ("dataset", "records available", "target share", "records drawn",
+                                     "realised share", "passes over it")))
         if stage == "pack":
             parts.append(_table([(n, o["samples"], o["sequences"], o["lower_bound_sequences"], f"{o['fill']:.4f}",
                                   f"{o['samples_per_sequence']:.1f}") for n, o in m["outputs"].items()],
