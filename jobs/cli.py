@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config")
         p.add_argument("--out", required=True, help="run folder; the stage writes OUT/" + name)
-        if name == "ingest":
+        if name in ("ingest", "render"):
             p.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
         p.set_defaults(func=_stage(name))
 

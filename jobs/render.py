@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import collections
+import os
+import time
 from pathlib import Path
 
 
@@ -11,7 +13,10 @@ from pipelines.mixture import draw
 from pipelines.render import render_record, write_instructions
 from templates.library import TemplateError, template_by_id
 
-DEFAULTS = {"seed": 0, "datasets": [], "mixture": None}
+DEFAULTS = {"seed": 0, "datasets": [], "mixture": None, "part_records": 100_000, "ray": "auto"}
+# render.ray: "auto" renders on Ray when a dataset fills more than one part (or a cluster is named),
+# in this process otherwise (a local Ray's start, seconds, would dwarf rendering a few thousand records)
+RAY_CHOICES = ("auto", "always", "never")
 # render.mixture: the training entries (split train, not caption pairs) reweighted as InstructBLIP mixes them
 MIXTURE_DEFAULTS = {"weighting": "sqrt", "adjustments": None, "total": None}
 
@@ -126,6 +131,9 @@ def render_settings(config: dict) -> dict:
             except TemplateError as err:
                 raise ConfigError(f"{where}.template: {err}") from err
     _check_mixture(cfg)
+    require(cfg["ray"] in RAY_CHOICES, f"render.ray: {cfg['ray']!r}; expected one of {', '.join(RAY_CHOICES)}")
+    require(isinstance(cfg["part_records"], int) and cfg["part_records"] > 0,
+            f"render.part_records: {cfg['part_records']!r}; expected a positive number of records per output file")
     return cfg
 
 
@@ -173,7 +181,15 @@ def _input_fingerprints(cfg: dict) -> dict[str, str]:
     return inputs
 
 
-def run_render(config: dict, out: str | Path, log=print) -> dict:
+def render_part(records: list[dict], seed: int, template: str | None, path: str) -> dict:
+    """Ray task (or a plain call): render one part's records into one instructions file; what it holds."""
+    rows = [render_record(r, seed, template) for r in records]
+    write_instructions(rows, Path(path))
+    return {"rows": len(rows), "templates": collections.Counter(r["template_id"] for r in rows),
+            "languages": collections.Counter(r["lang"] for r in rows)}
+
+
+def run_render(config: dict, out: str | Path, log=print, ray_address: str | None = None) -> dict:
     """Run (or skip) the render stage into `out/render`; return its manifest."""
     cfg = render_settings(config)
     stage_dir = Path(out) / "render"
@@ -182,33 +198,63 @@ def run_render(config: dict, out: str | Path, log=print) -> dict:
         log(f"render: complete in {stage_dir} (same config and inputs); skipped")
         return read_manifest(stage_dir)
     record = StageRecord("render", cfg, inputs)
-    files, per_dataset, templates_used = [], {}, collections.Counter()
+    started = time.perf_counter()
     read = [read_records(entry) for entry in cfg["datasets"]]
+    phases = {"read": round(time.perf_counter() - started, 2)}
     counts, mixture_report = _plan_mixture(cfg, read)
+    parts = []  # (entry index, file name, records)
     for i, (entry, records) in enumerate(zip(cfg["datasets"], read)):
         if in_mixture(entry, cfg) and records:
             picks = draw([r["id"] for r in records], counts[records[0]["dataset"]], cfg["seed"] + i)
             drawn = [records[k] if rep == 0 else {**records[k], "id": f"{records[k]['id']}#{rep}"} for k, rep in picks]
         else:
             drawn = records
-        rows = [render_record(r, cfg["seed"], entry.get("template")) for r in drawn]
-        source = entry.get("card") or entry["adapter"]
-        name = f"{i:02d}-{source}-{entry.get('split', 'train')}.parquet"
-        write_instructions(rows, stage_dir / "instructions" / name)
-        files.append(f"instructions/{name}")
+        stem = f"{i:02d}-{entry.get('card') or entry['adapter']}-{entry.get('split', 'train')}"
+        size = cfg["part_records"]
+        chunks = [drawn[k:k + size] for k in range(0, len(drawn), size)] or [[]]
+        for n, chunk in enumerate(chunks):
+            parts.append((i, f"{stem}.parquet" if len(chunks) == 1 else f"{stem}-{n:05d}.parquet", chunk))
         record.rows_in += len(records)
-        record.rows_out += len(rows)
-        templates_used.update(r["template_id"] for r in rows)
-        langs = collections.Counter(r["lang"] for r in rows)
-        per_dataset[name] = {"adapter": source, "split": entry.get("split", "train"),
-                             "records": len(rows), "languages": dict(sorted(langs.items()))}
-        log(f"render: {source} ({entry.get('split', 'train')}): {len(rows)} instruction records")
-    record.extra.update(files=files, datasets=per_dataset, templates=dict(sorted(templates_used.items())))
+    on_ray = cfg["ray"] == "always" or (cfg["ray"] == "auto" and (
+        ray_address or os.environ.get("RAY_ADDRESS") or len(parts) > len(cfg["datasets"])))
+    started = time.perf_counter()
+    summaries = _render_parts(parts, cfg, stage_dir, ray_address if on_ray else False, log)
+    phases["render_and_write"] = round(time.perf_counter() - started, 2)
+
+    files, per_dataset, templates_used = [], {}, collections.Counter()
+    for (i, name, _), summary in zip(parts, summaries):
+        entry = cfg["datasets"][i]
+        files.append(f"instructions/{name}")
+        record.rows_out += summary["rows"]
+        templates_used.update(summary["templates"])
+        per_dataset[name] = {"adapter": entry.get("card") or entry["adapter"], "split": entry.get("split", "train"),
+                             "records": summary["rows"], "languages": dict(sorted(summary["languages"].items()))}
+    for i, entry in enumerate(cfg["datasets"]):
+        rows = sum(d["records"] for (j, name, _), d in zip(parts, per_dataset.values()) if j == i)
+        log(f"render: {entry.get('card') or entry['adapter']} ({entry.get('split', 'train')}): {rows} instruction records")
+    record.extra.update(files=files, datasets=per_dataset, templates=dict(sorted(templates_used.items())),
+                        phase_seconds=phases, on_ray=bool(on_ray))
     if mixture_report:
         record.extra["mixture"] = mixture_report
         log("render: mixture " + ", ".join(f"{d} {m['realised_share']:.3f} (target {m['target_share']:.3f})"
                                             for d, m in mixture_report.items()))
     return record.finish(stage_dir)
+
+
+def _render_parts(parts: list, cfg: dict, stage_dir: Path, ray_address, log) -> list[dict]:
+    """Each part rendered and written: by Ray tasks (ray_address is an address, or None for a local Ray),
+    or here when ray_address is False."""
+    folder = stage_dir / "instructions"
+    jobs = [(chunk, cfg["seed"], cfg["datasets"][i].get("template"), str(folder / name)) for i, name, chunk in parts]
+    if ray_address is False:
+        return [render_part(*job) for job in jobs]
+    from jobs.ray_runtime import ray_session
+
+    with ray_session(ray_address) as ray:
+        task = ray.remote(render_part)
+        refs = [task.remote(*job) for job in jobs]
+        log(f"render: {len(refs)} part(s) on Ray")
+        return ray.get(refs)
 
 
 def _plan_mixture(cfg: dict, read: list[list[dict]]) -> tuple[dict[str, int], dict]:

@@ -49,7 +49,7 @@ def run_stages(config: dict, out: str, stages: list[str], ray_address: str | Non
         elif name == "render":
             from jobs.render import run_render
 
-            run_render(config, out, log)
+            run_render(config, out, log, ray_address)
         elif name == "pack":
             from jobs.pack import run_pack
 

@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import jinja2
+import jinja2.meta
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -74,8 +75,11 @@ class InstructionTemplate:
         """The conversation for one record: a user turn (with `<image>`) and an assistant turn."""
         fields = {**dict.fromkeys(OPTIONAL_FIELDS), **record}
         try:
-            prompt = _ENV.from_string(self.prompt).render(**fields)
-            response = _ENV.from_string(self.response).render(**fields)
+            template, names = _compiled(self.prompt, self.response)
+            # shared=True: the record's fields are the whole namespace (no copy merged with Jinja's
+            # globals per render, which cost as much as the render itself)
+            context = template.new_context({name: fields[name] for name in names if name in fields}, shared=True)
+            text = _ENV.concat(template.root_render_func(context))
         except jinja2.UndefinedError as err:
             raise TemplateError(f"template {self.id}: record {record.get('id')!r}: {err.message}") from err
         except _EmptyField as err:
@@ -83,6 +87,10 @@ class InstructionTemplate:
             raise TemplateError(f"template {self.id}: record {record.get('id')!r}: a field it uses is empty "
                                 f"(None fields: {empty}); a split without answers cannot be rendered as "
                                 "training conversations") from err
+        if text.count(_TURN_MARK) != 1:
+            raise TemplateError(f"template {self.id}: record {record.get('id')!r}: its text holds U+E000, which "
+                                "Loom reserves to split prompt from response; remove it from the record")
+        prompt, _, response = text.partition(_TURN_MARK)
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
 
@@ -116,9 +124,26 @@ def template_by_id(template_id: str) -> InstructionTemplate:
     raise TemplateError(f"no template with id {template_id!r}")
 
 
+# Prompt and response render as one template, split at this mark: one Jinja context per record, not two.
+_TURN_MARK = "\ue000"  # private use: no dataset text carries it, and Jinja's whitespace control cannot strip it
+
+
+@lru_cache(maxsize=4096)
+def _compiled(prompt: str, response: str) -> tuple[jinja2.Template, tuple[str, ...]]:
+    """A prompt and response compiled once (compiling costs a hundred times what rendering does), and
+    the record fields they read (Jinja is handed only those)."""
+    source = prompt + _TURN_MARK + response
+    return _ENV.from_string(source), tuple(sorted(jinja2.meta.find_undeclared_variables(_ENV.parse(source))))
+
+
+@lru_cache(maxsize=None)
+def _drawable(task: str, lang: str) -> tuple[InstructionTemplate, ...]:
+    return tuple(t for t in load_task_templates(task) if t.lang == lang and t.draw)
+
+
 def choose_template(task: str, lang: str, record_id: str, seed: int) -> InstructionTemplate:
     """A template drawn uniformly for this record, the same on every run with the same seed."""
-    pool = [t for t in load_task_templates(task) if t.lang == lang and t.draw]
+    pool = _drawable(task, lang)
     if not pool:
         raise TemplateError(f"no {lang!r} templates for task {task!r}")
     digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
@@ -140,3 +165,9 @@ def render_for_record(record: dict, seed: int, template_id: str | None = None) -
     if frames:  # a video's sampled frames stand, in order, where the template puts its one image
         messages[0]["content"] = messages[0]["content"].replace("<image>", "<image>" * len(frames), 1)
     return template, messages
+
+
+def reload_templates() -> None:
+    """Forget the task files read so far (after TASKS_DIR or a file in it changed)."""
+    load_task_templates.cache_clear()
+    _drawable.cache_clear()

@@ -56,11 +56,11 @@ def test_a_card_whose_task_has_no_templates_is_refused_before_any_work(tmp_path,
     shutil.copytree(library.TASKS_DIR, tmp_path / "tasks")
     (tmp_path / "tasks" / "visual_reasoning.yaml").unlink()
     monkeypatch.setattr(library, "TASKS_DIR", tmp_path / "tasks")
-    library.load_task_templates.cache_clear()
+    library.reload_templates()
     with pytest.raises(ConfigError, match=r"card gqa is a visual_reasoning dataset: no templates for task"):
         run_render({"render": {"datasets": [{"card": "gqa", "questions_file": "q.json", "image_root": "."}]}},
                    tmp_path)
-    library.load_task_templates.cache_clear()
+    library.reload_templates()
     with pytest.raises(ConfigError, match=r"render.datasets\[0\].card: no dataset card named 'vizwizz'"):
         run_render({"render": {"datasets": [{"card": "vizwizz"}]}}, tmp_path)
     assert not (tmp_path / "render").exists()
@@ -73,3 +73,15 @@ def test_a_split_without_answers_is_refused_rather_than_trained_on_the_word_none
 
     with pytest.raises(TemplateError, match=r"vizwiz:test:.*a field it uses is empty \(None fields: \['answer', "):
         run_render({"render": {"datasets": [test_split]}}, tmp_path, log=lambda *_: None)
+
+
+def test_rendering_on_ray_in_parts_gives_the_records_rendering_here_gives(vizwiz, tmp_path):
+    here = run_render({"render": {"datasets": [entry(vizwiz)], "ray": "never"}}, tmp_path / "here",
+                      log=lambda *_: None)
+    on_ray = run_render({"render": {"datasets": [entry(vizwiz)], "ray": "always", "part_records": 4}},
+                        tmp_path / "ray", log=lambda *_: None)
+    assert on_ray["on_ray"] and not here["on_ray"]
+    assert on_ray["files"] == ["instructions/00-vizwiz-train-00000.parquet", "instructions/00-vizwiz-train-00001.parquet"]
+    rows = lambda out, m: [r for f in m["files"] for r in pq.read_table(out / "render" / f).to_pylist()]  # noqa: E731
+    assert rows(tmp_path / "ray", on_ray) == rows(tmp_path / "here", here)
+    assert on_ray["rows_out"] == here["rows_out"] == 6

@@ -78,11 +78,11 @@ def lint_with(tmp_path, monkeypatch, edit):
     shutil.copytree(library.TASKS_DIR, folder)
     edit(folder)
     monkeypatch.setattr(library, "TASKS_DIR", folder)
-    library.load_task_templates.cache_clear()
+    library.reload_templates()
     try:
         return lint_templates(log=lambda *_: None)
     finally:
-        library.load_task_templates.cache_clear()
+        library.reload_templates()
 
 
 def add_template(folder, task, line):
