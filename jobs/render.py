@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import gc
 import os
 import time
 from pathlib import Path
@@ -181,9 +183,23 @@ def _input_fingerprints(cfg: dict) -> dict[str, str]:
     return inputs
 
 
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cycle collector off while millions of small acyclic dicts are built: it would otherwise
+    scan them again and again (measured: half the time of reading a 200k-question VQAv2 file)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def render_part(records: list[dict], seed: int, template: str | None, path: str) -> dict:
     """Ray task (or a plain call): render one part's records into one instructions file; what it holds."""
-    rows = [render_record(r, seed, template) for r in records]
+    with _collector_paused():
+        rows = [render_record(r, seed, template) for r in records]
     write_instructions(rows, Path(path))
     return {"rows": len(rows), "templates": collections.Counter(r["template_id"] for r in rows),
             "languages": collections.Counter(r["lang"] for r in rows)}
@@ -199,7 +215,8 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
         return read_manifest(stage_dir)
     record = StageRecord("render", cfg, inputs)
     started = time.perf_counter()
-    read = [read_records(entry) for entry in cfg["datasets"]]
+    with _collector_paused():
+        read = [read_records(entry) for entry in cfg["datasets"]]
     phases = {"read": round(time.perf_counter() - started, 2)}
     counts, mixture_report = _plan_mixture(cfg, read)
     parts = []  # (entry index, file name, records)

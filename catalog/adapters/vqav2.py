@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from . import AnnotationError
-from .fields import field, load_annotation_json
+from .fields import field, load_annotation_json, strings_of
 
 DATASET = "vqav2"
 TASK = "vqa"
@@ -22,10 +22,7 @@ def _read_answers(path: Path) -> dict[int, tuple[int, dict]]:
         question_id = field(annotation, "question_id", int, path, where)
         if question_id in answers:
             raise AnnotationError(f"{path}: {where}: question_id {question_id} is annotated twice")
-        human_answers = [
-            field(answer, "answer", str, path, f"{where}.answers[{n}]")
-            for n, answer in enumerate(field(annotation, "answers", list, path, where))
-        ]
+        human_answers = strings_of(field(annotation, "answers", list, path, where), "answer", path, f"{where}.answers")
         answers[question_id] = (
             index,
             {
