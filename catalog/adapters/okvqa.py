@@ -7,12 +7,11 @@ from collections import Counter
 from pathlib import Path
 
 from . import AnnotationError
-from .fields import field, image_size, load_annotation_json
+from .fields import field, load_annotation_json
+from .vqav2 import DEFAULT_IMAGE_NAME, join_questions
 
 DATASET = "okvqa"
 TASK = "knowledge_vqa"
-# The COCO 2014 file name, as in VQAv2; `{subtype}` is the questions file's data_subtype.
-DEFAULT_IMAGE_NAME = "COCO_{subtype}_{image_id:012d}.jpg"
 
 
 def most_common_answer(human_answers: list[str], tie_break: str | None = None) -> str:
@@ -82,71 +81,6 @@ def read_okvqa(
     answer_type and question_type are None. Every question's image must exist:
     its width and height are read from it.
     """
-    questions_path = Path(questions_file)
-    data = load_annotation_json(questions_path)
-    questions = field(data, "questions", list, questions_path, "top level")
-    subtype = data.get("data_subtype")
-    if subtype is None and "{subtype" in image_name:
-        raise AnnotationError(
-            f"{questions_path}: top level: missing field 'data_subtype' (needed to name images by {image_name!r})"
-        )
     answers_path = Path(annotations_file) if annotations_file is not None else None
     answers = _read_answers(answers_path) if answers_path is not None else None
-    root = Path(os.path.abspath(image_root))
-
-    images: dict[int, dict] = {}
-    seen: set[int] = set()
-    records = []
-    for index, question in enumerate(questions):
-        where = f"questions[{index}]"
-        question_id = field(question, "question_id", int, questions_path, where)
-        image_id = field(question, "image_id", int, questions_path, where)
-        text = field(question, "question", str, questions_path, where)
-        if question_id in seen:
-            raise AnnotationError(f"{questions_path}: {where}: question_id {question_id} appears twice")
-        seen.add(question_id)
-        if image_id not in images:
-            image_path = root / image_name.format(subtype=subtype, image_id=image_id, split=split)
-            if not image_path.is_file():
-                raise AnnotationError(f"{questions_path}: {where}: image_id {image_id} has no image at {image_path}")
-            try:
-                width, height = image_size(image_path)
-            except OSError as error:
-                raise AnnotationError(
-                    f"{questions_path}: {where}: image_id {image_id}: {image_path} is not a readable image ({error})"
-                ) from error
-            images[image_id] = {"path": str(image_path), "width": width, "height": height}
-
-        record = {
-            "id": f"{DATASET}:{split}:{question_id}",
-            "dataset": DATASET,
-            "task": TASK,
-            "split": split,
-            "lang": "en",
-            "image": dict(images[image_id]),
-            "question": text,
-            "answer": None,
-            "answers": None,
-            "answer_type": None,
-            "question_type": None,
-        }
-        if answers is not None:
-            if question_id not in answers:
-                raise AnnotationError(
-                    f"{answers_path}: no annotation for question_id {question_id} ({questions_path.name} {where})"
-                )
-            answer_index, answer = answers.pop(question_id)
-            if answer["image_id"] != image_id:
-                raise AnnotationError(
-                    f"{answers_path}: annotations[{answer_index}]: image_id {answer['image_id']} differs from "
-                    f"image_id {image_id} of question_id {question_id} in {questions_path.name}"
-                )
-            record.update({k: v for k, v in answer.items() if k != "image_id"})
-        records.append(record)
-
-    if answers:
-        question_id, (answer_index, _) = min(answers.items(), key=lambda item: item[1][0])
-        raise AnnotationError(
-            f"{answers_path}: annotations[{answer_index}]: question_id {question_id} is not in {questions_path}"
-        )
-    return records
+    return join_questions(Path(questions_file), answers, answers_path, image_root, split, image_name, DATASET, TASK)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from . import AnnotationError
-from .fields import field, load_annotation_json, strings_of
+from .fields import field, image_size, load_annotation_json, strings_of
 
 DATASET = "vqav2"
 TASK = "vqa"
@@ -36,14 +36,6 @@ def _read_answers(path: Path) -> dict[int, tuple[int, dict]]:
     return answers
 
 
-def _image_size(image_path: Path) -> tuple[int, int]:
-    # VQAv2 files carry no image sizes; PIL reads them from the header alone.
-    from PIL import Image
-
-    with Image.open(image_path) as image:
-        return image.size
-
-
 def read_vqav2(
     questions_file: str | os.PathLike,
     annotations_file: str | os.PathLike | None,
@@ -59,7 +51,24 @@ def read_vqav2(
     answer_type and question_type are None. Every question's image must exist:
     its width and height are read from it.
     """
-    questions_path = Path(questions_file)
+    answers_path = Path(annotations_file) if annotations_file is not None else None
+    answers = _read_answers(answers_path) if answers_path is not None else None
+    return join_questions(Path(questions_file), answers, answers_path, image_root, split, image_name, DATASET, TASK)
+
+
+def join_questions(
+    questions_path: Path,
+    answers: dict[int, tuple[int, dict]] | None,
+    answers_path: Path | None,
+    image_root: str | os.PathLike,
+    split: str,
+    image_name: str,
+    dataset: str,
+    task: str,
+) -> list[dict]:
+    """Records of a questions file in the VQA layout (VQAv2, OK-VQA), joined on question_id with the
+    answers its dataset's reader took from the annotations file (question_id -> (row, answer fields,
+    image_id among them)); every question must be answered once and every answer asked."""
     data = load_annotation_json(questions_path)
     questions = field(data, "questions", list, questions_path, "top level")
     subtype = data.get("data_subtype")
@@ -67,23 +76,24 @@ def read_vqav2(
         raise AnnotationError(
             f"{questions_path}: top level: missing field 'data_subtype' (needed to name images by {image_name!r})"
         )
-    answers_path = Path(annotations_file) if annotations_file is not None else None
-    answers = _read_answers(answers_path) if answers_path is not None else None
     root = Path(os.path.abspath(image_root))
-
     images: dict[int, dict] = {}
+    seen: set[int] = set()
     records = []
     for index, question in enumerate(questions):
         where = f"questions[{index}]"
         question_id = field(question, "question_id", int, questions_path, where)
         image_id = field(question, "image_id", int, questions_path, where)
         text = field(question, "question", str, questions_path, where)
+        if question_id in seen:
+            raise AnnotationError(f"{questions_path}: {where}: question_id {question_id} appears twice")
+        seen.add(question_id)
         if image_id not in images:
             image_path = root / image_name.format(subtype=subtype, image_id=image_id, split=split)
             if not image_path.is_file():
                 raise AnnotationError(f"{questions_path}: {where}: image_id {image_id} has no image at {image_path}")
             try:
-                width, height = _image_size(image_path)
+                width, height = image_size(image_path)
             except OSError as error:
                 raise AnnotationError(
                     f"{questions_path}: {where}: image_id {image_id}: {image_path} is not a readable image ({error})"
@@ -91,9 +101,9 @@ def read_vqav2(
             images[image_id] = {"path": str(image_path), "width": width, "height": height}
 
         record = {
-            "id": f"{DATASET}:{split}:{question_id}",
-            "dataset": DATASET,
-            "task": TASK,
+            "id": f"{dataset}:{split}:{question_id}",
+            "dataset": dataset,
+            "task": task,
             "split": split,
             "lang": "en",
             "image": dict(images[image_id]),
