@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from . import AnnotationError
-from .fields import field, image_size, load_annotation_list
+from .fields import field, image_size, load_annotation_list, string_list
 
 DATASET = "aokvqa"
 TASK = "knowledge_vqa"
@@ -19,11 +19,7 @@ def _strings(row: dict, name: str, path: Path, where: str, required: bool) -> li
     """row[name] as a list of strings; None when it is absent and not required."""
     if name not in row and not required:
         return None
-    values = field(row, name, list, path, where)
-    for n, value in enumerate(values):
-        if not isinstance(value, str):
-            raise AnnotationError(f"{path}: {where}: {name}[{n}] is {value!r:.60}; expected a string")
-    return values
+    return string_list(row, name, path, where)
 
 
 def read_aokvqa(

@@ -112,6 +112,15 @@ def _is_kind(value: object, kind: type) -> bool:
     return isinstance(value, kind)
 
 
+def string_list(row: object, name: str, path: Path, where: str) -> list[str]:
+    """row[name], checked to be a list of strings; a bad item is named, e.g. 'choices[2]'."""
+    values = field(row, name, list, path, where)
+    for n, value in enumerate(values):
+        if not isinstance(value, str):
+            raise AnnotationError(f"{path}: {where}: {name}[{n}] is {value!r:.60}; expected a string")
+    return values
+
+
 def strings_of(rows: list, name: str, path: Path, where: str) -> list[str]:
     """rows[i][name] for every row, each checked to be a string; `where` names the list, e.g.
     'annotations[3].answers'. Checked in bulk; only a bad list is walked row by row to name the culprit."""

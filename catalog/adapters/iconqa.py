@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from . import AnnotationError
-from .fields import field, image_entry, load_annotation_json
+from .fields import field, image_entry, load_annotation_json, string_list
 
 DATASET = "iconqa"
 TASK = "visual_reasoning"
@@ -93,10 +93,7 @@ def _problem_record(pid: str, folder: Path, sub_task: str, split: str) -> dict:
     if sub_task == "fill_in_blank":
         answer = field(problem, "answer", str, path, where)
     else:
-        choices = field(problem, "choices", list, path, where)
-        for n, choice in enumerate(choices):
-            if not isinstance(choice, str):
-                raise AnnotationError(f"{path}: {where}: choices[{n}] is {choice!r:.60}; expected a string")
+        choices = string_list(problem, "choices", path, where)
         if sub_task == "choose_img":
             # Image choices are file names in the problem's folder (choice_0.png, ...); records carry their paths.
             for n, choice in enumerate(choices):

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from . import AnnotationError
-from .fields import field, image_size, load_annotation_json
+from .fields import field, image_size, load_annotation_json, string_list
 
 DATASET = "scienceqa"
 TASK = "knowledge_vqa"
@@ -74,10 +74,7 @@ def read_scienceqa(
             continue
         image_name = field(problem, "image", str, problems_path, where)
         question = field(problem, "question", str, problems_path, where)
-        choices = field(problem, "choices", list, problems_path, where)
-        for n, choice in enumerate(choices):
-            if not isinstance(choice, str):
-                raise AnnotationError(f"{problems_path}: {where}: choices[{n}] is {choice!r:.60}; expected a string")
+        choices = string_list(problem, "choices", problems_path, where)
         answer_index = field(problem, "answer", int, problems_path, where)
         if not 0 <= answer_index < len(choices):
             raise AnnotationError(

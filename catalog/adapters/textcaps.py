@@ -6,20 +6,12 @@ import os
 from pathlib import Path
 
 from . import AnnotationError
-from .fields import field, load_annotation_json
+from .fields import field, load_annotation_json, string_list
 # TextCaps ships no OCR of its own: it shares TextVQA's images and Rosetta OCR files, so it shares their reader.
-from .textvqa import read_ocr_tokens
+from .textvqa import ocr_of, read_ocr_tokens, row_image
 
 DATASET = "textcaps"
 TASK = "captioning_reading"
-
-
-def _strings(row: dict, name: str, path: Path, where: str) -> list[str]:
-    values = field(row, name, list, path, where)
-    for n, value in enumerate(values):
-        if not isinstance(value, str):
-            raise AnnotationError(f"{path}: {where}: {name}[{n}] is {value!r:.60}; expected a string")
-    return list(values)
 
 
 def read_textcaps(
@@ -53,27 +45,21 @@ def read_textcaps(
     for index, row in enumerate(rows):
         where = f"data[{index}]"
         image_id = field(row, "image_id", str, path, where)
-        width = field(row, "image_width", int, path, where)
-        height = field(row, "image_height", int, path, where)
-        image_path = root / f"{image_id}.jpg"
-        if image_id not in seen_images:
-            if not image_path.is_file():
-                raise AnnotationError(f"{path}: {where}: image_id {image_id!r} has no image at {image_path}")
-            seen_images.add(image_id)
+        image = row_image(row, image_id, root, seen_images, path, where)
         record = {
             "id": f"{DATASET}:{split}:{image_id}",
             "dataset": DATASET,
             "task": TASK,
             "split": split,
             "lang": "en",
-            "image": {"path": str(image_path), "width": width, "height": height},
+            "image": image,
             "caption": None,
             "answers": None,
             "ocr_tokens": None,
         }
         if has_captions:
             caption_id = field(row, "caption_id", int, path, where)
-            references = [reference.strip() for reference in _strings(row, "reference_strs", path, where)]
+            references = [reference.strip() for reference in string_list(row, "reference_strs", path, where)]
             if not references:
                 raise AnnotationError(f"{path}: {where}: field 'reference_strs' is an empty list; expected the image's captions")
             record.update(
@@ -81,9 +67,6 @@ def read_textcaps(
                 caption=field(row, "caption_str", str, path, where).strip(),
                 answers=references,
             )
-        if ocr_tokens is not None:
-            if image_id not in ocr_tokens:
-                raise AnnotationError(f"{ocr_path}: no OCR entry for image_id {image_id!r} ({path.name} {where})")
-            record["ocr_tokens"] = list(ocr_tokens[image_id])
+        record["ocr_tokens"] = ocr_of(ocr_tokens, image_id, ocr_path, path, where)
         records.append(record)
     return records

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from . import AnnotationError
-from .fields import field, load_annotation_json, most_common_answer
+from .fields import field, load_annotation_json, most_common_answer, string_list
 
 DATASET = "textvqa"
 TASK = "reading_vqa"
@@ -21,12 +21,33 @@ def read_ocr_tokens(path: Path) -> dict[str, list[str]]:
         image_id = field(entry, "image_id", str, path, where)
         if image_id in tokens:
             raise AnnotationError(f"{path}: {where}: image_id {image_id!r} has OCR tokens twice")
-        entry_tokens = field(entry, "ocr_tokens", list, path, where)
-        for n, token in enumerate(entry_tokens):
-            if not isinstance(token, str):
-                raise AnnotationError(f"{path}: {where}: ocr_tokens[{n}] is {token!r:.60}; expected a string")
+        entry_tokens = string_list(entry, "ocr_tokens", path, where)
         tokens[image_id] = list(entry_tokens)
     return tokens
+
+
+def row_image(row: dict, image_id: str, root: Path, checked: set[str], path: Path, where: str) -> dict:
+    """A TextVQA / TextCaps row's image, {image_id}.jpg under `root`, with the sizes the row gives;
+    the file must exist (looked for once per image, `checked` remembers)."""
+    width = field(row, "image_width", int, path, where)
+    height = field(row, "image_height", int, path, where)
+    image_path = root / f"{image_id}.jpg"
+    if image_id not in checked:
+        if not image_path.is_file():
+            raise AnnotationError(f"{path}: {where}: image_id {image_id!r} has no image at {image_path}")
+        checked.add(image_id)
+    return {"path": str(image_path), "width": width, "height": height}
+
+
+def ocr_of(ocr_tokens: dict[str, list[str]] | None, image_id: str, ocr_path: Path | None, path: Path,
+           where: str) -> list[str] | None:
+    """An image's OCR tokens from a Rosetta OCR file read by read_ocr_tokens (None without one); an image
+    the OCR file lacks names both files."""
+    if ocr_tokens is None:
+        return None
+    if image_id not in ocr_tokens:
+        raise AnnotationError(f"{ocr_path}: no OCR entry for image_id {image_id!r} ({path.name} {where})")
+    return list(ocr_tokens[image_id])
 
 
 def read_textvqa(
@@ -61,37 +82,25 @@ def read_textvqa(
         question_id = field(question, "question_id", int, path, where)
         image_id = field(question, "image_id", str, path, where)
         text = field(question, "question", str, path, where)
-        width = field(question, "image_width", int, path, where)
-        height = field(question, "image_height", int, path, where)
-        image_path = root / f"{image_id}.jpg"
-        if image_id not in seen_images:
-            if not image_path.is_file():
-                raise AnnotationError(f"{path}: {where}: image_id {image_id!r} has no image at {image_path}")
-            seen_images.add(image_id)
+        image = row_image(question, image_id, root, seen_images, path, where)
         record = {
             "id": f"{DATASET}:{split}:{question_id}",
             "dataset": DATASET,
             "task": TASK,
             "split": split,
             "lang": "en",
-            "image": {"path": str(image_path), "width": width, "height": height},
+            "image": image,
             "question": text,
             "answer": None,
             "answers": None,
             "ocr_tokens": None,
         }
         if has_answers:
-            answers = field(question, "answers", list, path, where)
-            for n, answer in enumerate(answers):
-                if not isinstance(answer, str):
-                    raise AnnotationError(f"{path}: {where}: answers[{n}] is {answer!r:.60}; expected a string")
+            answers = string_list(question, "answers", path, where)
             if not answers:
                 raise AnnotationError(f"{path}: {where}: field 'answers' is an empty list; expected the human answers")
             record["answers"] = list(answers)
             record["answer"] = most_common_answer(answers)
-        if ocr_tokens is not None:
-            if image_id not in ocr_tokens:
-                raise AnnotationError(f"{ocr_path}: no OCR entry for image_id {image_id!r} ({path.name} {where})")
-            record["ocr_tokens"] = list(ocr_tokens[image_id])
+        record["ocr_tokens"] = ocr_of(ocr_tokens, image_id, ocr_path, path, where)
         records.append(record)
     return records

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..draw import draw_scene, encode_jpeg
 from ..export import _write_bytes, _write_json
 from ..scenes import Scene, captions, make_scene
-from .textvqa import TEXT_COLOURS, WORDS, add_text_band
+from .textvqa import TEXT_COLOURS, WORDS, add_text_band, rosetta_ocr_row
 
 SPLITS = ("train", "val", "test")
 IMAGE_FOLDER = {"train": "train_images", "val": "train_images", "test": "test_images"}
@@ -85,17 +85,7 @@ def write_textcaps(out_dir: str | os.PathLike, seed: int = 0, scenes: int = 6) -
             image_id = textcaps_image_id(seed, split, i)
             _write_bytes(out / IMAGE_FOLDER[split] / f"{image_id}.jpg", encode_jpeg(image))
             width, height = image.size
-            ocr_rows.append({
-                "image_id": image_id,
-                "ocr_tokens": [word for word, _ in words],
-                "ocr_info": [
-                    {"word": word, "bounding_box": {
-                        "top_left_x": x0 / width, "top_left_y": y0 / height,
-                        "width": (x1 - x0) / width, "height": (y1 - y0) / height,
-                        "rotation": 0.0, "roll": 0.0, "pitch": 0.0, "yaw": 0.0}}
-                    for (word, _), (x0, y0, x1, y1) in zip(words, boxes)
-                ],
-            })
+            ocr_rows.append(rosetta_ocr_row(image_id, words, boxes, image.size))
             base = {
                 "image_id": image_id,
                 "image_classes": sorted({s.kind.title() for s in scene.shapes}),

@@ -107,6 +107,22 @@ def _answers(truth: str, other_words: list[str], rng: random.Random) -> list[str
     return answers
 
 
+def rosetta_ocr_row(image_id: str, words: list, boxes: list, size: tuple[int, int]) -> dict:
+    """One image's entry of a Rosetta OCR file: its words and their boxes as fractions of the image."""
+    width, height = size
+    return {
+        "image_id": image_id,
+        "ocr_tokens": [word for word, _ in words],
+        "ocr_info": [
+            {"word": word, "bounding_box": {
+                "top_left_x": x0 / width, "top_left_y": y0 / height,
+                "width": (x1 - x0) / width, "height": (y1 - y0) / height,
+                "rotation": 0.0, "roll": 0.0, "pitch": 0.0, "yaw": 0.0}}
+            for (word, _), (x0, y0, x1, y1) in zip(words, boxes)
+        ],
+    }
+
+
 def write_textvqa(out_dir: str | os.PathLike, seed: int = 0, scenes: int = 6) -> dict:
     """Write `scenes` images per split (train, val, test) in the TextVQA layout under `out_dir`."""
     out = Path(out_dir)
@@ -120,17 +136,7 @@ def write_textvqa(out_dir: str | os.PathLike, seed: int = 0, scenes: int = 6) ->
             image_id = textvqa_image_id(seed, split, i)
             _write_bytes(out / IMAGE_FOLDER[split] / f"{image_id}.jpg", encode_jpeg(image))
             width, height = image.size
-            ocr_rows.append({
-                "image_id": image_id,
-                "ocr_tokens": [word for word, _ in words],
-                "ocr_info": [
-                    {"word": word, "bounding_box": {
-                        "top_left_x": x0 / width, "top_left_y": y0 / height,
-                        "width": (x1 - x0) / width, "height": (y1 - y0) / height,
-                        "rotation": 0.0, "roll": 0.0, "pitch": 0.0, "yaw": 0.0}}
-                    for (word, _), (x0, y0, x1, y1) in zip(words, boxes)
-                ],
-            })
+            ocr_rows.append(rosetta_ocr_row(image_id, words, boxes, image.size))
             for question, answer in _questions(words):
                 row = {
                     "question": question,
