@@ -15,6 +15,7 @@ from catalog.adapters.aokvqa import read_aokvqa
 from catalog.cards import get_card
 from pipelines.shapes_world.draw import nearest_colour_name
 from pipelines.shapes_world.formats.aokvqa import FIRST_IMAGE_ID, aokvqa_scene, write_aokvqa
+from annotation_files import broken_copy
 
 SEED = 2
 # Written out here rather than read from the writer: the fruit each colour calls to mind,
@@ -42,15 +43,6 @@ def coco(world) -> Path:
 
 def read(world, split: str = "train") -> list[dict]:
     return read_aokvqa(annotation_file(world, split), coco(world), split)
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    """A copy of an annotation file, under the same name, with `edit` applied to its JSON."""
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 def scene_of(record: dict, split: str = "train"):

@@ -12,6 +12,7 @@ from catalog.adapters import AnnotationError
 from catalog.adapters.flickr30k import read_flickr30k
 from catalog.cards import get_card
 from pipelines.shapes_world.formats.flickr30k import flickr30k_filename, flickr30k_scene, flickr30k_split, write_flickr30k
+from annotation_files import broken_copy
 
 SEED = 6
 SCENES = 10
@@ -30,14 +31,6 @@ def karpathy(root: Path) -> Path:
 
 def read(root: Path, split: str) -> list[dict]:
     return read_flickr30k(karpathy(root), root / "flickr30k-images", split)
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 def image_index(record: dict) -> int:

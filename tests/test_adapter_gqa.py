@@ -14,6 +14,7 @@ from catalog.adapters.gqa import read_gqa
 from catalog.cards import get_card
 from pipelines.shapes_world.draw import nearest_colour_name
 from pipelines.shapes_world.formats.gqa import gqa_image_id, gqa_scene, write_gqa
+from annotation_files import broken_copy
 
 SCENES = 8
 
@@ -27,14 +28,6 @@ def gqa(tmp_path_factory) -> Path:
 
 def questions_file(root: Path, split: str = "val") -> Path:
     return root / f"{split}_balanced_questions.json"
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 def scene_of(record: dict, split: str = "val"):

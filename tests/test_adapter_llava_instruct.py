@@ -25,6 +25,7 @@ from pipelines.shapes_world.formats.llava_instruct import (
     scene_conversations,
     write_llava_instruct,
 )
+from annotation_files import broken_copy
 
 SEED, SCENES = 6, 8
 READERS = {
@@ -40,14 +41,6 @@ def llava(tmp_path_factory) -> Path:
     summary = write_llava_instruct(out, seed=SEED, scenes=SCENES)
     assert summary["files"] == {**{name: SCENES for name in PART_FILES.values()}, MERGED_FILE: 3 * SCENES}
     return out
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 @pytest.mark.parametrize("dataset", list(PART_FILES))

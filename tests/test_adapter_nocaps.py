@@ -14,6 +14,7 @@ from catalog.adapters.nocaps import read_nocaps
 from catalog.cards import get_card
 from pipelines.shapes_world.draw import nearest_colour_name
 from pipelines.shapes_world.formats.nocaps import FILES, nocaps_domain, nocaps_open_images_id, nocaps_scene, write_nocaps
+from annotation_files import broken_copy
 
 SEED = 5
 SCENES = 9
@@ -28,14 +29,6 @@ def nocaps(tmp_path_factory) -> Path:
 
 def read(root: Path, split: str) -> list[dict]:
     return read_nocaps(root / FILES[split], root / split, split)
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 def image_index(record: dict, split: str) -> int:

@@ -14,6 +14,7 @@ from catalog.adapters.ocrvqa import read_ocrvqa
 from catalog.cards import get_card
 from pipelines.shapes_world.draw import COLOUR_RGB
 from pipelines.shapes_world.formats.ocrvqa import AUTHOR_COLOUR, TITLE_COLOUR, ocrvqa_cover, ocrvqa_key, write_ocrvqa
+from annotation_files import broken_copy
 
 SEED = 1
 COVERS = 10
@@ -24,14 +25,6 @@ def ocrvqa(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ocrvqa")
     write_ocrvqa(out, seed=SEED, scenes=COVERS)
     return out
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 def cover_index(record: dict) -> int:

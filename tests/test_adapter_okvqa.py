@@ -15,6 +15,7 @@ from catalog.adapters.okvqa import read_okvqa
 from catalog.cards import get_card
 from pipelines.shapes_world.draw import nearest_colour_name
 from pipelines.shapes_world.formats.okvqa import FIRST_IMAGE_ID, okvqa_scene, write_okvqa
+from annotation_files import broken_copy
 
 SEED = 4
 # What most people name, written out here rather than read from the writer.
@@ -42,15 +43,6 @@ def files(world: dict, subtype: str = "train2014") -> tuple[Path, Path, Path]:
 def read(world: dict, subtype: str = "train2014", split: str = "train") -> list[dict]:
     questions, annotations, images = files(world, subtype)
     return read_okvqa(questions, annotations, images, split)
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    """A copy of an annotation file, under the same name, with `edit` applied to its JSON."""
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 def scene_of(record: dict, subtype: str = "train2014"):

@@ -14,6 +14,7 @@ from catalog.adapters import AnnotationError
 from catalog.adapters.scienceqa import read_scienceqa
 from catalog.cards import get_card
 from pipelines.shapes_world.formats.scienceqa import image_problem, scienceqa_scene, write_scienceqa
+from annotation_files import broken_copy
 
 SEED, SCENES = 2, 12
 
@@ -54,14 +55,6 @@ def true_answer(scene, question: str) -> str | None:
                                                   "circle", "square", "triangle", "star", "hexagon"}]
         return "yes" if any((s.colour, s.kind) == (colour, kind) for s in shapes) else "no"
     return None
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 def test_each_split_keeps_its_image_problems_in_file_order(sqa):

@@ -14,6 +14,7 @@ from catalog.adapters.textcaps import read_textcaps
 from catalog.cards import get_card
 from pipelines.shapes_world.draw import COLOUR_RGB
 from pipelines.shapes_world.formats.textcaps import textcaps_image_id, textcaps_scene, write_textcaps
+from annotation_files import broken_copy
 
 SEED = 8
 SCENES = 6
@@ -37,14 +38,6 @@ def folder(root: Path, split: str) -> Path:
 def read(root: Path, split: str, with_ocr: bool = True) -> list[dict]:
     captions, ocr = files(root, split)
     return read_textcaps(captions, folder(root, split), split, ocr_file=ocr if with_ocr else None)
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 def scene_of(record: dict, split: str):

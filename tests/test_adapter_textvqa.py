@@ -15,6 +15,7 @@ from catalog.adapters.textvqa import read_textvqa
 from catalog.cards import get_card
 from pipelines.shapes_world.draw import COLOUR_RGB
 from pipelines.shapes_world.formats.textvqa import textvqa_image_id, textvqa_scene, write_textvqa
+from annotation_files import broken_copy
 
 SEED = 7
 SCENES = 8
@@ -35,14 +36,6 @@ def read(root: Path, split: str, with_ocr: bool = True) -> list[dict]:
     questions, ocr = files(root, split)
     folder = "test_images" if split == "test" else "train_images"
     return read_textvqa(questions, root / folder, split, ocr_file=ocr if with_ocr else None)
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 def words_of(record: dict, split: str) -> list[tuple[str, str]]:

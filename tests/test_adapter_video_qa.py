@@ -19,6 +19,7 @@ from catalog.adapters.video_qa import read_ivqa, read_msrvtt_qa, read_msvd_qa, s
 from catalog.cards import get_card
 from pipelines.shapes_world.draw import BACKGROUND_RGB, COLOUR_RGB, nearest_colour_name
 from pipelines.shapes_world.formats.video_qa import ivqa_row, moving_scene, write_video_qa
+from annotation_files import broken_copy
 
 SEED = 5
 SCENES = 5
@@ -42,14 +43,6 @@ def msrvtt(root: Path, split: str, frames_dir: Path, annotation: Path | None = N
 
 def ivqa(root: Path, split: str, frames_dir: Path, annotation: Path | None = None, **options) -> list[dict]:
     return read_ivqa(annotation or root / "ivqa" / f"{split}.csv", root / "ivqa" / "videos", split, frames_dir, **options)
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 def pixel(frame: dict, x: float, y: float) -> str:

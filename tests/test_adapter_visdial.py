@@ -15,6 +15,7 @@ from catalog.cards import get_card
 from pipelines.shapes_world.formats.visdial import (
     visdial_dialog, visdial_image_id, visdial_test_rounds, write_visdial,
 )
+from annotation_files import broken_copy
 
 SEED, SCENES = 5, 15
 
@@ -32,14 +33,6 @@ def scene_indices(split: str) -> list[int]:
 
 def index_of(record: dict) -> int:
     return record["image_id"] - visdial_image_id(0)
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 def test_one_record_per_round_in_dialog_order(visdial):

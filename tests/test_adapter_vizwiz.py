@@ -15,6 +15,7 @@ from catalog.adapters.vizwiz import read_vizwiz
 from catalog.cards import get_card
 from pipelines.shapes_world.draw import nearest_colour_name
 from pipelines.shapes_world.formats.vizwiz import vizwiz_question, vizwiz_scene, write_vizwiz
+from annotation_files import broken_copy
 
 SEED = 4
 SCENES = 12
@@ -29,14 +30,6 @@ def vizwiz(tmp_path_factory) -> Path:
 
 def annotations(root: Path, split: str) -> Path:
     return root / "Annotations" / f"{split}.json"
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 def read(root: Path, split: str) -> list[dict]:

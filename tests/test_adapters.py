@@ -15,6 +15,7 @@ from catalog.adapters.coco_captions import read_coco_captions
 from catalog.adapters.vqav2 import read_vqav2
 from catalog.cards import get_card, load_cards
 from pipelines.shapes_world import write_demo_data
+from annotation_files import broken_copy
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +34,6 @@ def vqa_files(world: Path, subtype: str = "val2014") -> tuple[Path, Path]:
         world / "vqav2" / f"v2_OpenEnded_mscoco_{subtype}_questions.json",
         world / "vqav2" / f"v2_mscoco_{subtype}_annotations.json",
     )
-
-
-def broken_copy(source: Path, tmp_path: Path, edit) -> Path:
-    """A copy of an annotation file, under the same name, with `edit` applied to its JSON."""
-    data = json.loads(source.read_text())
-    edit(data)
-    target = tmp_path / source.name
-    target.write_text(json.dumps(data))
-    return target
 
 
 # ---------------------------------------------------------------- COCO Captions
