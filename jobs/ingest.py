@@ -181,9 +181,9 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
                                f"{decided.height}. This is a Loom bug: please report it.")
         lap("dedup_and_mix")
         # the pairs shards are written by Ray tasks while the driver streams dropped.parquet
-        shard_count = len(plan["shards"])
-        writing = _submit_shards(ray, work, decided, shard_count, stage_dir / "shards", cfg["samples_per_shard"])
-        drops = _write_dropped(ray, work, decided, shard_count, stage_dir / "dropped.parquet")
+        parts = _by_shard(decided, len(plan["shards"]))  # each download shard's decisions, for both writers
+        writing = _submit_shards(ray, work, decided, parts, stage_dir / "shards", cfg["samples_per_shard"])
+        drops = _write_dropped(ray, work, parts, stage_dir / "dropped.parquet")
         kept = decided.filter(pl.col("drop_reason").is_null())
         shard_paths = ray.get(writing)
         log(f"ingest: wrote {len(shard_paths)} pairs shard(s) to {stage_dir / 'shards'}")
@@ -407,10 +407,9 @@ def _by_shard(decided: pl.DataFrame, shard_count: int) -> dict[int, pa.Table]:
     return {shard: parts.get(shard, empty) for shard in range(shard_count)}
 
 
-def _write_dropped(ray, work: Path, decided: pl.DataFrame, shard_count: int, path: Path) -> dict:
+def _write_dropped(ray, work: Path, parts: dict[int, pa.Table], path: Path) -> dict:
     """dropped.parquet, streamed shard by shard (a Ray task each), so no step holds every dropped row."""
     task = ray.remote(shard_drops)
-    parts = _by_shard(decided, shard_count)
     refs = [task.remote(str(work), shard, parts[shard]) for shard in sorted(parts)]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     counts = {"rows": 0, "reasons": Counter(), "stages": Counter()}
@@ -441,12 +440,12 @@ def write_pairs_piece(out_dir: str, index: int, work: str, pieces: list[tuple[in
     return write_pairs_shard(out_dir, index, rows, images)
 
 
-def _submit_shards(ray, work: Path, decided: pl.DataFrame, shard_count: int, out_dir: Path, per_shard: int) -> list:
+def _submit_shards(ray, work: Path, decided: pl.DataFrame, parts: dict[int, pa.Table], out_dir: Path,
+                   per_shard: int) -> list:
     """Start writing pairs shards of `per_shard` kept rows in key order (download shard, then row), each
     by a Ray task that reads its rows from the download shards; the driver only passes counts. Returns
     the tasks' references (each gives its shard's tar path)."""
     kept_counts = dict(decided.filter(pl.col("drop_reason").is_null()).group_by("shard").len().iter_rows())
-    parts = _by_shard(decided, shard_count)
     pieces: list[list[tuple[int, int, int]]] = [[]]
     room = per_shard
     for shard in sorted(kept_counts):

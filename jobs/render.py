@@ -196,6 +196,11 @@ def _collector_paused():
             gc.enable()
 
 
+def _source(entry: dict) -> str:
+    """What an entry renders: its card, or its built-in adapter."""
+    return entry.get("card") or entry["adapter"]
+
+
 def render_part(records: list[dict], seed: int, template: str | None, path: str) -> dict:
     """Ray task (or a plain call): render one part's records into one instructions file; what it holds."""
     with _collector_paused():
@@ -226,7 +231,7 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
             drawn = [records[k] if rep == 0 else {**records[k], "id": f"{records[k]['id']}#{rep}"} for k, rep in picks]
         else:
             drawn = records
-        stem = f"{i:02d}-{entry.get('card') or entry['adapter']}-{entry.get('split', 'train')}"
+        stem = f"{i:02d}-{_source(entry)}-{entry.get('split', 'train')}"
         size = cfg["part_records"]
         chunks = [drawn[k:k + size] for k in range(0, len(drawn), size)] or [[]]
         for n, chunk in enumerate(chunks):
@@ -238,17 +243,17 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
     summaries = _render_parts(parts, cfg, stage_dir, ray_address if on_ray else False, log)
     phases["render_and_write"] = round(time.perf_counter() - started, 2)
 
-    files, per_dataset, templates_used = [], {}, collections.Counter()
+    files, per_dataset, templates_used, rows_of_entry = [], {}, collections.Counter(), collections.Counter()
     for (i, name, _), summary in zip(parts, summaries):
         entry = cfg["datasets"][i]
         files.append(f"instructions/{name}")
         record.rows_out += summary["rows"]
+        rows_of_entry[i] += summary["rows"]
         templates_used.update(summary["templates"])
-        per_dataset[name] = {"adapter": entry.get("card") or entry["adapter"], "split": entry.get("split", "train"),
+        per_dataset[name] = {"adapter": _source(entry), "split": entry.get("split", "train"),
                              "records": summary["rows"], "languages": dict(sorted(summary["languages"].items()))}
     for i, entry in enumerate(cfg["datasets"]):
-        rows = sum(d["records"] for (j, name, _), d in zip(parts, per_dataset.values()) if j == i)
-        log(f"render: {entry.get('card') or entry['adapter']} ({entry.get('split', 'train')}): {rows} instruction records")
+        log(f"render: {_source(entry)} ({entry.get('split', 'train')}): {rows_of_entry[i]} instruction records")
     record.extra.update(files=files, datasets=per_dataset, templates=dict(sorted(templates_used.items())),
                         phase_seconds=phases, on_ray=bool(on_ray))
     if mixture_report:

@@ -1,6 +1,7 @@
-"""`loom templates preview|stats`: rendered examples and figures for template authors."""
+"""`loom templates lint|preview|stats`: checks, rendered examples and figures for template authors."""
 from __future__ import annotations
 
+import difflib
 import random
 import tempfile
 from pathlib import Path
@@ -118,7 +119,6 @@ def lint_templates(log=print) -> list[str]:
     dataset of the task, sampled from its shapes-world fixture through its adapter, renders with
     every drawable template, or (an evaluation-only dataset such as VSR's statements) with at least
     one pinned template."""
-    import difflib
     from collections import defaultdict
 
     from catalog.cards import TASKS, load_cards, select_cards
@@ -147,7 +147,7 @@ def lint_templates(log=print) -> list[str]:
             except TemplateError as err:
                 problems.append(f"{task}: {err}")
                 continue
-            problems += _lint_wording(task, templates, cards, datasets[task], difflib)
+            problems += _lint_wording(task, templates, cards, datasets[task])
             for name, records in samples.items():
                 outcome = {}
                 for template in templates:
@@ -169,7 +169,7 @@ def lint_templates(log=print) -> list[str]:
     return problems
 
 
-def _lint_wording(task, templates, cards, names, difflib) -> list[str]:
+def _lint_wording(task, templates, cards, names) -> list[str]:
     problems = []
     short_answer = [n for n in names if (cards[n].get("instructblip") or {}).get("short_answer")]
     for lang in sorted({t.lang for t in templates}):
