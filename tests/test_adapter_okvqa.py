@@ -256,7 +256,7 @@ def test_question_without_an_image_is_named(world, tmp_path):
         data["questions"][2]["image_id"] = 777
 
     broken = broken_copy(questions, tmp_path, point_elsewhere)
-    with pytest.raises(AnnotationError, match=r"questions\[2\]: image_id 777 has no image"):
+    with pytest.raises(AnnotationError, match=r"questions\[2\]: image_id 777, but there is no image at"):
         read_okvqa(broken, None, images, "train")
 
 

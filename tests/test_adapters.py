@@ -147,7 +147,7 @@ def test_vqav2_question_without_an_image_is_named(world, tmp_path):
         data["questions"][2]["image_id"] = 777
 
     broken = broken_copy(questions, tmp_path, point_elsewhere)
-    with pytest.raises(AnnotationError, match=r"v2_OpenEnded_mscoco_val2014_questions\.json: questions\[2\]: image_id 777 has no image"):
+    with pytest.raises(AnnotationError, match=r"v2_OpenEnded_mscoco_val2014_questions\.json: questions\[2\]: image_id 777, but there is no image at"):
         read_vqav2(broken, None, world / "coco" / "val2014", "val")
 
 

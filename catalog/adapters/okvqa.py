@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 from . import AnnotationError
-from .fields import field, load_annotation_json
-from .vqav2 import DEFAULT_IMAGE_NAME, join_questions
+from .fields import columns, field, load_annotation_json
+from .vqav2 import DEFAULT_IMAGE_NAME, Answers, answer_rows, join_questions
 
 DATASET = "okvqa"
 TASK = "knowledge_vqa"
@@ -31,17 +31,17 @@ def _optional(row: dict, name: str, kind: type, path: Path, where: str):
     return field(row, name, kind, path, where) if name in row else None
 
 
-def _read_answers(path: Path) -> dict[int, tuple[int, dict]]:
-    """question_id -> (row index, answer fields) from an OK-VQA annotations file."""
+def _read_answers(path: Path) -> Answers:
+    """The answers of an OK-VQA annotations file, in the layout join_questions takes."""
     data = load_annotation_json(path)
-    answers: dict[int, tuple[int, dict]] = {}
-    for index, annotation in enumerate(field(data, "annotations", list, path, "top level")):
+    annotations = field(data, "annotations", list, path, "top level")
+    rows = columns(annotations, {"question_id": int, "answers": list, "image_id": int}, path, "annotations")
+    answer_lists = rows.pop("answers")
+    rows.update(answer=[], answers=[], answer_type=[], question_type=[])
+    for index, (annotation, answer_list) in enumerate(zip(annotations, answer_lists)):
         where = f"annotations[{index}]"
-        question_id = field(annotation, "question_id", int, path, where)
-        if question_id in answers:
-            raise AnnotationError(f"{path}: {where}: question_id {question_id} is annotated twice")
         human_answers = []
-        for n, answer in enumerate(field(annotation, "answers", list, path, where)):
+        for n, answer in enumerate(answer_list):
             human_answers.append(field(answer, "answer", str, path, f"{where}.answers[{n}]"))
             # v1.1 keeps the unprocessed text beside the processed one; only its type is checked.
             _optional(answer, "raw_answer", str, path, f"{where}.answers[{n}]")
@@ -51,17 +51,11 @@ def _read_answers(path: Path) -> dict[int, tuple[int, dict]]:
         # answer to train on is the most common human answer either way, and
         # multiple_choice_answer, where present, only settles a tie.
         official = _optional(annotation, "multiple_choice_answer", str, path, where)
-        answers[question_id] = (
-            index,
-            {
-                "image_id": field(annotation, "image_id", int, path, where),
-                "answer": most_common_answer(human_answers, official),
-                "answers": human_answers,
-                "answer_type": _optional(annotation, "answer_type", str, path, where),
-                "question_type": _optional(annotation, "question_type", str, path, where),
-            },
-        )
-    return answers
+        rows["answer"].append(most_common_answer(human_answers, official))
+        rows["answers"].append(human_answers)
+        rows["answer_type"].append(_optional(annotation, "answer_type", str, path, where))
+        rows["question_type"].append(_optional(annotation, "question_type", str, path, where))
+    return answer_rows(path, rows.pop("question_id")), rows
 
 
 def read_okvqa(
