@@ -12,13 +12,16 @@ from pathlib import Path
 from jobs.config import ConfigError, require, section
 from pipelines.manifest import StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest
 from pipelines.mixture import draw
-from pipelines.render import render_record, write_instructions
+from pipelines.render import render_table, write_table
 from templates.library import TemplateError, template_by_id
 
 DEFAULTS = {"seed": 0, "datasets": [], "mixture": None, "part_records": 100_000, "ray": "auto"}
-# render.ray: "auto" renders on Ray when a dataset fills more than one part (or a cluster is named),
-# in this process otherwise (a local Ray's start, seconds, would dwarf rendering a few thousand records)
+# render.ray: "auto" renders on Ray when a cluster is named or several datasets are big enough to
+# share out (RAY_AUTO_BYTES), in this process otherwise (a local Ray's start, seconds, would dwarf
+# rendering a few thousand records)
 RAY_CHOICES = ("auto", "always", "never")
+# auto: Ray for several datasets whose annotation files add up to more than this (a task per dataset)
+RAY_AUTO_BYTES = 64 * 2**20
 # render.mixture: the training entries (split train, not caption pairs) reweighted as InstructBLIP mixes them
 MIXTURE_DEFAULTS = {"weighting": "sqrt", "adjustments": None, "total": None}
 
@@ -202,12 +205,61 @@ def _source(entry: dict) -> str:
 
 
 def render_part(records: list[dict], seed: int, template: str | None, path: str) -> dict:
-    """Ray task (or a plain call): render one part's records into one instructions file; what it holds."""
+    """Render one part's records into one instructions file; what it holds."""
     with _collector_paused():
-        rows = [render_record(r, seed, template) for r in records]
-    write_instructions(rows, Path(path))
-    return {"rows": len(rows), "templates": collections.Counter(r["template_id"] for r in rows),
-            "languages": collections.Counter(r["lang"] for r in rows)}
+        table = render_table(records, seed, template)
+    write_table(table, Path(path))
+    return {"rows": table.num_rows, "templates": _value_counts(table, "template_id"),
+            "languages": _value_counts(table, "lang")}
+
+
+def _value_counts(table, name: str) -> dict[str, int]:
+    counts = table.column(name).value_counts().flatten()
+    return dict(zip(counts[0].to_pylist(), counts[1].to_pylist()))
+
+
+def render_entry(i: int, entry: dict, records: list[dict] | None, count: int | None, seed: int,
+                 part_records: int, folder: str) -> dict:
+    """Ray task (or a plain call): one configured dataset's records (read here when None), drawn to
+    `count` for the training mixture, rendered into parts of `part_records`; rows in and every part."""
+    started = time.perf_counter()
+    if records is None:
+        with _collector_paused():
+            records = read_records(entry)
+    read_seconds = time.perf_counter() - started
+    if count is not None and records:
+        picks = draw([r["id"] for r in records], count, seed + i)
+        drawn = [records[k] if rep == 0 else {**records[k], "id": f"{records[k]['id']}#{rep}"} for k, rep in picks]
+    else:
+        drawn = records
+    stem = f"{i:02d}-{_source(entry)}-{entry.get('split', 'train')}"
+    chunks = [drawn[k:k + part_records] for k in range(0, len(drawn), part_records)] or [[]]
+    parts = []
+    for n, chunk in enumerate(chunks):
+        name = f"{stem}.parquet" if len(chunks) == 1 else f"{stem}-{n:05d}.parquet"
+        parts.append((name, render_part(chunk, seed, entry.get("template"), str(Path(folder) / name))))
+    return {"rows_in": len(records), "parts": parts,
+            "seconds": {"read": read_seconds, "render_and_write": time.perf_counter() - started - read_seconds}}
+
+
+def entry_size(entry: dict) -> tuple[str | None, int]:
+    """Ray task: the dataset an entry's records belong to, and how many there are (to plan the mixture)."""
+    with _collector_paused():
+        records = read_records(entry)
+    return (records[0]["dataset"] if records else None), len(records)
+
+
+def _input_bytes(cfg: dict) -> int:
+    """Bytes of the annotation files (or ingest folders) the entries read: how big the stage is, before reading."""
+    total = 0
+    for entry in cfg["datasets"]:
+        for value in entry.values():
+            path = Path(value) if isinstance(value, str) else None
+            if path is not None and path.is_file():
+                total += path.stat().st_size
+            elif path is not None and entry.get("adapter") == "pairs" and path.is_dir():
+                total += sum(f.stat().st_size for f in path.rglob("*.parquet"))
+    return total
 
 
 def run_render(config: dict, out: str | Path, log=print, ray_address: str | None = None) -> dict:
@@ -219,43 +271,32 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
         log(f"render: complete in {stage_dir} (same config and inputs); skipped")
         return read_manifest(stage_dir)
     record = StageRecord("render", cfg, inputs)
+    on_ray = cfg["ray"] == "always" or (cfg["ray"] == "auto" and bool(
+        ray_address or os.environ.get("RAY_ADDRESS")
+        or (len(cfg["datasets"]) > 1 and _input_bytes(cfg) > RAY_AUTO_BYTES)))
     started = time.perf_counter()
-    with _collector_paused():
-        read = [read_records(entry) for entry in cfg["datasets"]]
-    phases = {"read": round(time.perf_counter() - started, 2)}
-    counts, mixture_report = _plan_mixture(cfg, read)
-    parts = []  # (entry index, file name, records)
-    for i, (entry, records) in enumerate(zip(cfg["datasets"], read)):
-        if in_mixture(entry, cfg) and records:
-            picks = draw([r["id"] for r in records], counts[records[0]["dataset"]], cfg["seed"] + i)
-            drawn = [records[k] if rep == 0 else {**records[k], "id": f"{records[k]['id']}#{rep}"} for k, rep in picks]
-        else:
-            drawn = records
-        stem = f"{i:02d}-{_source(entry)}-{entry.get('split', 'train')}"
-        size = cfg["part_records"]
-        chunks = [drawn[k:k + size] for k in range(0, len(drawn), size)] or [[]]
-        for n, chunk in enumerate(chunks):
-            parts.append((i, f"{stem}.parquet" if len(chunks) == 1 else f"{stem}-{n:05d}.parquet", chunk))
-        record.rows_in += len(records)
-    on_ray = cfg["ray"] == "always" or (cfg["ray"] == "auto" and (
-        ray_address or os.environ.get("RAY_ADDRESS") or len(parts) > len(cfg["datasets"])))
-    started = time.perf_counter()
-    summaries = _render_parts(parts, cfg, stage_dir, ray_address if on_ray else False, log)
-    phases["render_and_write"] = round(time.perf_counter() - started, 2)
+    if on_ray:
+        results, mixture_report = _render_on_ray(cfg, stage_dir, ray_address, log)
+    else:
+        results, mixture_report = _render_here(cfg, stage_dir)
+    # seconds by phase, added up over the datasets (on Ray they overlap); "stage" is the wall time
+    phases = {phase: round(sum(r["seconds"][phase] for r in results), 2) for phase in ("read", "render_and_write")}
+    phases["stage"] = round(time.perf_counter() - started, 2)
 
-    files, per_dataset, templates_used, rows_of_entry = [], {}, collections.Counter(), collections.Counter()
-    for (i, name, _), summary in zip(parts, summaries):
-        entry = cfg["datasets"][i]
-        files.append(f"instructions/{name}")
-        record.rows_out += summary["rows"]
-        rows_of_entry[i] += summary["rows"]
-        templates_used.update(summary["templates"])
-        per_dataset[name] = {"adapter": _source(entry), "split": entry.get("split", "train"),
-                             "records": summary["rows"], "languages": dict(sorted(summary["languages"].items()))}
-    for i, entry in enumerate(cfg["datasets"]):
-        log(f"render: {_source(entry)} ({entry.get('split', 'train')}): {rows_of_entry[i]} instruction records")
+    files, per_dataset, templates_used = [], {}, collections.Counter()
+    for i, (entry, result) in enumerate(zip(cfg["datasets"], results)):
+        record.rows_in += result["rows_in"]
+        rows = 0
+        for name, summary in result["parts"]:
+            files.append(f"instructions/{name}")
+            rows += summary["rows"]
+            templates_used.update(summary["templates"])
+            per_dataset[name] = {"adapter": _source(entry), "split": entry.get("split", "train"),
+                                 "records": summary["rows"], "languages": dict(sorted(summary["languages"].items()))}
+        record.rows_out += rows
+        log(f"render: {_source(entry)} ({entry.get('split', 'train')}): {rows} instruction records")
     record.extra.update(files=files, datasets=per_dataset, templates=dict(sorted(templates_used.items())),
-                        phase_seconds=phases, on_ray=bool(on_ray))
+                        phase_seconds=phases, on_ray=on_ray)
     if mixture_report:
         record.extra["mixture"] = mixture_report
         log("render: mixture " + ", ".join(f"{d} {m['realised_share']:.3f} (target {m['target_share']:.3f})"
@@ -263,37 +304,70 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
     return record.finish(stage_dir)
 
 
-def _render_parts(parts: list, cfg: dict, stage_dir: Path, ray_address, log) -> list[dict]:
-    """Each part rendered and written: by Ray tasks (ray_address is an address, or None for a local Ray),
-    or here when ray_address is False."""
-    folder = stage_dir / "instructions"
-    jobs = [(chunk, cfg["seed"], cfg["datasets"][i].get("template"), str(folder / name)) for i, name, chunk in parts]
-    if ray_address is False:
-        return [render_part(*job) for job in jobs]
+def _render_here(cfg: dict, stage_dir: Path) -> tuple[list[dict], dict]:
+    """Every entry read, then drawn and rendered, in this process."""
+    read, seconds = [], []
+    for entry in cfg["datasets"]:
+        started = time.perf_counter()
+        with _collector_paused():
+            read.append(read_records(entry))
+        seconds.append(time.perf_counter() - started)
+    counts, report = _plan_mixture(cfg, [((r[0]["dataset"] if r else None), len(r)) for r in read])
+    folder = str(stage_dir / "instructions")
+    results = [render_entry(i, entry, records, counts.get(i), cfg["seed"], cfg["part_records"], folder)
+               for i, (entry, records) in enumerate(zip(cfg["datasets"], read))]
+    for result, read_seconds in zip(results, seconds):
+        result["seconds"]["read"] = read_seconds
+    return results, report
+
+
+def _render_on_ray(cfg: dict, stage_dir: Path, ray_address: str | None, log) -> tuple[list[dict], dict]:
+    """A Ray task per entry reads, draws, renders and writes it: records never leave the worker that read
+    them (shipping them costs more than reading them). A mixture first sizes every entry in Ray tasks,
+    so its annotation files are read twice; the driver holds no records either way."""
     from jobs.ray_runtime import ray_session
 
+    folder = str(stage_dir / "instructions")
     with ray_session(ray_address) as ray:
-        task = ray.remote(render_part)
-        refs = [task.remote(*job) for job in jobs]
-        log(f"render: {len(refs)} part(s) on Ray")
-        return ray.get(refs)
+        counts, report = {}, {}
+        mixed = [i for i, entry in enumerate(cfg["datasets"]) if in_mixture(entry, cfg)]
+        if mixed:
+            size_task = ray.remote(entry_size)
+            sized = ray.get([size_task.remote(cfg["datasets"][i]) for i in mixed])
+            sizes = [(None, 0)] * len(cfg["datasets"])
+            for i, size in zip(mixed, sized):
+                sizes[i] = size
+            counts, report = _plan_mixture(cfg, sizes)
+        task = ray.remote(render_entry)
+        refs = [task.remote(i, entry, None, counts.get(i), cfg["seed"], cfg["part_records"], folder)
+                for i, entry in enumerate(cfg["datasets"])]
+        log(f"render: {len(refs)} dataset(s) on Ray")
+        return ray.get(refs), report
 
 
-def _plan_mixture(cfg: dict, read: list[list[dict]]) -> tuple[dict[str, int], dict]:
-    """Records per training dataset, and the report of target against realised shares."""
+def _plan_mixture(cfg: dict, sizes: list[tuple[str | None, int]]) -> tuple[dict[int, int], dict]:
+    """Records to draw from each training entry (by its index), and the report of target against realised
+    shares; `sizes` holds each entry's (dataset, record count)."""
     from pipelines.mixture import plan_counts, target_shares
 
-    sizes: dict[str, int] = collections.Counter()
-    for entry, records in zip(cfg["datasets"], read):
-        if in_mixture(entry, cfg) and records:
-            sizes[records[0]["dataset"]] += len(records)
-    if not sizes:
+    of_dataset: dict[str, int] = collections.Counter()
+    for entry, (dataset, size) in zip(cfg["datasets"], sizes):
+        if in_mixture(entry, cfg) and size:
+            of_dataset[dataset] += size
+    if not of_dataset:
         return {}, {}
     mixture = cfg["mixture"]
-    shares = target_shares(dict(sizes), mixture["weighting"], mixture["adjustments"])
-    total = mixture["total"] or sum(sizes.values())
+    shares = target_shares(dict(of_dataset), mixture["weighting"], mixture["adjustments"])
+    total = mixture["total"] or sum(of_dataset.values())
     counts = plan_counts(shares, total)
-    report = {name: {"size": sizes[name], "target_share": round(shares[name], 6), "records": counts[name],
+    report = {name: {"size": of_dataset[name], "target_share": round(shares[name], 6), "records": counts[name],
                      "realised_share": round(counts[name] / total, 6),
-                     "passes": round(counts[name] / sizes[name], 3)} for name in sorted(sizes)}
-    return counts, report
+                     "passes": round(counts[name] / of_dataset[name], 3)} for name in sorted(of_dataset)}
+    # a dataset given as several entries (e.g. VQAv2's train2014 and val2014 files) splits its count by their sizes
+    of_entry = {}
+    for name in of_dataset:
+        entries = {i: size for i, (entry, (dataset, size)) in enumerate(zip(cfg["datasets"], sizes))
+                   if in_mixture(entry, cfg) and size and dataset == name}
+        split = plan_counts({i: size / of_dataset[name] for i, size in entries.items()}, counts[name])
+        of_entry.update(split)
+    return of_entry, report

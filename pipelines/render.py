@@ -46,11 +46,30 @@ def render_record(record: dict, seed: int, template_id: str | None = None) -> di
 
 
 def write_instructions(rows: list[dict], path: Path) -> None:
+    """Write instruction rows (dicts of the contract's columns) to one file atomically."""
+    write_table(pa.Table.from_pylist(rows, schema=INSTRUCTIONS_SCHEMA), path)
+
+
+def write_table(table: pa.Table, path: Path) -> None:
     """Write one instructions file atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=INSTRUCTIONS_SCHEMA), tmp)
+    pq.write_table(table, tmp)
     tmp.replace(path)
+
+
+def render_table(records: list[dict], seed: int, template_id: str | None = None) -> pa.Table:
+    """The instruction records of many canonical records, built column by column: pyarrow converts
+    each column's Python values in one call (a row dict per record and pyarrow's row conversion cost
+    as much again as the rendering)."""
+    rendered = [render_for_record(record, seed, template_id) for record in records]
+    columns = {name: [record.get(name) for record in records]
+               for name in ("id", "dataset", "task", "split", "lang", "answers", "question_type")}
+    columns["template_id"] = [template.id for template, _ in rendered]
+    columns["brevity"] = [template.brevity for template, _ in rendered]
+    columns["images"] = [record.get("frames") or [record["image"]] for record in records]
+    columns["messages"] = [messages for _, messages in rendered]
+    return pa.Table.from_arrays([pa.array(columns[f.name], f.type) for f in INSTRUCTIONS_SCHEMA], schema=INSTRUCTIONS_SCHEMA)
 
 
 def read_instructions(paths: list[Path]) -> pa.Table:

@@ -98,3 +98,17 @@ def test_a_held_out_dataset_cannot_enter_the_training_mixture(fixtures, tmp_path
 def test_a_bad_mixture_is_refused_with_its_key(fixtures, tmp_path, mixture, key):
     with pytest.raises(ConfigError, match=rf"render.mixture(\.{key})?:"):
         run_render({"render": {"datasets": entries(fixtures)[:1], "mixture": mixture}}, tmp_path)
+
+
+def test_a_dataset_given_as_two_entries_splits_its_count_and_ray_renders_what_this_process_renders(fixtures, tmp_path):
+    okvqa = entries(fixtures)[0]
+    config = {"render": {"seed": 5, "datasets": [okvqa, okvqa, *entries(fixtures)[1:]], "mixture": {"total": 90}}}
+    here = run_render({"render": {**config["render"], "ray": "never"}}, tmp_path / "here", log=lambda *_: None)
+    on_ray = run_render({"render": {**config["render"], "ray": "always"}}, tmp_path / "ray", log=lambda *_: None)
+    assert on_ray["on_ray"] and not here["on_ray"]
+    assert rendered(tmp_path / "here", here) == rendered(tmp_path / "ray", on_ray)
+    files = list(rendered(tmp_path / "here", here).values())
+    # both OK-VQA entries together give OK-VQA's share, half each: not the share twice over
+    assert len(files[0]) + len(files[1]) == here["mixture"]["okvqa"]["records"]
+    assert abs(len(files[0]) - len(files[1])) <= 1
+    assert len(files[0]) + len(files[1]) + len(files[2]) == 90
