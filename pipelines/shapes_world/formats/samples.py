@@ -1,4 +1,5 @@
-"""Records of any catalog dataset, drawn from its shapes-world fixture through the dataset's own adapter.
+"""Records of any catalog dataset, drawn from its shapes-world fixture through the dataset's own adapter,
+and the `loom render` entry that reads them.
 
 `loom templates lint` renders every template on these, and `loom templates preview` shows them, so a
 template author needs no downloaded dataset. Each entry writes the fixture under a folder and reads the
@@ -22,134 +23,123 @@ def _coco_world(out: Path) -> dict:
             "answers": world / "vqav2/v2_mscoco_train2014_annotations.json"}
 
 
-def _coco_caption(out: Path, scenes: int) -> list[dict]:
-    from catalog.adapters.coco_captions import read_coco_captions
-
+def _coco_caption(out: Path, scenes: int) -> dict:
     world = _coco_world(out)
-    return read_coco_captions(world["captions"], world["images"], "train")
+    return {"annotation_file": world["captions"], "image_root": world["images"]}
 
 
-def _vqav2(out: Path, scenes: int, reader: str = "read_vqav2", module: str = "vqav2") -> list[dict]:
-    import importlib
-
+def _vqav2(out: Path, scenes: int) -> dict:
     world = _coco_world(out)
-    read = getattr(importlib.import_module(f"catalog.adapters.{module}"), reader)
-    return read(world["questions"], world["answers"], world["images"], "train")
+    return {"questions_file": world["questions"], "annotations_file": world["answers"], "image_root": world["images"]}
 
 
 def _written(name: str, out: Path, scenes: int, function: str | None = None) -> dict:
     import importlib
 
-    module = importlib.import_module(f"pipelines.shapes_world.formats.{name.split(':')[0]}")
+    module = importlib.import_module(f"pipelines.shapes_world.formats.{name}")
     return getattr(module, function or f"write_{name}")(out / (function or name), seed=0, scenes=scenes)
 
 
-def _okvqa(out, scenes, reader="read_okvqa", module="okvqa"):
-    import importlib
-
+def _okvqa(out: Path, scenes: int) -> dict:
     s = _written("okvqa", out, scenes)["train2014"]
-    read = getattr(importlib.import_module(f"catalog.adapters.{module}"), reader)
-    return read(s["questions_file"], s["annotations_file"], s["images"], "train")
+    return {"questions_file": s["questions_file"], "annotations_file": s["annotations_file"], "image_root": s["images"]}
 
 
-def _aokvqa(out, scenes, reader="read_aokvqa", module="aokvqa"):
-    import importlib
-
+def _aokvqa(out: Path, scenes: int) -> dict:
     s = _written("aokvqa", out, scenes)["train"]
-    read = getattr(importlib.import_module(f"catalog.adapters.{module}"), reader)
-    return read(s["file"], Path(s["images"]).parent, "train")
+    return {"annotation_file": s["file"], "image_root": Path(s["images"]).parent}
 
 
-def _iconqa(out: Path, scenes: int) -> list[dict]:
-    from catalog.adapters.iconqa import read_iconqa
-
-    return read_iconqa(_written("iconqa", out, scenes)["data_root"], "train")
+def _iconqa(out: Path, scenes: int) -> dict:
+    return {"data_root": _written("iconqa", out, scenes)["data_root"]}
 
 
-def _scienceqa(out: Path, scenes: int) -> list[dict]:
-    from catalog.adapters.scienceqa import read_scienceqa
-
+def _scienceqa(out: Path, scenes: int) -> dict:
     s = _written("scienceqa", out, scenes)
-    return read_scienceqa(s["problems_file"], s["image_root"], "trainval", splits_file=s["splits_file"])
+    return {"problems_file": s["problems_file"], "image_root": s["image_root"], "splits_file": s["splits_file"],
+            "split": "trainval"}
 
 
-def _simple(writer: str, reader: str, split: str, file_of, root_of, **options) -> Callable[[Path, int], list[dict]]:
-    """A fixture whose adapter takes (annotation file, image root, split[, options])."""
-    def records(out: Path, scenes: int) -> list[dict]:
-        import importlib
-
+def _simple(writer: str, file_of, root_of, **options) -> Callable[[Path, int], dict]:
+    """A fixture whose adapter takes (annotation_file, image_root, split[, options])."""
+    def entry(out: Path, scenes: int) -> dict:
         summary = _written(writer, out, scenes)
-        read = getattr(importlib.import_module(f"catalog.adapters.{reader.split('.')[0]}"), reader.split(".")[1])
-        extra = {k: (v(summary) if callable(v) else v) for k, v in options.items()}
-        return read(file_of(summary), root_of(summary), split, **extra)
-    return records
+        return {"annotation_file": file_of(summary), "image_root": root_of(summary),
+                **{k: (v(summary) if callable(v) else v) for k, v in options.items()}}
+    return entry
 
 
-def _video(kind: str) -> Callable[[Path, int], list[dict]]:
-    def records(out: Path, scenes: int) -> list[dict]:
-        from catalog.adapters import video_qa
-
+def _video(kind: str) -> Callable[[Path, int], dict]:
+    def entry(out: Path, scenes: int) -> dict:
         s = _written("video_qa", out, scenes, function=f"write_{kind}")
         extra = {"mapping_file": s["mapping"]} if kind == "msvd_qa" else {}
-        return getattr(video_qa, f"read_{kind}")(s["files"]["train"], s["video_root"], "train",
-                                                 frames_dir=out / f"{kind}_frames", **extra)
-    return records
+        return {"annotation_file": s["files"]["train"], "video_root": s["video_root"],
+                "frames_dir": out / f"{kind}_frames", **extra}
+    return entry
 
 
-def _llava(part: str, file: str) -> Callable[[Path, int], list[dict]]:
-    def records(out: Path, scenes: int) -> list[dict]:
-        from catalog.adapters import llava_instruct
-
+def _llava(file: str) -> Callable[[Path, int], dict]:
+    def entry(out: Path, scenes: int) -> dict:
         s = _written("llava_instruct", out, scenes)
-        return getattr(llava_instruct, f"read_{part}")(Path(s["image_root"]).parent / file, s["image_root"], "train")
-    return records
+        return {"annotation_file": Path(s["image_root"]).parent / file, "image_root": s["image_root"]}
+    return entry
 
 
-SAMPLES: dict[str, Callable[[Path, int], list[dict]]] = {
+# dataset card -> (fixture folder, scenes) -> its adapter's arguments, `split` among them where not train
+SAMPLES: dict[str, Callable[[Path, int], dict]] = {
     "coco_caption": _coco_caption,
-    "web_capfilt": _simple("web_capfilt", "web_capfilt.read_web_capfilt", "train", lambda s: s["file"],
-                           lambda s: s["image_root"], strip_prefix=lambda s: s["strip_prefix"]),
-    "nocaps": _simple("nocaps", "nocaps.read_nocaps", "val", lambda s: s["files"]["val"],
-                      lambda s: s["image_folders"]["val"]),
-    "flickr30k": _simple("flickr30k", "flickr30k.read_flickr30k", "train", lambda s: s["file"],
-                         lambda s: s["image_folder"]),
-    "textcaps": _simple("textcaps", "textcaps.read_textcaps", "train", lambda s: s["files"]["train"],
-                        lambda s: Path(s["files"]["train"]).parent / "train_images",
+    "web_capfilt": _simple("web_capfilt", lambda s: s["file"], lambda s: s["image_root"],
+                           strip_prefix=lambda s: s["strip_prefix"]),
+    "nocaps": _simple("nocaps", lambda s: s["files"]["val"], lambda s: s["image_folders"]["val"], split="val"),
+    "flickr30k": _simple("flickr30k", lambda s: s["file"], lambda s: s["image_folder"]),
+    "textcaps": _simple("textcaps", lambda s: s["files"]["train"], lambda s: Path(s["files"]["train"]).parent / "train_images",
                         ocr_file=lambda s: s["ocr_files"]["train"]),
-    "gqa": _simple("gqa", "gqa.read_gqa", "train", lambda s: s["files"]["train"], lambda s: s["images"]),
-    "vsr": _simple("vsr", "vsr.read_vsr", "train", lambda s: Path(s["annotation_dir"]) / "train.jsonl",
-                   lambda s: s["image_root"]),
+    "gqa": lambda out, scenes: (lambda s: {"questions_file": s["files"]["train"], "image_root": s["images"]})(
+        _written("gqa", out, scenes)),
+    "vsr": _simple("vsr", lambda s: Path(s["annotation_dir"]) / "train.jsonl", lambda s: s["image_root"]),
     "iconqa": _iconqa,
     "vqav2": _vqav2,
-    "vizwiz": _simple("vizwiz", "vizwiz.read_vizwiz", "train", lambda s: s["files"]["train"],
-                      lambda s: s["image_folders"]["train"]),
+    "vizwiz": _simple("vizwiz", lambda s: s["files"]["train"], lambda s: s["image_folders"]["train"]),
     "okvqa": _okvqa,
     "aokvqa": _aokvqa,
     "scienceqa": _scienceqa,
-    "ocrvqa": _simple("ocrvqa", "ocrvqa.read_ocrvqa", "train", lambda s: s["file"], lambda s: s["images"]),
-    "textvqa": _simple("textvqa", "textvqa.read_textvqa", "train", lambda s: s["files"]["train"],
-                       lambda s: Path(s["files"]["train"]).parent / "train_images",
+    "ocrvqa": _simple("ocrvqa", lambda s: s["file"], lambda s: s["images"]),
+    "textvqa": _simple("textvqa", lambda s: s["files"]["train"], lambda s: Path(s["files"]["train"]).parent / "train_images",
                        ocr_file=lambda s: s["ocr_files"]["train"]),
-    "vqg_vqav2": lambda out, scenes: _vqav2(out, scenes, "read_vqg_vqav2", "question_generation"),
-    "vqg_okvqa": lambda out, scenes: _okvqa(out, scenes, "read_vqg_okvqa", "question_generation"),
-    "vqg_aokvqa": lambda out, scenes: _aokvqa(out, scenes, "read_vqg_aokvqa", "question_generation"),
+    "vqg_vqav2": _vqav2,
+    "vqg_okvqa": _okvqa,
+    "vqg_aokvqa": _aokvqa,
     "msvd_qa": _video("msvd_qa"),
     "msrvtt_qa": _video("msrvtt_qa"),
     "ivqa": _video("ivqa"),
-    "visdial": _simple("visdial", "visdial.read_visdial", "train", lambda s: s["splits"]["train"]["file"],
-                       lambda s: s["image_root"]),
-    "hateful_memes": _simple("hateful_memes", "hateful_memes.read_hateful_memes", "train",
-                             lambda s: Path(s["root"]) / "train.jsonl", lambda s: s["root"]),
-    "llava_conversation": _llava("llava_conversation", "conversation_58k.json"),
-    "llava_detail": _llava("llava_detail", "detail_23k.json"),
-    "llava_complex_reasoning": _llava("llava_complex_reasoning", "complex_reasoning_77k.json"),
+    "visdial": _simple("visdial", lambda s: s["splits"]["train"]["file"], lambda s: s["image_root"]),
+    "hateful_memes": _simple("hateful_memes", lambda s: Path(s["root"]) / "train.jsonl", lambda s: s["root"]),
+    "llava_conversation": _llava("conversation_58k.json"),
+    "llava_detail": _llava("detail_23k.json"),
+    "llava_complex_reasoning": _llava("complex_reasoning_77k.json"),
 }
 
 
-def sample_records(card: str, out_dir: str | os.PathLike, scenes: int = 6) -> list[dict]:
-    """Canonical records of dataset `card` from a shapes-world fixture written under `out_dir`."""
+def sample_entry(card: str, out_dir: str | os.PathLike, scenes: int = 6) -> dict:
+    """A `loom render` entry ({card, split, ...its adapter's arguments}) for dataset `card`'s shapes-world
+    fixture, written under `out_dir`: the split that has answers (the training split where there is one)."""
     if card not in SAMPLES:
         raise KeyError(f"no shapes-world sample for dataset {card!r}; samples exist for {sorted(SAMPLES)}")
     folder = Path(out_dir) / card
     folder.mkdir(parents=True, exist_ok=True)
-    return SAMPLES[card](folder, scenes)
+    arguments = SAMPLES[card](folder, scenes)
+    return {"card": card, "split": arguments.pop("split", "train"),
+            **{k: str(v) if isinstance(v, Path) else v for k, v in arguments.items()}}
+
+
+def sample_records(card: str, out_dir: str | os.PathLike, scenes: int = 6) -> list[dict]:
+    """Canonical records of dataset `card` from a shapes-world fixture written under `out_dir`, read by the
+    adapter its card names."""
+    import importlib
+
+    from catalog.cards import get_card
+
+    entry = sample_entry(card, out_dir, scenes)
+    module, _, function = get_card(card)["adapter"].rpartition(".")
+    reader = getattr(importlib.import_module(module), function)
+    return reader(**{k: v for k, v in entry.items() if k != "card"})
