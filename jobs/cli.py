@@ -15,6 +15,15 @@ RAY_ADDRESS_HELP = ("a running Ray cluster's GCS address, HEAD:6379 (default: $R
 
 
 def _demo_data(args) -> int:
+    if args.instructblip:
+        from pipelines.shapes_world.formats.instructblip import write_instructblip
+
+        written = write_instructblip(args.out, scenes=args.scenes, seed=args.seed)
+        print(f"InstructBLIP's 26 datasets as shapes-world fixtures in their native formats, in {args.out}")
+        print(f"  held in, drawn into the training mixture: {', '.join(written['training'])}")
+        print(f"  held out, rendered once as evaluation sets: {', '.join(written['evaluation'])}")
+        print(f"  render them: loom render {written['config']} --out DIR")
+        return 0
     from pipelines.shapes_world import write_demo_data
 
     summary = write_demo_data(args.out, seed=args.seed, pair_scenes=args.pair_scenes,
@@ -133,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--messy", action="store_true",
                    help="also plant what a real crawl meets: malformed and private URLs, junk and mis-sized captions, "
                         "servers that stall, drip, truncate, redirect to private addresses, send bombs or errors")
+    p.add_argument("--instructblip", action="store_true",
+                   help="instead write InstructBLIP's 26 datasets as native-format fixtures, and OUT/render.yaml "
+                        "rendering them (held-in: the training mixture; held-out: evaluation sets)")
+    p.add_argument("--scenes", type=int, default=6, help="with --instructblip: scenes per dataset")
     p.set_defaults(func=_demo_data)
 
     for name, help_text in (("ingest", "URL lists → pairs (img2dataset + filters on Ray)"),

@@ -85,3 +85,16 @@ def test_rendering_on_ray_in_parts_gives_the_records_rendering_here_gives(vizwiz
     rows = lambda out, m: [r for f in m["files"] for r in pq.read_table(out / "render" / f).to_pylist()]  # noqa: E731
     assert rows(tmp_path / "ray", on_ray) == rows(tmp_path / "here", here)
     assert on_ray["rows_out"] == here["rows_out"] == 6
+
+
+def test_auto_takes_ray_only_for_several_datasets_past_the_size_threshold(vizwiz, tmp_path, monkeypatch):
+    import jobs.render
+
+    val = {"card": "vizwiz", "annotation_file": vizwiz["files"]["val"], "image_root": vizwiz["image_folders"]["val"],
+           "split": "val"}
+    two = {"render": {"datasets": [entry(vizwiz), val]}}
+    assert not run_render(two, tmp_path / "small", log=lambda *_: None)["on_ray"]  # a few KiB: here
+    monkeypatch.setattr(jobs.render, "RAY_AUTO_BYTES", 1000)
+    assert not run_render({"render": {"datasets": [entry(vizwiz)]}}, tmp_path / "one", log=lambda *_: None)["on_ray"]
+    big = run_render(two, tmp_path / "big", log=lambda *_: None)
+    assert big["on_ray"] and big["rows_out"] == 12
