@@ -29,7 +29,7 @@ DEFAULTS = {
 
 def pack_settings(config: dict) -> dict:
     cfg = section(config, "pack", DEFAULTS)
-    from vlm.presets import get_preset
+    from vlm.preset import get_preset
 
     try:
         get_preset(cfg["preset"])
@@ -51,7 +51,7 @@ def pack_settings(config: dict) -> dict:
 def run_pack(config: dict, out: str | Path, log=print) -> dict:
     """Run (or skip) the pack stage into `out/pack/<output>/`; return its manifest."""
     cfg = pack_settings(config)
-    from vlm.presets import get_preset
+    from vlm.preset import get_preset
 
     preset = get_preset(cfg["preset"])
     render_dir = Path(cfg["input"] or Path(out) / "render")

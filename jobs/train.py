@@ -46,7 +46,7 @@ def train_settings(config: dict, preset) -> dict:
 
 def run_train(config: dict, out: str | Path, log=print) -> dict:
     """Train every stage of the packed preset (each resumable), evaluate, write `out/train/manifest.json`."""
-    from vlm.presets import get_preset
+    from vlm.preset import get_preset
 
     pack_dir = Path((config.get("train") or {}).get("input") or Path(out) / "pack")
     pack_manifest = read_manifest(pack_dir)

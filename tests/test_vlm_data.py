@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from vlm.data import PackedDataset
 from vlm.images import ImageProcessor, expand_to_square, load_image
-from vlm.presets import get_preset
+from vlm.preset import get_preset
 
 PRESET = get_preset("llava-1.5-tiny")
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}

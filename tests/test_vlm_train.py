@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 import vlm.train
 from vlm.evaluate import answer_questions, generate_greedy, normalize_answer, vqa_accuracy, _prompt_ids
 from vlm.model import build_model
-from vlm.presets import get_preset
+from vlm.preset import get_preset
 from vlm.train import TrainConfig, load_model, read_log, train_stage
 
 from test_vlm_data import COLOURS, vqa_prompt, write_packed_corpus
@@ -73,7 +73,7 @@ def test_stage_2_starts_from_stage_1_and_changes_the_llm_not_the_vision_tower(st
     train_stage(model, INSTRUCT, pack_dir, tmp_path, quick(init_from=str(stage1_dir)))
     assert same(snapshot(model.vision_tower), stage1["vision"])
     assert not same(snapshot(model.language_model), stage1["llm"])
-    assert not same(snapshot(model.multi_modal_projector), stage1["connector"])
+    assert not same(snapshot(model.connector), stage1["connector"])
 
 
 def test_a_killed_stage_resumes_to_the_same_losses_and_weights(corpus, tmp_path, monkeypatch):
@@ -137,7 +137,7 @@ def test_a_completed_stage_is_skipped_and_hands_back_its_weights(stage_one, corp
     again = train_stage(model, PRETRAIN, pack_dir, stage1_dir, quick())
     assert again == summary
     assert (stage1_dir / "log.jsonl").read_text() == log_before
-    assert same(snapshot(model.multi_modal_projector), after["connector"])
+    assert same(snapshot(model.connector), after["connector"])
 
 
 def test_load_model_rebuilds_the_checkpointed_model(stage_one, corpus):

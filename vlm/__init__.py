@@ -1,15 +1,20 @@
 """Loom's models: architecture presets, the VLM, its staged trainer and VQA evaluation.
 
+    import vlm
+    vlm.presets()                                  # the ten architectures
+    model = vlm.build("llava-1.5", size="tiny")    # or size="published"
+
 Presets import instantly; the model, data, training and evaluation names load
 torch and transformers on first use, so `vlm.stages(name)` stays cheap for a
 config checker.
 """
 
-from .presets import GROUPS, PRESETS, Preset, Stage, get_preset, stages
+from .preset import GROUPS, PRESETS, Preset, Stage, get_preset, presets, stages
 
 _LAZY = {
     "VisionLanguageModel": "model",
     "build_model": "model",
+    "build": "model",
     "count_parameters": "model",
     "PackedDataset": "data",
     "DataPosition": "data",
@@ -21,7 +26,7 @@ _LAZY = {
     "vqa_accuracy": "evaluate",
 }
 
-__all__ = ["GROUPS", "PRESETS", "Preset", "Stage", "get_preset", "stages", *_LAZY]
+__all__ = ["GROUPS", "PRESETS", "Preset", "Stage", "get_preset", "presets", "stages", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ import torch
 
 from .images import ImageProcessor
 from .model import positions_from_document_ids, shifted_targets
-from .presets import Preset, get_preset
+from .preset import Preset, get_preset
 
 
 @dataclass(frozen=True)

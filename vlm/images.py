@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 from PIL import Image
 
-from .presets import Preset
+from .preset import Preset
 
 # Extensions a webdataset sample may store its image under, in the order we try them.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

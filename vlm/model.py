@@ -1,12 +1,11 @@
-"""LLaVA-1.5 as three slots: a CLIP vision tower, a 2-layer MLP connector, a Llama LLM.
+"""A vision-language model as three slots: vision tower, connector, language model (any bundled preset).
 
-Read top to bottom: how packed rows become attention masks, the projector, the
-model (image features scattered into token embeddings, per-token loss), and the
-builders. Packed rows hold several samples; attention is causal *and*
-block-diagonal per sample, which this module enforces with an explicit mask
-built from document ids rather than leaving it to transformers' inference from
-position_ids (that inference is silently skipped whenever a KV cache object
-exists, which LlamaModel creates by default when `use_cache` is not False).
+Read top to bottom: how packed rows become attention masks, the connectors a preset can name, the
+model (image features scattered into token embeddings at the image placeholders, per-token loss), and
+the builders. Packed rows hold several samples; attention is causal *and* block-diagonal per sample,
+which this module enforces with an explicit mask built from document ids rather than leaving it to
+transformers' inference from position_ids (that inference is silently skipped whenever a KV cache
+object exists, which the LLMs create by default when `use_cache` is not False).
 """
 
 from __future__ import annotations
@@ -17,9 +16,11 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AttentionInterface, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface
 
-from .presets import GROUPS, Preset, get_preset
+from .language import build_language_model, decoder_stack
+from .preset import Preset, get_preset
+from .vision import build_vision_tower, image_features
 
 ATTENTION_MODES = ("sdpa", "eager", "flex_attention", "segment_sdpa")
 
@@ -138,20 +139,47 @@ def build_attention_mask(
 
 
 # ---------------------------------------------------------------------------------------------
-# Connector
+# Connectors
 # ---------------------------------------------------------------------------------------------
 
-class MultiModalProjector(nn.Module):
-    """LLaVA-1.5's `mlp2x_gelu`: vision features into the LLM's embedding space."""
+QFORMER_CONNECTORS = ("qformer", "instruct_qformer", "qformer_linear")
 
-    def __init__(self, vision_hidden_size: int, llm_hidden_size: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(vision_hidden_size, llm_hidden_size)
-        self.act = nn.GELU()
-        self.linear_2 = nn.Linear(llm_hidden_size, llm_hidden_size)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(features)))
+def build_connector(preset: Preset, config: dict[str, Any], vision_size: int, llm_size: int) -> tuple[nn.Module, nn.Module | None]:
+    """(connector, projection or None) of a preset: the module carrying the paper's idea, and the
+    layer after a Q-Former that maps its queries to the LLM width."""
+    kind = preset.connector
+    if kind == "linear":
+        from .connectors.projector import LinearProjector
+
+        return LinearProjector(vision_size, llm_size), None
+    if kind == "mlp2x_gelu":
+        from .connectors.projector import MLPProjector
+
+        return MLPProjector(vision_size, llm_size, depth=2), None
+    if kind in QFORMER_CONNECTORS:
+        from .connectors.projector import LinearProjector
+        from .connectors.qformer import QFormer, QFormerConfig
+
+        # BLIP-2 keeps the text path and the stage-1 heads (ITC, ITM, ITG); InstructBLIP keeps the text path
+        # for the instruction; MiniGPT-4's frozen Q-Former only turns images into queries.
+        layout = {"qformer": (True, True), "instruct_qformer": (True, False), "qformer_linear": (False, False)}[kind]
+        qformer = QFormer(QFormerConfig(**{**config, "encoder_hidden_size": vision_size, "text_input": layout[0],
+                                           "stage1_heads": layout[1]}))
+        return qformer, LinearProjector(config["hidden_size"], llm_size)
+    if kind == "resampler":
+        from .connectors.resampler import QwenResampler
+
+        if config["embed_dim"] != llm_size:
+            raise ValueError(f"preset {preset.name!r}: the resampler's embed_dim {config['embed_dim']} must equal the "
+                             f"LLM width {llm_size} (Qwen-VL's adapter output is the LLM's input)")
+        return QwenResampler(config["embed_dim"], vision_size, num_queries=config["num_queries"],
+                             num_heads=config.get("num_heads")), None
+    if kind == "token_concat":
+        from .connectors.token_concat import ConcatProjector
+
+        return ConcatProjector(vision_size, llm_size, group=config.get("group", 4)), None
+    raise ValueError(f"preset {preset.name!r}: connector {kind!r} cannot be built by this version of Loom")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +197,7 @@ class VLMOutput:
 
 
 class VisionLanguageModel(nn.Module):
-    """A CLIP vision tower, an MLP projector and a Llama LLM, trained on packed multimodal rows."""
+    """A vision tower, a connector (and projection) and a language model, trained on packed multimodal rows."""
 
     def __init__(
         self,
@@ -179,25 +207,27 @@ class VisionLanguageModel(nn.Module):
         image_token_id: int,
         pad_token_id: int,
         attn_implementation: str = "sdpa",
+        connector_config: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if preset.projector != "mlp2x_gelu":
-            raise ValueError(f"preset {preset.name!r}: projector {preset.projector!r} is not supported; use 'mlp2x_gelu'")
         self.preset = preset
         self.vision_config = dict(vision_config)
         self.llm_config = dict(llm_config)
+        self.connector_config = dict(preset.connector_config if connector_config is None else connector_config)
         self.image_token_id = int(image_token_id)
         self.pad_token_id = int(pad_token_id)
-        self.vision_feature_layer = preset.vision_feature_layer
         self.visual_tokens = preset.visual_tokens
-
-        self.vision_tower = CLIPVisionModel(CLIPVisionConfig(**self.vision_config))
-        self.multi_modal_projector = MultiModalProjector(
-            self.vision_config["hidden_size"], self.llm_config["hidden_size"]
-        )
-        self.language_model = LlamaForCausalLM(LlamaConfig(**self.llm_config))
+        self.vision_tower = build_vision_tower(preset.vision_kind, self.vision_config)
+        self.connector, self.projection = self.build_connector()
+        self.language_model = build_language_model(preset.llm_kind, self.llm_config)
         self.attn_implementation = "sdpa"
         self.set_attention(attn_implementation)
+
+    def build_connector(self) -> tuple[nn.Module, nn.Module | None]:
+        """(connector, projection or None) for this model's preset (a subclass whose tower holds its
+        connector, as Qwen2-VL's does, returns that)."""
+        return build_connector(self.preset, self.connector_config, self.vision_config["hidden_size"],
+                               self.llm_config["hidden_size"])
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -210,8 +240,12 @@ class VisionLanguageModel(nn.Module):
 
     @property
     def groups(self) -> dict[str, nn.Module]:
-        """The three slots a training stage can unfreeze, by group name."""
-        return {"vision": self.vision_tower, "connector": self.multi_modal_projector, "llm": self.language_model}
+        """The slots a training stage can unfreeze, by group name."""
+        groups = {"vision": self.vision_tower, "connector": self.connector}
+        if self.projection is not None:
+            groups["projection"] = self.projection
+        groups["llm"] = self.language_model
+        return groups
 
     @property
     def trainable_groups(self) -> list[str]:
@@ -221,9 +255,10 @@ class VisionLanguageModel(nn.Module):
     def set_trainable(self, groups: Iterable[str]) -> None:
         """Unfreezes exactly `groups`; every other parameter gets requires_grad=False."""
         groups = set(groups)
-        unknown = groups - set(GROUPS)
+        unknown = groups - set(self.groups)
         if unknown:
-            raise ValueError(f"unknown parameter groups {sorted(unknown)}; choose from {list(GROUPS)}")
+            raise ValueError(f"preset {self.preset.name!r} has no parameter group(s) {sorted(unknown)}; "
+                             f"its groups are {list(self.groups)}")
         for name, module in self.groups.items():
             module.requires_grad_(name in groups)
 
@@ -247,6 +282,7 @@ class VisionLanguageModel(nn.Module):
             "preset": self.preset.to_dict(),
             "vision_config": self.vision_config,
             "llm_config": self.llm_config,
+            "connector_config": self.connector_config,
             "image_token_id": self.image_token_id,
             "pad_token_id": self.pad_token_id,
             "attn_implementation": self.attn_implementation,
@@ -254,28 +290,40 @@ class VisionLanguageModel(nn.Module):
 
     @classmethod
     def from_config_dict(cls, config: dict[str, Any], attn_implementation: str | None = None) -> "VisionLanguageModel":
-        return cls(
-            Preset.from_dict(config["preset"]),
+        preset = Preset.from_dict(config["preset"])
+        return model_class(preset)(
+            preset,
             config["vision_config"],
             config["llm_config"],
             image_token_id=config["image_token_id"],
             pad_token_id=config["pad_token_id"],
             attn_implementation=attn_implementation or config.get("attn_implementation", "sdpa"),
+            connector_config=config.get("connector_config"),
         )
 
     # -- forward -----------------------------------------------------------------------------
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, visual_tokens, D_llm) LLM-space features of N images."""
+    def image_features(self, pixel_values: torch.Tensor, qformer_input_ids: torch.Tensor | None = None,
+                       qformer_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, visual_tokens, D) LLM-space features of N images (InstructBLIP's Q-Former also reads each
+        image's instruction, in its own vocabulary: qformer_input_ids (N, T))."""
+        preset = self.preset
         vision_learns = any(p.requires_grad for p in self.vision_tower.parameters())
-        # A frozen tower needs no autograd graph: this is most of the memory of stage 1.
+        # A frozen tower needs no autograd graph: this is most of the memory of a connector-only stage.
         with torch.set_grad_enabled(torch.is_grad_enabled() and vision_learns):
-            pixel_values = pixel_values.to(self.vision_tower.dtype)
-            hidden_states = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
-            features = hidden_states[self.vision_feature_layer][:, 1:]  # (N, P, Dv): CLS dropped
-        return self.multi_modal_projector(features)  # (N, P, D)
+            pixel_values = pixel_values.to(next(self.vision_tower.parameters()).dtype)
+            features = image_features(self.vision_tower, pixel_values, preset.vision_feature_layer,
+                                      preset.vision_post_norm, preset.keep_cls)  # (N, P, Dv)
+        if preset.connector not in QFORMER_CONNECTORS:
+            return self.connector(features)  # (N, visual_tokens, D)
+        if preset.connector == "instruct_qformer" and qformer_input_ids is None:
+            raise ValueError(f"preset {preset.name!r}: the instruction-aware Q-Former needs each image's instruction "
+                             "as qformer_input_ids (N, T) in the Q-Former's vocabulary")
+        queries = self.connector.visual_tokens(features, instruction_ids=qformer_input_ids,
+                                               instruction_mask=qformer_attention_mask)  # (N, 32, 768)
+        return self.projection(queries)  # (N, 32, D)
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, **image_inputs) -> torch.Tensor:
         """(B, L, D) token embeddings with image features written over the image-token positions."""
         inputs_embeds = self.language_model.get_input_embeddings()(input_ids)  # (B, L, D)
         is_image = input_ids == self.image_token_id  # (B, L)
@@ -290,7 +338,7 @@ class VisionLanguageModel(nn.Module):
             )
         if images == 0:
             return inputs_embeds
-        features = self.image_features(pixel_values).to(inputs_embeds.dtype)  # (N, P, D)
+        features = self.image_features(pixel_values, **image_inputs).to(inputs_embeds.dtype)  # (N, T, D)
         # masked_scatter fills positions in row-major order: row 0 left to right, then row 1,
         # which is exactly the order the images were stacked in.
         return inputs_embeds.masked_scatter(is_image.unsqueeze(-1).expand_as(inputs_embeds), features)
@@ -308,6 +356,8 @@ class VisionLanguageModel(nn.Module):
         num_items_in_batch: int | torch.Tensor | None = None,
         return_logits: bool = True,
         logits_to_keep: int = 0,
+        qformer_input_ids: torch.Tensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
     ) -> VLMOutput:
         """Logits and/or loss of packed rows.
 
@@ -334,8 +384,9 @@ class VisionLanguageModel(nn.Module):
         elif attention_mask is None:
             attention_mask = build_attention_mask(document_ids, document_ids, self.attn_implementation)
 
-        inputs_embeds = self.embed(input_ids, pixel_values)  # (B, L, D)
-        outputs = self.language_model.model(
+        inputs_embeds = self.embed(input_ids, pixel_values, qformer_input_ids=qformer_input_ids,
+                                   qformer_attention_mask=qformer_attention_mask)  # (B, L, D)
+        outputs = decoder_stack(self.language_model)(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -394,9 +445,35 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        return VisionLanguageModel(
+        return model_class(preset)(
             preset, preset.vision, llm_config, image_token_id, pad_token_id, attn_implementation=attn_implementation
         )
+
+
+def model_class(preset: Preset) -> type[VisionLanguageModel]:
+    """The class that runs a preset: this module's for decoder-only LLMs fed spliced visual tokens,
+    vlm.seq2seq's for an encoder-decoder LLM (FlanT5), vlm.qwen2_vl's for Qwen2-VL's native resolution."""
+    if preset.encoder_decoder:
+        from .seq2seq import EncoderDecoderVLM
+
+        return EncoderDecoderVLM
+    if preset.vision_kind == "qwen2_vl":
+        from .qwen2_vl import Qwen2VLM
+
+        return Qwen2VLM
+    return VisionLanguageModel
+
+
+def build(name: str, size: str = "published", vocab_size: int | None = None, image_token_id: int | None = None,
+          pad_token_id: int = 0, attn_implementation: str = "sdpa", seed: int | None = 0) -> VisionLanguageModel:
+    """A randomly initialised model of architecture `name` at `size` ("published" or "tiny").
+
+    The image placeholder takes the last id of the vocabulary unless `image_token_id` is given (a
+    tokenizer with `<image>` added as a special token gives its id)."""
+    preset = get_preset(name, size=size)
+    vocab = vocab_size if vocab_size is not None else preset.llm["vocab_size"]
+    return build_model(preset, vocab, vocab - 1 if image_token_id is None else image_token_id, pad_token_id,
+                       attn_implementation=attn_implementation, seed=seed)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

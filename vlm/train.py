@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .data import DataPosition, PackedDataset
 from .model import VisionLanguageModel
-from .presets import Stage
+from .preset import Stage
 
 CHECKPOINT = "checkpoint"
 COMPLETE = "stage_complete.json"

@@ -1,0 +1,47 @@
+"""Vision towers: the bundled architectures' image encoders, built from transformers' own classes.
+
+- clip: `CLIPVisionModel` (LLaVA's ViT-L/14 at 224 and 336 px; the ViT-bigG-class tower of Qwen-VL)
+- eva: `Blip2VisionModel`, which is EVA ViT-g/14 as BLIP-2 ships it (InstructBLIP, MiniGPT-4, MiniGPT-v2)
+- qwen2_vl: `Qwen2VisionTransformerPretrainedModel`, Qwen2-VL's native-resolution ViT with 2D-RoPE; its
+  patch merger is Loom's connector slot (see `vlm.connectors.patch_merger`)
+
+`image_features` picks the hidden state a preset names (the penultimate layer by default), applies the
+tower's final LayerNorm where the paper does (BLIP-2's ln_vision) and keeps or drops the CLS token.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def build_vision_tower(kind: str, config: dict) -> nn.Module:
+    """A randomly initialised vision tower of `kind` from transformers config kwargs."""
+    if kind == "clip":
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        return CLIPVisionModel(CLIPVisionConfig(**config))
+    if kind == "eva":
+        from transformers import Blip2VisionConfig, Blip2VisionModel
+
+        return Blip2VisionModel(Blip2VisionConfig(**config))
+    if kind == "qwen2_vl":
+        from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+
+        return Qwen2VisionTransformerPretrainedModel(Qwen2VLVisionConfig(**config))
+    raise ValueError(f"vision tower kind {kind!r}; expected clip, eva or qwen2_vl")
+
+
+def _post_layernorm(tower: nn.Module) -> nn.Module:
+    inner = getattr(tower, "vision_model", tower)  # CLIPVisionModel wraps a CLIPVisionTransformer
+    return inner.post_layernorm
+
+
+def image_features(tower: nn.Module, pixel_values: torch.Tensor, layer: int, post_norm: bool, keep_cls: bool) -> torch.Tensor:
+    """(N, P[+1], Dv) features of N images from hidden state `layer` of a clip or eva tower."""
+    hidden_states = tower(pixel_values, output_hidden_states=True).hidden_states  # embeddings, then each layer
+    features = hidden_states[layer]  # (N, 1 + P, Dv)
+    if post_norm:
+        features = _post_layernorm(tower)(features)
+    return features if keep_cls else features[:, 1:]  # (N, P, Dv) without CLS
