@@ -3,6 +3,8 @@
     import vlm
     vlm.presets()                                  # the ten architectures
     model = vlm.build("llava-1.5", size="tiny")    # or size="published"
+    model = vlm.from_pretrained(path)              # Loom's format or an official HF checkpoint, detected
+    model.save_pretrained(path, format="loom")     # or format="hf" where transformers has the class
 
 Presets import instantly; the model, data, training and evaluation names load
 torch and transformers on first use, so `vlm.stages(name)` stays cheap for a
@@ -15,6 +17,7 @@ _LAZY = {
     "VisionLanguageModel": "model",
     "build_model": "model",
     "build": "model",
+    "from_pretrained": "checkpoint",
     "count_parameters": "model",
     "PackedDataset": "data",
     "DataPosition": "data",

@@ -164,8 +164,9 @@ def build_connector(preset: Preset, config: dict[str, Any], vision_size: int, ll
         # BLIP-2 keeps the text path and the stage-1 heads (ITC, ITM, ITG); InstructBLIP keeps the text path
         # for the instruction; MiniGPT-4's frozen Q-Former only turns images into queries.
         layout = {"qformer": (True, True), "instruct_qformer": (True, False), "qformer_linear": (False, False)}[kind]
-        qformer = QFormer(QFormerConfig(**{**config, "encoder_hidden_size": vision_size, "text_input": layout[0],
-                                           "stage1_heads": layout[1]}))
+        # (a checkpoint's config may say otherwise: BLIP-2's transformers checkpoints carry no text path)
+        qformer = QFormer(QFormerConfig(**{"text_input": layout[0], "stage1_heads": layout[1], **config,
+                                           "encoder_hidden_size": vision_size}))
         return qformer, LinearProjector(config["hidden_size"], llm_size)
     if kind == "resampler":
         from .connectors.resampler import QwenResampler
@@ -300,6 +301,13 @@ class VisionLanguageModel(nn.Module):
             attn_implementation=attn_implementation or config.get("attn_implementation", "sdpa"),
             connector_config=config.get("connector_config"),
         )
+
+    def save_pretrained(self, path, format: str = "loom"):
+        """Write this model to folder `path`: Loom's format, or format="hf" for the official transformers
+        checkpoint of its architecture (llava-1.5, BLIP-2, InstructBLIP, Qwen2-VL)."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, path, format=format)
 
     # -- forward -----------------------------------------------------------------------------
 

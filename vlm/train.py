@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .checkpoint import load_weights, weights_to_save
 from .data import DataPosition, PackedDataset
 from .model import VisionLanguageModel
 from .preset import Stage
@@ -95,7 +96,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", attn_implem
     folder = checkpoint_dir(path)
     config = json.loads((folder / "config.json").read_text())
     model = VisionLanguageModel.from_config_dict(config["model"], attn_implementation=attn_implementation)
-    model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    load_weights(model, folder / "model.safetensors")
     return model.to(device)
 
 
@@ -106,8 +107,7 @@ def _save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: dict, to
     old = out_dir / f"{CHECKPOINT}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, tmp / "model.safetensors")
+    save_file(weights_to_save(model), tmp / "model.safetensors")
     (tmp / "config.json").write_text(json.dumps({"model": model.config_dict(), "stage": state["stage"]}, indent=2))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -197,7 +197,7 @@ def train_stage(
     complete = out_dir / COMPLETE
     if complete.exists():
         # Leave the caller's model as the stage left it, so chained stages see trained weights.
-        model.load_state_dict(load_file(checkpoint_dir(out_dir) / "model.safetensors"), strict=True)
+        load_weights(model, checkpoint_dir(out_dir) / "model.safetensors")
         return json.loads(complete.read_text())
 
     # -- setup -----------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def train_stage(
                     f"{resumable}: saved with {key}={state['config'][key]}, resumed with {key}={getattr(config, key)}; "
                     f"the data position would point at different rows. Resume with the same {key} or use a new out_dir"
                 )
-        model.load_state_dict(load_file(resumable / "model.safetensors"), strict=True)
+        load_weights(model, resumable / "model.safetensors")
         optimizer.load_state_dict(torch.load(resumable / "optimizer.pt", map_location=device))
         scheduler.load_state_dict(torch.load(resumable / "scheduler.pt"))
         _restore_rng(torch.load(resumable / "rng.pt", weights_only=False))
@@ -242,7 +242,7 @@ def train_stage(
     else:
         if config.init_from:
             source = checkpoint_dir(config.init_from)
-            model.load_state_dict(load_file(source / "model.safetensors"), strict=True)
+            load_weights(model, source / "model.safetensors")
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         (out_dir / LOG).unlink(missing_ok=True)

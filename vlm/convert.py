@@ -1,0 +1,249 @@
+"""Official Hugging Face checkpoints in and out: llava-hf LLaVA-1.5, Salesforce BLIP-2 and InstructBLIP, Qwen2-VL.
+
+Each format says which transformers class holds it, which Loom preset its config maps to, and how
+parameter names translate. Loading goes through transformers' own class (so sharded files, dtype and
+its renaming of older checkpoint layouts are handled there) and hands the tensors to Loom's model
+without copying them; exporting builds the transformers class on the meta device and assigns Loom's
+tensors to it, so neither direction holds two copies of the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .preset import Preset, get_preset
+
+# transformers config keys that describe a file rather than a model; not carried into a preset
+_FILE_KEYS = ("transformers_version", "architectures", "_name_or_path", "torch_dtype", "dtype", "output_attentions",
+              "output_hidden_states", "return_dict", "id2label", "label2id", "problem_type", "tokenizer_class",
+              "chunk_size_feed_forward", "is_encoder_decoder")
+
+
+def config_kwargs(config) -> dict[str, Any]:
+    """A transformers sub-config as the kwargs that rebuild it (JSON-safe, file bookkeeping left out)."""
+    data = config.to_dict()
+    return {k: v for k, v in data.items() if k not in _FILE_KEYS and k != "model_type"}
+
+
+def rename(state: dict[str, torch.Tensor], prefixes: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Keys moved from one prefix to another (first match wins); a key no prefix matches is an error."""
+    renamed = {}
+    for key, value in state.items():
+        for old, new in prefixes:
+            if key.startswith(old):
+                renamed[new + key[len(old):]] = value
+                break
+        else:
+            raise KeyError(f"parameter {key!r} has no place in the converted model (prefixes: {[p for p, _ in prefixes]})")
+    return renamed
+
+
+def swapped(prefixes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(new, old) for old, new in prefixes]
+
+
+@dataclass(frozen=True)
+class HFFormat:
+    """How one transformers model class maps onto a Loom preset."""
+
+    model_type: str  # config.json's model_type
+    hf_class: str  # the transformers class that loads and saves it
+    preset_of: Callable[[Any], tuple[Preset, int, int]]  # HF config -> (preset, image_token_id, pad_token_id)
+    from_hf: Callable[[dict, Preset], dict]  # HF state dict -> Loom state dict
+    to_hf: Callable[[dict, Preset], dict]
+    hf_config_of: Callable[[Any], Any]  # Loom model -> HF config
+
+
+# ---------------------------------------------------------------------------------------------
+# LLaVA-1.5 (llava-hf): CLIP tower, 2-layer GELU projector, a LLaMA-family LLM
+# ---------------------------------------------------------------------------------------------
+
+LLAVA_PREFIXES = [
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "connector."),
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+]
+
+
+def _llm_kind(text_config, supported: tuple[str, ...], what: str) -> str:
+    kind = text_config.model_type
+    if kind not in supported:
+        raise ValueError(f"{what} with a {kind!r} language model: Loom converts {', '.join(supported)} here")
+    return kind
+
+
+def _llava_preset(config) -> tuple[Preset, int, int]:
+    vision = config.vision_config
+    if config.projector_hidden_act != "gelu" or not getattr(config, "multimodal_projector_bias", True):
+        raise ValueError(f"llava checkpoint with projector act {config.projector_hidden_act!r}: Loom's llava-1.5 "
+                         "preset has a 2-layer GELU MLP with biases")
+    if not isinstance(config.vision_feature_layer, int):
+        raise ValueError(f"llava checkpoint reading vision layers {config.vision_feature_layer}: Loom reads one layer")
+    keep_cls = config.vision_feature_select_strategy == "full"
+    preset = dataclasses.replace(
+        get_preset("llava-1.5"), name="llava-1.5", image_size=vision.image_size, patch_size=vision.patch_size,
+        visual_tokens=(vision.image_size // vision.patch_size) ** 2 + int(keep_cls), vision=config_kwargs(vision),
+        llm_kind=_llm_kind(config.text_config, ("llama", "qwen2"), "llava checkpoint"),
+        llm=config_kwargs(config.text_config), vision_feature_layer=config.vision_feature_layer, keep_cls=keep_cls)
+    pad = config.text_config.pad_token_id if config.text_config.pad_token_id is not None else getattr(config, "pad_token_id", 0)
+    return preset, config.image_token_id, pad if pad is not None else 0
+
+
+def _llava_hf_config(model):
+    from transformers import CLIPVisionConfig, LlavaConfig, AutoConfig
+
+    preset = model.preset
+    text = AutoConfig.for_model(preset.llm_kind, **model.llm_config)
+    return LlavaConfig(vision_config=CLIPVisionConfig(**model.vision_config).to_dict(), text_config=text.to_dict(),
+                       image_token_id=model.image_token_id, vision_feature_layer=preset.vision_feature_layer,
+                       vision_feature_select_strategy="full" if preset.keep_cls else "default",
+                       projector_hidden_act="gelu", pad_token_id=model.pad_token_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# BLIP-2 and InstructBLIP (Salesforce): EVA tower, Q-Former, language_projection, OPT / Vicuna / FlanT5
+# ---------------------------------------------------------------------------------------------
+
+def _qformer_prefixes(variant: str) -> Callable:
+    def from_hf(state: dict, preset: Preset) -> dict:
+        from .connectors.qformer import from_hf_state_dict
+
+        qformer = {k: v for k, v in state.items() if k == "query_tokens" or k.startswith("qformer.")}
+        rest = rename({k: v for k, v in state.items() if k not in qformer},
+                      [("vision_model.", "vision_tower."), ("language_projection.", "projection.linear_1."),
+                       ("language_model.", "language_model.")])
+        return {**rest, **{f"connector.{k}": v for k, v in from_hf_state_dict(qformer, variant).items()}}
+    return from_hf
+
+
+def _qformer_to_hf(variant: str) -> Callable:
+    def to_hf(state: dict, preset: Preset) -> dict:
+        from .connectors.qformer import to_hf_state_dict
+
+        connector = {k[len("connector."):]: v for k, v in state.items() if k.startswith("connector.")}
+        rest = rename({k: v for k, v in state.items() if not k.startswith("connector.")},
+                      [("vision_tower.", "vision_model."), ("projection.linear_1.", "language_projection."),
+                       ("language_model.", "language_model.")])
+        return {**rest, **to_hf_state_dict(connector, variant)}
+    return to_hf
+
+
+def _blip_preset(config, variant: str) -> tuple[Preset, int, int]:
+    from .connectors.qformer import QFormerConfig
+
+    kind = _llm_kind(config.text_config, ("opt", "llama", "t5"), f"{variant} checkpoint")
+    name = {("blip2", "opt"): "blip2-opt", ("blip2", "t5"): "blip2-flant5", ("instructblip", "t5"): "instructblip-flant5",
+            ("instructblip", "llama"): "instructblip-vicuna"}.get((variant, kind))
+    if name is None:
+        raise ValueError(f"{variant} checkpoint with a {kind!r} language model: no Loom preset has that pairing")
+    if config.image_token_id is None:
+        raise ValueError(f"this {variant} checkpoint's config has no image_token_id (an older processor layout); "
+                         "set image_token_id in its config.json to the id of the image placeholder token its "
+                         "processor adds, then load it again")
+    # the checkpoint's Q-Former layout: BLIP-2's conditional-generation model has no text path
+    qformer = dataclasses.asdict(QFormerConfig.from_hf(config.qformer_config, num_query_tokens=config.num_query_tokens,
+                                                       stage1_heads=False))
+    vision = config.vision_config
+    preset = dataclasses.replace(
+        get_preset(name), image_size=vision.image_size, patch_size=vision.patch_size,
+        visual_tokens=config.num_query_tokens, vision=config_kwargs(vision), connector_config=qformer,
+        llm=config_kwargs(config.text_config))
+    pad = config.text_config.pad_token_id
+    return preset, config.image_token_id, pad if pad is not None else 0
+
+
+def _blip_hf_config(variant: str) -> Callable:
+    def hf_config(model):
+        from transformers import AutoConfig, Blip2Config, InstructBlipConfig
+
+        from .connectors.qformer import QFormerConfig
+
+        q = QFormerConfig(**{k: v for k, v in model.connector_config.items()
+                             if k in {f.name for f in dataclasses.fields(QFormerConfig)}})
+        qformer = dict(hidden_size=q.hidden_size, num_hidden_layers=q.num_hidden_layers,
+                       num_attention_heads=q.num_attention_heads, intermediate_size=q.intermediate_size,
+                       hidden_act=q.hidden_act, cross_attention_frequency=q.cross_attention_frequency,
+                       encoder_hidden_size=q.encoder_hidden_size, vocab_size=q.vocab_size,
+                       max_position_embeddings=q.max_position_embeddings, layer_norm_eps=q.layer_norm_eps,
+                       pad_token_id=q.pad_token_id)
+        text = AutoConfig.for_model(model.preset.llm_kind, **model.llm_config)
+        config_class = Blip2Config if variant == "blip2" else InstructBlipConfig
+        return config_class(vision_config=dict(model.vision_config), qformer_config=qformer,
+                            text_config=text.to_dict(), num_query_tokens=q.num_query_tokens,
+                            image_token_id=model.image_token_id)
+    return hf_config
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry, and the two directions
+# ---------------------------------------------------------------------------------------------
+
+FORMATS: dict[str, HFFormat] = {
+    "llava": HFFormat("llava", "LlavaForConditionalGeneration", _llava_preset,
+                      lambda state, preset: rename(state, LLAVA_PREFIXES),
+                      lambda state, preset: rename(state, swapped(LLAVA_PREFIXES)), _llava_hf_config),
+    "blip-2": HFFormat("blip-2", "Blip2ForConditionalGeneration", lambda config: _blip_preset(config, "blip2"),
+                       _qformer_prefixes("blip2"), _qformer_to_hf("blip2"), _blip_hf_config("blip2")),
+    "instructblip": HFFormat("instructblip", "InstructBlipForConditionalGeneration",
+                             lambda config: _blip_preset(config, "instructblip"), _qformer_prefixes("instructblip"),
+                             _qformer_to_hf("instructblip"), _blip_hf_config("instructblip")),
+}
+# the Loom architectures each format exports
+EXPORTS = {"llava-1.5": "llava", "blip2-opt": "blip-2", "blip2-flant5": "blip-2", "instructblip-vicuna": "instructblip",
+           "instructblip-flant5": "instructblip"}
+
+
+def hf_format_of(model_type: str) -> HFFormat:
+    if model_type not in FORMATS:
+        raise ValueError(f"a {model_type!r} checkpoint: Loom loads {', '.join(sorted(FORMATS))} checkpoints "
+                         "(and its own format, a config.json with a 'model' entry)")
+    return FORMATS[model_type]
+
+
+def load_hf(path, device: str | torch.device = "cpu", attn_implementation: str | None = None):
+    """A Loom model holding the weights of the official checkpoint in folder `path`.
+
+    The tensors transformers loaded are handed over, not copied; building the Loom model allocates
+    its own (random) weights first, so the peak is two models' worth of memory for a moment."""
+    import transformers
+
+    from .model import model_class
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    fmt = hf_format_of(config.model_type)
+    preset, image_token_id, pad_token_id = fmt.preset_of(config)
+    hf_model = getattr(transformers, fmt.hf_class).from_pretrained(path, dtype=torch.float32)
+    state = fmt.from_hf(hf_model.state_dict(), preset)
+    del hf_model
+    model = model_class(preset)(preset, preset.vision, preset.llm, image_token_id, pad_token_id,
+                                attn_implementation=attn_implementation or "sdpa",
+                                connector_config=preset.connector_config)
+    _assign(model, state, f"{path} ({fmt.hf_class})")
+    return model.to(device)
+
+
+def save_hf(model, path) -> None:
+    """Write `model` as the official transformers checkpoint of its architecture."""
+    import transformers
+
+    name = model.preset.architecture
+    if name not in EXPORTS:
+        raise ValueError(f"{name}: transformers has no class for this architecture; save it with format='loom' "
+                         f"(formats with a transformers class: {', '.join(sorted(EXPORTS))})")
+    fmt = FORMATS[EXPORTS[name]]
+    hf_model = getattr(transformers, fmt.hf_class)(fmt.hf_config_of(model))
+    _assign(hf_model, fmt.to_hf(dict(model.state_dict()), model.preset), fmt.hf_class)
+    hf_model.save_pretrained(path)
+
+
+def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Put `state`'s tensors into `module` (no copy); every parameter must be given, and nothing else."""
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"{what}: the weights do not fit; missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                         f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
