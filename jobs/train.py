@@ -112,7 +112,7 @@ def _vqa_records(render_dir: Path, settings: dict) -> tuple[list[dict], list[dic
 def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print) -> dict | None:
     """Greedy answers to held-out questions, scored against the majority-answer baselines."""
 
-    from vlm.evaluate import generate_greedy, normalize_answer, vqa_accuracy
+    from vlm.evaluate import generate, normalize_answer, vqa_accuracy
     from vlm.images import ImageProcessor
 
     items, train = _vqa_records(render_dir, settings)
@@ -129,7 +129,7 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
         batch = items[start:start + settings["batch_size"]]
         prompts = [encoder.encode_prompt([r["messages"][0]]).tolist() for r in batch]
         pixels = processor.stack([r["images"][0] for r in batch]).to(device)
-        outputs = generate_greedy(model, prompts, pixels, encoder.eos_id, pad_id, settings["max_new_tokens"])
+        outputs = generate(model, prompts, pixels, encoder.eos_id, pad_id, settings["max_new_tokens"])
         predictions += [encoder.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
     answers = [r["answers"] for r in items]
     scores = vqa_accuracy(predictions, answers)

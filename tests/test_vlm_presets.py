@@ -9,7 +9,7 @@ from vlm.model import build_model, count_parameters
 from vlm.preset import get_preset
 
 IMAGE, PAD = 5, 0
-DECODER_PRESETS = [name for name in vlm.presets() if not get_preset(name).encoder_decoder and name != "qwen2-vl"]
+DECODER_PRESETS = [name for name in vlm.presets() if not get_preset(name).encoder_decoder]
 
 
 def packed_batch(preset, rows: int = 2, images_per_row: int = 2, seed: int = 0) -> dict:

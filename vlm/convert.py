@@ -10,6 +10,7 @@ tensors to it, so neither direction holds two copies of the weights.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -109,28 +110,34 @@ def _llava_hf_config(model):
 # BLIP-2 and InstructBLIP (Salesforce): EVA tower, Q-Former, language_projection, OPT / Vicuna / FlanT5
 # ---------------------------------------------------------------------------------------------
 
-def _qformer_prefixes(variant: str) -> Callable:
-    def from_hf(state: dict, preset: Preset) -> dict:
-        from .connectors.qformer import from_hf_state_dict
-
-        qformer = {k: v for k, v in state.items() if k == "query_tokens" or k.startswith("qformer.")}
-        rest = rename({k: v for k, v in state.items() if k not in qformer},
-                      [("vision_model.", "vision_tower."), ("language_projection.", "projection.linear_1."),
-                       ("language_model.", "language_model.")])
-        return {**rest, **{f"connector.{k}": v for k, v in from_hf_state_dict(qformer, variant).items()}}
-    return from_hf
+# What a stage-1 Q-Former holds beyond a generation checkpoint's (BLIP-2 only): the text path and the
+# ITC / ITM / ITG heads. Exporting a BLIP-2 model trained from stage 1 leaves them out.
+STAGE1_ONLY = re.compile(r"^(embeddings\.(word|position)_embeddings\.|encoder\.layer\.\d+\.(intermediate|output)\.|"
+                         r"vision_proj\.|text_proj\.|itm_head\.|lm_head\.|temp$)")
+BLIP_PREFIXES = [("vision_model.", "vision_tower."), ("language_projection.", "projection.linear_1."),
+                 ("language_model.", "language_model.")]
 
 
-def _qformer_to_hf(variant: str) -> Callable:
-    def to_hf(state: dict, preset: Preset) -> dict:
-        from .connectors.qformer import to_hf_state_dict
+def from_hf_blip(state: dict[str, torch.Tensor], variant: str) -> dict[str, torch.Tensor]:
+    """A transformers Blip2ForConditionalGeneration ("blip2") or InstructBlipForConditionalGeneration
+    ("instructblip") state dict, with any language model, under Loom's names."""
+    from .connectors.qformer import from_hf_state_dict
 
-        connector = {k[len("connector."):]: v for k, v in state.items() if k.startswith("connector.")}
-        rest = rename({k: v for k, v in state.items() if not k.startswith("connector.")},
-                      [("vision_tower.", "vision_model."), ("projection.linear_1.", "language_projection."),
-                       ("language_model.", "language_model.")])
-        return {**rest, **to_hf_state_dict(connector, variant)}
-    return to_hf
+    qformer = {k: v for k, v in state.items() if k == "query_tokens" or k.startswith("qformer.")}
+    rest = rename({k: v for k, v in state.items() if k not in qformer}, BLIP_PREFIXES)
+    return {**rest, **{f"connector.{k}": v for k, v in from_hf_state_dict(qformer, variant).items()}}
+
+
+def to_hf_blip(state: dict[str, torch.Tensor], variant: str) -> dict[str, torch.Tensor]:
+    """Loom's state dict of a BLIP-2 / InstructBLIP preset under transformers' names; what those classes have
+    no place for (BLIP-2's stage-1 text path and heads) is left out."""
+    from .connectors.qformer import to_hf_state_dict
+
+    connector = {k[len("connector."):]: v for k, v in state.items() if k.startswith("connector.")}
+    if variant == "blip2":
+        connector = {k: v for k, v in connector.items() if not STAGE1_ONLY.match(k)}
+    rest = rename({k: v for k, v in state.items() if not k.startswith("connector.")}, swapped(BLIP_PREFIXES))
+    return {**rest, **to_hf_state_dict(connector, variant)}
 
 
 def _blip_preset(config, variant: str) -> tuple[Preset, int, int]:
@@ -180,6 +187,40 @@ def _blip_hf_config(variant: str) -> Callable:
 
 
 # ---------------------------------------------------------------------------------------------
+# Qwen2-VL: native-resolution ViT with its patch merger, Qwen2 with M-RoPE
+# ---------------------------------------------------------------------------------------------
+
+def _qwen2_vl_preset(config) -> tuple[Preset, int, int]:
+    vision, text = config.vision_config, config.text_config
+    base = get_preset("qwen2-vl")
+    image = base.image_size  # the reference size visual_tokens is quoted for; real images keep their own
+    preset = dataclasses.replace(
+        base, patch_size=vision.patch_size, vision=config_kwargs(vision), llm=config_kwargs(text),
+        visual_tokens=(image // vision.patch_size) ** 2 // vision.spatial_merge_size ** 2)
+    pad = text.pad_token_id if getattr(text, "pad_token_id", None) is not None else 0
+    return preset, config.image_token_id, pad
+
+
+def _qwen2_vl_hf_config(model):
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(vision_config=dict(model.vision_config), text_config=dict(model.llm_config),
+                         image_token_id=model.image_token_id)
+
+
+def _qwen2_vl_from_hf(state: dict, preset: Preset) -> dict:
+    from .qwen2_vl import from_hf_qwen2_vl_state_dict
+
+    return from_hf_qwen2_vl_state_dict(state)
+
+
+def _qwen2_vl_to_hf(state: dict, preset: Preset) -> dict:
+    from .qwen2_vl import to_hf_qwen2_vl_state_dict
+
+    return to_hf_qwen2_vl_state_dict(state)
+
+
+# ---------------------------------------------------------------------------------------------
 # The registry, and the two directions
 # ---------------------------------------------------------------------------------------------
 
@@ -188,14 +229,18 @@ FORMATS: dict[str, HFFormat] = {
                       lambda state, preset: rename(state, LLAVA_PREFIXES),
                       lambda state, preset: rename(state, swapped(LLAVA_PREFIXES)), _llava_hf_config),
     "blip-2": HFFormat("blip-2", "Blip2ForConditionalGeneration", lambda config: _blip_preset(config, "blip2"),
-                       _qformer_prefixes("blip2"), _qformer_to_hf("blip2"), _blip_hf_config("blip2")),
+                       lambda state, preset: from_hf_blip(state, "blip2"),
+                       lambda state, preset: to_hf_blip(state, "blip2"), _blip_hf_config("blip2")),
     "instructblip": HFFormat("instructblip", "InstructBlipForConditionalGeneration",
-                             lambda config: _blip_preset(config, "instructblip"), _qformer_prefixes("instructblip"),
-                             _qformer_to_hf("instructblip"), _blip_hf_config("instructblip")),
+                             lambda config: _blip_preset(config, "instructblip"),
+                             lambda state, preset: from_hf_blip(state, "instructblip"),
+                             lambda state, preset: to_hf_blip(state, "instructblip"), _blip_hf_config("instructblip")),
+    "qwen2_vl": HFFormat("qwen2_vl", "Qwen2VLForConditionalGeneration", _qwen2_vl_preset, _qwen2_vl_from_hf,
+                         _qwen2_vl_to_hf, _qwen2_vl_hf_config),
 }
 # the Loom architectures each format exports
 EXPORTS = {"llava-1.5": "llava", "blip2-opt": "blip-2", "blip2-flant5": "blip-2", "instructblip-vicuna": "instructblip",
-           "instructblip-flant5": "instructblip"}
+           "instructblip-flant5": "instructblip", "qwen2-vl": "qwen2_vl"}
 
 
 def hf_format_of(model_type: str) -> HFFormat:

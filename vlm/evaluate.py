@@ -1,25 +1,16 @@
-"""Greedy visual question answering and VQA accuracy.
-
-Generation is batched with left padding and a KV cache. The mask is the same
-document-id mask training uses: left padding is a document of its own, so a
-padding query still sees itself (no fully masked rows, no NaNs) and real
-tokens never see padding.
-"""
+"""Visual question answering with a trained model (greedy or beam search), and VQA accuracy."""
 
 from __future__ import annotations
 
 import re
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-from transformers import DynamicCache
-
+from .generate import generate
 from .images import ImageProcessor
-from .model import VisionLanguageModel, build_attention_mask
+from .model import VisionLanguageModel
 
-PADDING, PROMPT = 0, 1  # document ids during generation
+__all__ = ["answer_questions", "generate", "normalize_answer", "vqa_accuracy"]
 
 
 def _prompt_ids(tokenizer, prompt: str, image_token_id: int, visual_tokens: int) -> list[int]:
@@ -42,76 +33,6 @@ def _eos_id(tokenizer) -> int:
     return int(eos)
 
 
-@torch.no_grad()
-def generate_greedy(
-    model: VisionLanguageModel,
-    prompts: Sequence[list[int]],
-    pixel_values: torch.Tensor | None,
-    eos_token_id: int,
-    pad_token_id: int,
-    max_new_tokens: int = 8,
-    use_cache: bool = True,
-) -> list[list[int]]:
-    """Greedy continuations (eos excluded) of token-id prompts, left-padded into one batch."""
-    if model.attn_implementation in ("flex_attention", "segment_sdpa"):
-        # One-token decode steps gain nothing from either: torch 2.13's CPU flex kernel fails to
-        # compile them, and segment_sdpa works on whole samples, not a cache. sdpa computes the
-        # same attention from the same document ids.
-        mode = model.attn_implementation
-        model.set_attention("sdpa")
-        try:
-            return generate_greedy(model, prompts, pixel_values, eos_token_id, pad_token_id, max_new_tokens, use_cache)
-        finally:
-            model.set_attention(mode)
-    device = next(model.parameters()).device
-    batch, length = len(prompts), max(len(p) for p in prompts)
-    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long, device=device)
-    document_ids = torch.full((batch, length), PADDING, dtype=torch.long, device=device)
-    for b, ids in enumerate(prompts):
-        input_ids[b, length - len(ids):] = torch.tensor(ids, device=device)
-        document_ids[b, length - len(ids):] = PROMPT
-    # Positions count real tokens only, so a left-padded prompt is encoded exactly as alone.
-    positions = (document_ids == PROMPT).long().cumsum(-1).sub(1).clamp(min=0)  # (B, L)
-
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    mode = model.attn_implementation
-    cache = DynamicCache(config=model.language_model.config) if use_cache else None
-    with autocast:
-        output = model(
-            input_ids, pixel_values, position_ids=positions, document_ids=document_ids, cache=cache,
-            attention_mask=build_attention_mask(document_ids, document_ids, mode), logits_to_keep=1,
-        )
-    generated = [[] for _ in range(batch)]
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
-        logits = output.logits[:, -1]  # (B, V)
-        # <image> is an input placeholder, never an answer (and fed back it would ask for pixels).
-        logits[:, model.image_token_id] = float("-inf")
-        next_token = logits.argmax(-1)  # (B,)
-        for b, token in enumerate(next_token.tolist()):
-            if not finished[b] and token != eos_token_id:
-                generated[b].append(token)
-        finished |= next_token == eos_token_id
-        if bool(finished.all()):
-            break
-        next_position = positions[:, -1:] + 1  # (B, 1)
-        positions = torch.cat([positions, next_position], dim=1)
-        document_ids = torch.cat([document_ids, torch.full_like(next_position, PROMPT)], dim=1)
-        if use_cache:
-            step_ids = next_token[:, None]  # (B, 1): only the new token, earlier keys come from the cache
-            mask = build_attention_mask(document_ids[:, -1:], document_ids, mode, query_offset=document_ids.shape[1] - 1)
-            with autocast:
-                output = model(step_ids, None, position_ids=next_position, document_ids=document_ids[:, -1:],
-                               cache=output.cache, attention_mask=mask, logits_to_keep=1)
-        else:
-            # Recompute the whole sequence: slow, the reference the cached path must agree with.
-            input_ids = torch.cat([input_ids, next_token[:, None]], dim=1)
-            with autocast:
-                output = model(input_ids, pixel_values, position_ids=positions, document_ids=document_ids,
-                               attention_mask=build_attention_mask(document_ids, document_ids, mode), logits_to_keep=1)
-    return generated
-
-
 def answer_questions(
     model: VisionLanguageModel,
     tokenizer,
@@ -121,8 +42,9 @@ def answer_questions(
     batch_size: int = 8,
     use_cache: bool = True,
     image_root: str | Path | None = None,
+    num_beams: int = 1,
 ) -> list[str]:
-    """Greedy answers to visual questions, one string per item.
+    """Answers to visual questions, one string per item (greedy, or beam search with num_beams > 1).
 
     Each item has an `image` (a reference: shard+key, path, or a PIL image) and either a
     `prompt` already in the model's chat format with one `<image>`, or whatever
@@ -143,7 +65,8 @@ def answer_questions(
                 for item in chunk
             ]
             pixel_values = images.stack([item["image"] for item in chunk]).to(device)  # (B, 3, H, W)
-            continuations = generate_greedy(model, prompts, pixel_values, eos, pad, max_new_tokens, use_cache)
+            continuations = generate(model, prompts, pixel_values, eos, pad, max_new_tokens, num_beams=num_beams,
+                                     use_cache=use_cache)
             answers.extend(tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in continuations)
     finally:
         model.train(was_training)

@@ -51,6 +51,9 @@ class Qwen2VLCausalLM(nn.Module):
     def set_attn_implementation(self, mode: str) -> None:
         self.model.set_attn_implementation(mode)
 
+    def activation_checkpointing_enable(self) -> None:
+        self.model.activation_checkpointing_enable()
+
 
 def decoder_stack(language_model: nn.Module) -> nn.Module:
     """The part of a causal LM that maps input embeddings to hidden states (no LM head)."""

@@ -227,8 +227,8 @@ class VisionLanguageModel(nn.Module):
     def build_connector(self) -> tuple[nn.Module, nn.Module | None]:
         """(connector, projection or None) for this model's preset (a subclass whose tower holds its
         connector, as Qwen2-VL's does, returns that)."""
-        return build_connector(self.preset, self.connector_config, self.vision_config["hidden_size"],
-                               self.llm_config["hidden_size"])
+        llm_size = self.llm_config.get("hidden_size", self.llm_config.get("d_model"))  # T5 calls it d_model
+        return build_connector(self.preset, self.connector_config, self.vision_config["hidden_size"], llm_size)
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -351,6 +351,16 @@ class VisionLanguageModel(nn.Module):
         # which is exactly the order the images were stacked in.
         return inputs_embeds.masked_scatter(is_image.unsqueeze(-1).expand_as(inputs_embeds), features)
 
+    def prepare_images(self, pixel_values: torch.Tensor | None, image_inputs: dict) -> tuple[torch.Tensor | None, dict]:
+        """Pixels and the other image inputs as `embed` and `position_ids` take them (as given here;
+        Qwen2-VL cuts images into patch sequences)."""
+        return pixel_values, image_inputs
+
+    def position_ids(self, input_ids: torch.Tensor, document_ids: torch.Tensor, position_ids: torch.Tensor | None,
+                     cache: Any = None, **image_inputs) -> torch.Tensor:
+        """(B, L) positions restarting in every packed sample, unless given."""
+        return positions_from_document_ids(document_ids) if position_ids is None else position_ids
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -364,8 +374,7 @@ class VisionLanguageModel(nn.Module):
         num_items_in_batch: int | torch.Tensor | None = None,
         return_logits: bool = True,
         logits_to_keep: int = 0,
-        qformer_input_ids: torch.Tensor | None = None,
-        qformer_attention_mask: torch.Tensor | None = None,
+        **image_inputs,
     ) -> VLMOutput:
         """Logits and/or loss of packed rows.
 
@@ -375,6 +384,8 @@ class VisionLanguageModel(nn.Module):
         in the batch, or sum / num_items_in_batch when the caller accumulates several
         micro-batches into one step, so packing changes speed, never the objective.
         `attention_mask` and `cache` are for generation, which manages its own mask.
+        `image_inputs` are what a preset reads besides pixels: InstructBLIP's qformer_input_ids and
+        qformer_attention_mask (one row per image), Qwen2-VL's image_grid_thw.
         """
         length = input_ids.shape[1]
         if document_ids is None:
@@ -382,8 +393,9 @@ class VisionLanguageModel(nn.Module):
                 document_ids = document_ids_from_segments(segment_lengths, length, input_ids.device)
             else:
                 document_ids = torch.zeros_like(input_ids)
-        if position_ids is None:
-            position_ids = positions_from_document_ids(document_ids)
+        pixel_values, image_inputs = self.prepare_images(pixel_values, image_inputs)
+        inputs_embeds = self.embed(input_ids, pixel_values, **image_inputs)  # (B, L, D)
+        position_ids = self.position_ids(input_ids, document_ids, position_ids, cache, **image_inputs)
         extra = {}
         if self.attn_implementation == "segment_sdpa":
             if cache is not None:
@@ -392,8 +404,6 @@ class VisionLanguageModel(nn.Module):
         elif attention_mask is None:
             attention_mask = build_attention_mask(document_ids, document_ids, self.attn_implementation)
 
-        inputs_embeds = self.embed(input_ids, pixel_values, qformer_input_ids=qformer_input_ids,
-                                   qformer_attention_mask=qformer_attention_mask)  # (B, L, D)
         outputs = decoder_stack(self.language_model)(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -165,7 +165,7 @@ OPT_2_7B = dict(vocab_size=50272, hidden_size=2560, ffn_dim=10240, num_hidden_la
 FLAN_T5_XL = dict(vocab_size=32128, d_model=2048, d_ff=5120, d_kv=64, num_heads=32, num_layers=24, num_decoder_layers=24,
                   feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
                   layer_norm_epsilon=1e-6, tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
-                  eos_token_id=1)
+                  eos_token_id=1, dense_act_fn="gelu")  # exact GELU, as LAVIS and transformers' BLIP-2 conversion load it
 
 # Two learning-rate stages as LLaVA runs them: projector on caption pairs, then projector + LLM
 def _llava_stages(pretrain_lr: float, instruct_lr: float, batches=(256, 128)) -> tuple[Stage, ...]:
@@ -269,7 +269,8 @@ def _published() -> list[Preset]:
                                           rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
                                           tie_word_embeddings=False),
             stages=(
-                Stage("vision", trainable=("vision",), data="pretrain", lr=1e-4),
+                # the merger sits inside Qwen's `visual` module, so "train the ViT" trains it too
+                Stage("vision", trainable=("vision", "connector"), data="pretrain", lr=1e-4),
                 Stage("all", trainable=("vision", "connector", "llm"), data="multitask", lr=2e-5),
                 Stage("instruct", trainable=("connector", "llm"), data="instruct", lr=1e-5),
             ),
@@ -343,6 +344,7 @@ TINY_OPT = dict(OPT_2_7B, vocab_size=256, hidden_size=64, ffn_dim=128, num_hidde
 TINY_T5 = dict(FLAN_T5_XL, vocab_size=256, d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2)
 TINY_QWEN2 = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=10000.0,
+                  bos_token_id=None, eos_token_id=None,
                   tie_word_embeddings=False)
 
 # Tiny stage lists keep the paper's stages and groups; learning rates are higher, as a randomly

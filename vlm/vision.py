@@ -3,7 +3,7 @@
 - clip: `CLIPVisionModel` (LLaVA's ViT-L/14 at 224 and 336 px; the ViT-bigG-class tower of Qwen-VL)
 - eva: `Blip2VisionModel`, which is EVA ViT-g/14 as BLIP-2 ships it (InstructBLIP, MiniGPT-4, MiniGPT-v2)
 - qwen2_vl: `Qwen2VisionTransformerPretrainedModel`, Qwen2-VL's native-resolution ViT with 2D-RoPE; its
-  patch merger is Loom's connector slot (see `vlm.connectors.patch_merger`)
+  patch merger is Loom's connector slot (see `vlm.qwen2_vl`)
 
 `image_features` picks the hidden state a preset names (the penultimate layer by default), applies the
 tower's final LayerNorm where the paper does (BLIP-2's ln_vision) and keeps or drops the CLS token.
