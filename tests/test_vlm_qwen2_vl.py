@@ -335,3 +335,31 @@ def test_an_official_checkpoint_folder_loads_through_from_pretrained_and_saves_b
     again = Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "exported").eval()
     with torch.no_grad():
         assert torch.equal(again(**hf_inputs(batch)).logits, theirs)
+
+
+def test_beam_search_and_greedy_decode_as_transformers_does_on_the_same_weights():
+    from vlm.generate import generate
+
+    hf = hf_model()
+    model = loom_from(hf)
+    batch = packed([[s] for s in samples()[-2:]])
+    prompts = [row[:lengths[0] - 3].tolist() for row, lengths in zip(batch["input_ids"], batch["segment_lengths"])]
+    for beams in (1, 3):
+        ours = generate(model, prompts, batch["pixel_values"], 2, PAD, max_new_tokens=5, num_beams=beams,
+                        image_grid_thw=batch["image_grid_thw"])
+        theirs = []
+        counts = [len(s["images"]) for s in samples()[-2:]]
+        for k, prompt in enumerate(prompts):  # one prompt at a time: transformers' own batch layout is not Loom's
+            ids = torch.tensor([prompt])
+            first = sum(counts[:k])
+            grid = batch["image_grid_thw"][first:first + counts[k]]
+            start = int(batch["image_grid_thw"][:first].prod(-1).sum())
+            patches = batch["pixel_values"][start:start + int(grid.prod(-1).sum())]
+            with torch.no_grad():
+                out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=patches,
+                                  image_grid_thw=grid, mm_token_type_ids=(ids == IMAGE).int(), max_new_tokens=5,
+                                  num_beams=beams, do_sample=False, eos_token_id=2, pad_token_id=PAD,
+                                  bad_words_ids=[[IMAGE]])[0, len(prompt):].tolist()
+            theirs.append(out[:out.index(2)] if 2 in out else [t for t in out if t != PAD])
+        assert ours == theirs, beams
+    assert isinstance(model.vision_tower.merger, torch.nn.Identity)  # the view gave the merger back

@@ -70,14 +70,15 @@ def generate(
                            **image_inputs)
     device = next(model.parameters()).device
     input_ids, document_ids = _left_padded(prompts, pad_token_id, device)
-    embeds = model.embed(input_ids, pixel_values, **image_inputs)  # (B, L, D)
     attention_mask = (document_ids == PROMPT).long()
+    settings = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, length_penalty=length_penalty,
+                    eos_token_id=eos_token_id, pad_token_id=pad_token_id, bad_words_ids=[[model.image_token_id]])
     with _dense_attention(model):
-        out = model.language_model.generate(
-            inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
-            do_sample=False, length_penalty=length_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-            bad_words_ids=[[model.image_token_id]],
-        )
+        if hasattr(model, "transformers_generate"):  # positions the LLM alone cannot derive (Qwen2-VL's M-RoPE)
+            out = model.transformers_generate(input_ids, attention_mask, pixel_values, **image_inputs, **settings)
+        else:
+            embeds = model.embed(input_ids, pixel_values, **image_inputs)  # (B, L, D)
+            out = model.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **settings)
     # A decoder-only model given only embeddings returns the new tokens; an encoder-decoder model
     # returns its decoder sequence, which starts with the decoder start token.
     start = 1 if model.preset.encoder_decoder else 0

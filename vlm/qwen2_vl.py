@@ -19,6 +19,7 @@ convert weights to and from transformers' Qwen2VLForConditionalGeneration.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -240,6 +241,38 @@ class Qwen2VLM(VisionLanguageModel):
             return None, image_inputs
         pixel_values, grid = self.patches(pixel_values, image_inputs.get("image_grid_thw"))
         return pixel_values, {**image_inputs, "image_grid_thw": grid}
+
+
+    @contextmanager
+    def as_transformers(self):
+        """transformers' Qwen2VLForConditionalGeneration made of this model's own modules, nothing copied:
+        its `generate` (beam search with M-RoPE's rope deltas) then runs on Loom's weights."""
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+        config = Qwen2VLConfig(vision_config=dict(self.vision_config), text_config=dict(self.llm_config),
+                               image_token_id=self.image_token_id)
+        with torch.device("meta"):  # every parameter is replaced by Loom's below
+            view = Qwen2VLForConditionalGeneration(config)
+        self.vision_tower.merger = self.connector
+        view.model.visual = self.vision_tower
+        view.model.language_model = self.language_model.model
+        view.lm_head = self.language_model.lm_head
+        try:
+            yield view.eval()
+        finally:
+            self.vision_tower.merger = nn.Identity()
+
+    def transformers_generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              pixel_values: torch.Tensor | None, image_grid_thw: torch.Tensor | None = None,
+                              **settings) -> torch.Tensor:
+        """New tokens (B, T) from transformers' generate on this model (see as_transformers)."""
+        if pixel_values is not None:
+            pixel_values, image_grid_thw = self.patches(pixel_values, image_grid_thw)
+        with self.as_transformers() as view:
+            out = view.generate(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                                image_grid_thw=image_grid_thw, mm_token_type_ids=(input_ids == self.image_token_id).int(),
+                                **settings)
+        return out[:, input_ids.shape[1]:]
 
 
 # ---------------------------------------------------------------------------------------------
