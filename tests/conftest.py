@@ -19,3 +19,14 @@ def small_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
     summary = write_demo_data(str(out), **SMALL_WORLD)
     return out, summary
+
+
+@pytest.fixture
+def fresh_compiler():
+    """torch's compiler state cleared before and after: torch 2.13's CPU flex_attention kernel miscompiles
+    when a later model's shapes make it recompile with dynamic shapes."""
+    import torch
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

@@ -118,3 +118,39 @@ def test_published_sizes_build_on_the_meta_device_with_the_papers_widths(name):
     counts = count_parameters(model)
     assert counts["total"] > 1_000_000_000
     assert model.language_model.config.hidden_size == preset.llm["hidden_size"]
+
+
+@pytest.mark.parametrize("name", [n for n in DECODER_PRESETS if n != "qwen2-vl"])  # transformers' Qwen2-VL LLM refuses flex
+def test_flex_attention_gives_the_packed_logits_sdpa_gives(name, fresh_compiler):
+    preset = get_preset(name, size="tiny")
+    model = build_model(preset, vocab_size=256, image_token_id=IMAGE, pad_token_id=PAD).eval()
+    batch = packed_batch(preset)
+    extra = qformer_inputs(model, batch)
+    with torch.no_grad():
+        dense = model(**batch, **extra).logits
+        model.set_attention("flex_attention")
+        flex = model(**batch, **extra).logits
+    torch.testing.assert_close(flex, dense, atol=2e-5, rtol=1e-4)
+
+
+def test_flash_attention_sees_every_packed_segment_as_its_own_sequence():
+    from vlm.model import varlen_kwargs
+
+    document_ids = torch.tensor([[0, 0, 0, 1, 1, 2], [0, 0, 0, 0, 1, 1]])  # row 0 ends in padding (segment 2)
+    kwargs = varlen_kwargs(document_ids)
+    assert kwargs["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 10, 12] and kwargs["cu_seq_lens_q"].dtype == torch.int32
+    assert kwargs["max_length_q"] == kwargs["max_length_k"] == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or __import__("importlib").util.find_spec("flash_attn") is None,
+                    reason="flash-attn needs a CUDA GPU and the flash_attn package")
+@pytest.mark.parametrize("name", ["llava-1.5", "blip2-opt", "qwen-vl"])
+def test_flash_attention_2_gives_the_packed_logits_sdpa_gives(name):
+    preset = get_preset(name, size="tiny")
+    model = build_model(preset, vocab_size=256, image_token_id=IMAGE, pad_token_id=PAD).cuda().to(torch.bfloat16).eval()
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in packed_batch(preset).items()}
+    with torch.no_grad():
+        dense = model(**batch).logits
+        model.set_attention("flash_attention_2")
+        flash = model(**batch).logits
+    torch.testing.assert_close(flash, dense, atol=5e-2, rtol=5e-2)  # bf16 kernels differ in rounding

@@ -27,7 +27,7 @@ def _dense_attention(model: VisionLanguageModel):
     kernel fails to compile them) and segment_sdpa works on whole samples, not a cache; sdpa computes
     the same attention from the same document ids."""
     mode = model.attn_implementation
-    if mode in ("flex_attention", "segment_sdpa"):
+    if mode in ("flex_attention", "segment_sdpa", "flash_attention_2"):
         model.set_attention("sdpa")
     try:
         yield

@@ -22,7 +22,7 @@ from .language import build_language_model, decoder_stack
 from .preset import Preset, get_preset
 from .vision import build_vision_tower, image_features
 
-ATTENTION_MODES = ("sdpa", "eager", "flex_attention", "segment_sdpa")
+ATTENTION_MODES = ("sdpa", "eager", "flex_attention", "segment_sdpa", "flash_attention_2")
 
 
 def segment_bounds(document_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
@@ -58,6 +58,15 @@ def segment_sdpa_attention(module, query, key, value, attention_mask, scaling=No
 
 
 AttentionInterface.register("segment_sdpa", segment_sdpa_attention)
+
+
+def varlen_kwargs(document_ids: torch.Tensor) -> dict[str, Any]:
+    """flash-attn's variable-length arguments for packed rows: every segment of every row (padding
+    included) as one sequence of the flattened (B * L) batch, so no token attends outside its sample."""
+    lengths = [e - s for row in segment_bounds(document_ids) for s, e in row]
+    cu_seqlens = torch.tensor([0, *lengths], dtype=torch.int32, device=document_ids.device).cumsum(0, dtype=torch.int32)
+    longest = max(lengths)
+    return {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": longest, "max_length_k": longest}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,10 +406,12 @@ class VisionLanguageModel(nn.Module):
         inputs_embeds = self.embed(input_ids, pixel_values, **image_inputs)  # (B, L, D)
         position_ids = self.position_ids(input_ids, document_ids, position_ids, cache, **image_inputs)
         extra = {}
+        if self.attn_implementation in ("segment_sdpa", "flash_attention_2") and cache is not None:
+            raise ValueError(f"{self.attn_implementation} computes whole samples; generate with sdpa (set_attention('sdpa'))")
         if self.attn_implementation == "segment_sdpa":
-            if cache is not None:
-                raise ValueError("segment_sdpa computes whole samples; generate with sdpa (set_attention('sdpa'))")
             extra["segment_bounds"] = segment_bounds(document_ids)
+        elif self.attn_implementation == "flash_attention_2":
+            extra.update(varlen_kwargs(document_ids))  # no mask: flash-attn's varlen kernel keeps samples apart
         elif attention_mask is None:
             attention_mask = build_attention_mask(document_ids, document_ids, self.attn_implementation)
 
