@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from jobs.config import ConfigError, require, section
 from pipelines.manifest import StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest, write_json_atomic
-from pipelines.pack import assign_bins, build_sequences, fill_stats
+from pipelines.pack import build_sequences, fill_stats, plan_sequences, split_text_sample
 from pipelines.render import read_render_output, selected
 from pipelines.tokenize import Encoder, load_tokenizer
 from pipelines.tokenizer_training import train_bpe
@@ -23,8 +23,17 @@ DEFAULTS = {
     "tokenizer": {"train": {"vocab_size": 2000}},  # or {path: a local Hugging Face tokenizer folder}
     "loss_on": "assistant",
     "sequences_per_shard": 1000,
+    # block: samples isolated (attention and positions restart per sample); interleave_same_task: samples of
+    # one task share a sequence as one document and attend across (Qwen-VL's interleaved stage 2)
+    "mode": "block",
+    "max_images_per_sequence": None,  # a cap for the vision tower's memory
+    "window": 1_000_000,  # samples packed together at most: memory stays flat on any corpus size
+    "too_long": "drop",  # or split: text-only samples cut into sequences; a sample with images is never cut
     "outputs": {},  # name -> {datasets: [prefixes of the records' `dataset`], split: train}
 }
+
+
+MODES = ("block", "interleave_same_task")
 
 
 def pack_settings(config: dict) -> dict:
@@ -40,6 +49,14 @@ def pack_settings(config: dict) -> dict:
             f"pack.tokenizer: {tok!r}; expected either {{path: DIR}} or {{train: {{vocab_size: N}}}}")
     require(cfg["loss_on"] in ("assistant", "all"), f"pack.loss_on: {cfg['loss_on']!r}; expected assistant or all")
     require(cfg["seq_len"] >= 64, f"pack.seq_len: {cfg['seq_len']}; expected at least 64")
+    require(cfg["mode"] in MODES, f"pack.mode: {cfg['mode']!r}; expected one of {', '.join(MODES)}")
+    cap = cfg["max_images_per_sequence"]
+    require(cap is None or (isinstance(cap, int) and cap >= 1),
+            f"pack.max_images_per_sequence: {cap!r}; expected a whole number >= 1, or null for no cap")
+    require(isinstance(cfg["window"], int) and cfg["window"] >= 1,
+            f"pack.window: {cfg['window']!r}; expected the number of samples packed together, e.g. 1000000")
+    require(cfg["too_long"] in ("drop", "split"),
+            f"pack.too_long: {cfg['too_long']!r}; expected drop, or split (text-only samples only)")
     require(bool(cfg["outputs"]), "pack.outputs: empty; name at least one packed output, e.g. "
             "{instruct: {datasets: [vqav2], split: train}}")
     for name, spec in cfg["outputs"].items():
@@ -115,18 +132,31 @@ def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Pa
     samples, dropped = [], collections.Counter()
     for r in records:
         input_ids, labels, images = encoder.encode(r["messages"])
+        sample = {"input_ids": input_ids, "labels": labels, "images": r["images"], "task": r["task"], "id": r["id"]}
         if images != len(r["images"]):
             dropped["image_count_mismatch"] += 1
-        elif len(input_ids) > seq_len:
-            dropped["too_long"] += 1  # never cut: a cut inside an image would corrupt it
+        elif len(input_ids) <= seq_len:
+            samples.append(sample)
+        elif images:
+            dropped["too_long_with_images"] += 1  # never cut: a cut inside an image would corrupt it
+        elif cfg["too_long"] == "split":
+            samples.extend(split_text_sample(sample, seq_len))
         else:
-            samples.append({"input_ids": input_ids, "labels": labels, "images": r["images"],
-                            "task": r["task"], "id": r["id"]})
+            dropped["too_long"] += 1
+    cap = cfg["max_images_per_sequence"]
+    if cap is not None:
+        over = sum(1 for s in samples if len(s["images"]) > cap)
+        if over:
+            dropped["more_images_than_the_cap"] += over
+            samples = [s for s in samples if len(s["images"]) <= cap]
     for reason, count in dropped.items():
         record.drop(reason, count)
     lengths = np.array([len(s["input_ids"]) for s in samples], dtype=np.int64)
-    bins = assign_bins(lengths, seq_len)
-    table = build_sequences(samples, bins)
+    interleave = cfg["mode"] == "interleave_same_task"
+    tasks = np.unique([s["task"] for s in samples], return_inverse=True)[1] if interleave and samples else None
+    images = np.array([len(s["images"]) for s in samples], dtype=np.int64) if cap is not None else None
+    bins = plan_sequences(lengths, seq_len, window=cfg["window"], groups=tasks, images=images, max_images=cap)
+    table = build_sequences(samples, bins, one_document=interleave)
     shards = out_dir / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     per_shard = cfg["sequences_per_shard"]
@@ -140,6 +170,7 @@ def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Pa
                "samples_per_sequence": len(samples) / max(table.num_rows, 1)}
     write_json_atomic(out_dir / "manifest.json", {
         **summary, "seq_len": seq_len, "preset": preset.name, "visual_tokens": preset.visual_tokens,
+        "mode": cfg["mode"], "window": cfg["window"], "max_images_per_sequence": cap,
         "image_token": "<image>", "image_token_id": encoder.image_token_id,
         "pad_token_id": _pad_id(encoder), "eos_token_id": encoder.eos_id,
         "bos_token_id": encoder.bos_id, "loss_on": cfg["loss_on"], "chat_format": preset.chat_format,

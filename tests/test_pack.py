@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.pack import assign_bins, build_sequences, fill_stats
+from pipelines.pack import assign_bins, build_sequences, fill_stats, plan_sequences
 from pipelines.tokenize import IGNORE, Encoder
 from pipelines.tokenizer_training import train_bpe
 from templates.chat import get_chat_format
@@ -87,3 +87,62 @@ def test_packed_rows_concatenate_samples_with_their_segment_lengths(tokenizer):
     assert [im["path"] for im in row["images"]] == ["0.jpg", "1.jpg"]
     # the first token of the second segment is never a target: nothing is predicted across samples
     assert row["labels"][row["segment_lengths"][0]] == IGNORE
+
+
+def _best_fit_one_by_one(lengths, seq_len):
+    """Best-fit decreasing sample by sample, the textbook way: how many sequences it opens."""
+    free = []
+    for length in sorted(lengths, reverse=True):
+        fitting = [k for k, f in enumerate(free) if f >= length]
+        if fitting:
+            best = min(fitting, key=lambda k: free[k])
+            free[best] -= length
+        else:
+            free.append(seq_len - length)
+    return len(free)
+
+
+def test_assign_bins_opens_exactly_as_many_sequences_as_best_fit_sample_by_sample():
+    rng = np.random.default_rng(7)
+    for trial in range(150):
+        n = int(rng.integers(1, 400))
+        lengths = [rng.integers(1, 2049, n), rng.choice([576 + 40, 576 + 90, 32 + 20, 1200, 2048, 1024, 1], n),
+                   np.minimum(2048, rng.geometric(1 / 300, n))][trial % 3]
+        bins = assign_bins(lengths, 2048)
+        assert np.bincount(bins, weights=lengths).max() <= 2048
+        assert bins.max() + 1 == _best_fit_one_by_one(lengths.tolist(), 2048), trial
+
+
+def test_sequences_are_numbered_in_the_order_of_their_first_sample():
+    lengths = np.random.default_rng(3).integers(1, 700, size=3000)
+    bins = assign_bins(lengths, 2048)
+    firsts = [int(np.flatnonzero(bins == k)[0]) for k in range(bins.max() + 1)]
+    assert firsts == sorted(firsts)
+
+
+def test_a_window_bounds_which_samples_can_share_a_sequence():
+    lengths = np.random.default_rng(4).integers(1, 900, size=5000)
+    bins = plan_sequences(lengths, 2048, window=1000)
+    for start in range(0, 5000, 1000):
+        inside = set(bins[start:start + 1000].tolist())
+        assert inside.isdisjoint(bins[:start].tolist()) and inside.isdisjoint(bins[start + 1000:].tolist())
+    assert np.array_equal(plan_sequences(lengths, 2048, window=10_000), assign_bins(lengths, 2048))
+
+
+def test_groups_never_share_a_sequence():
+    rng = np.random.default_rng(5)
+    lengths, tasks = rng.integers(1, 500, size=2000), rng.integers(0, 3, size=2000)
+    bins = plan_sequences(lengths, 2048, groups=tasks)
+    for k in range(bins.max() + 1):
+        assert len(set(tasks[bins == k].tolist())) == 1
+    assert np.bincount(bins, weights=lengths).max() <= 2048
+
+
+def test_an_image_cap_bounds_the_images_per_sequence():
+    rng = np.random.default_rng(6)
+    lengths, images = rng.integers(40, 300, size=3000), rng.integers(0, 3, size=3000)
+    bins = plan_sequences(lengths, 2048, images=images, max_images=4)
+    assert np.bincount(bins, weights=images).max() <= 4 and np.bincount(bins, weights=lengths).max() <= 2048
+    assert set(np.unique(bins)) == set(range(bins.max() + 1))
+    with pytest.raises(ValueError, match=r"sample \d+ holds 2 images, more than max_images_per_sequence 1"):
+        plan_sequences(lengths, 2048, images=images, max_images=1)

@@ -65,3 +65,57 @@ def test_changing_the_tokenizer_repacks(render_dir, tmp_path):
 def test_a_folder_without_tokenizer_json_is_refused(render_dir, tmp_path):
     with pytest.raises(ConfigError, match="no tokenizer.json"):
         run_pack(config(tmp_path / "empty"), render_dir.parent)
+
+
+def write_render(out, rows):
+    write_instructions(rows, out / "instructions" / "00.parquet")
+    record = StageRecord("render", {"rows": len(rows)})
+    record.extra["files"] = ["instructions/00.parquet"]
+    record.finish(out)
+    return out
+
+
+def instruction(i, task, answer, image=True):
+    prompt = ("<image>\n" if image else "") + "Describe it."
+    return {"id": f"{task}:{i}", "dataset": "mix", "task": task, "split": "train", "lang": "en", "template_id": "t",
+            "brevity": "none", "images": [{"path": f"/data/{i}.jpg", "width": 64, "height": 64}] if image else [],
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+            "answers": None, "question_type": None}
+
+
+def packed_rows(out, name="instruct"):
+    import pyarrow.parquet as pq
+
+    return [row for f in sorted((out / "pack" / name / "shards").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+
+
+def pack_config(tokenizer_dir, **settings):
+    return {"pack": {"preset": "llava-1.5-tiny", "tokenizer": {"path": str(tokenizer_dir)}, "seq_len": 512,
+                     "outputs": {"instruct": {"datasets": ["mix"], "split": "train"}}, **settings}}
+
+
+def test_interleave_same_task_packs_each_task_apart_as_one_document(tmp_path):
+    save_tokenizer_without_pad(tmp_path / "tok")
+    rows = [instruction(i, ["vqa", "captioning"][i % 2], "red blue") for i in range(30)]
+    out = tmp_path / "run"
+    write_render(out / "render", rows)
+    run_pack(pack_config(tmp_path / "tok", mode="interleave_same_task"), out, log=lambda *_: None)
+    packed = packed_rows(out)
+    assert all(len(set(r["task"])) == 1 for r in packed) and any(len(r["task"]) > 1 for r in packed)
+    assert all(r["segment_lengths"] == [len(r["input_ids"])] for r in packed)
+
+
+def test_an_image_cap_and_the_too_long_rule_are_kept_with_reasons(tmp_path):
+    save_tokenizer_without_pad(tmp_path / "tok")
+    long_answer = " ".join(["red blue"] * 400)
+    rows = [instruction(i, "vqa", "red") for i in range(20)]
+    rows += [instruction(100, "chat", long_answer, image=False), instruction(101, "vqa", long_answer)]
+    out = tmp_path / "run"
+    write_render(out / "render", rows)
+    manifest = run_pack(pack_config(tmp_path / "tok", max_images_per_sequence=2, too_long="split"), out,
+                        log=lambda *_: None)
+    packed = packed_rows(out)
+    assert max(len(r["images"]) for r in packed) <= 2
+    parts = [i for r in packed for i in r["ids"] if i.startswith("chat:100#part")]
+    assert len(parts) >= 2  # the text-only conversation, cut into sequences
+    assert manifest["dropped"] == {"too_long_with_images": 1}  # a sample with an image is never cut
