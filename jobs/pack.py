@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from jobs.config import ConfigError, require, section
 from pipelines.manifest import StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest, write_json_atomic
 from pipelines.pack import build_sequences, fill_stats, plan_sequences, split_text_sample
 from pipelines.render import read_render_output, selected
-from pipelines.tokenize import Encoder, load_tokenizer
+from pipelines.tokenize import IGNORE, Encoder, load_tokenizer, qwen2_vl_visual_tokens
 from pipelines.tokenizer_training import train_bpe
 from templates.chat import get_chat_format
 
@@ -93,11 +94,12 @@ def run_pack(config: dict, out: str | Path, log=print) -> dict:
     tokenizer_dir = stage_dir / "tokenizer"
     if "train" in cfg["tokenizer"]:
         texts = (m["content"] for r in records for m in r["messages"])
-        tokenizer = train_bpe(_with_format_strings(texts, chat_format), cfg["tokenizer"]["train"]["vocab_size"], tokenizer_dir)
+        tokenizer = train_bpe(_with_format_strings(texts, chat_format), cfg["tokenizer"]["train"]["vocab_size"],
+                              tokenizer_dir, bos=chat_format.bos, eos=chat_format.eos)
     else:
         shutil.copytree(cfg["tokenizer"]["path"], tokenizer_dir)
         tokenizer = load_tokenizer(tokenizer_dir)
-    encoder = Encoder(tokenizer, chat_format, preset.visual_tokens, cfg["loss_on"])
+    encoder = Encoder(tokenizer, chat_format, visual_token_counter(preset), cfg["loss_on"])
 
     record = StageRecord("pack", cfg, inputs)
     record.rows_in = len(records)
@@ -116,6 +118,14 @@ def run_pack(config: dict, out: str | Path, log=print) -> dict:
     return record.finish(stage_dir)
 
 
+def visual_token_counter(preset):
+    """The LLM positions per image: the preset's fixed count, or Qwen2-VL's count from the image's size."""
+    if preset.vision_kind != "qwen2_vl":
+        return preset.visual_tokens
+    return functools.partial(qwen2_vl_visual_tokens, patch_size=preset.patch_size,
+                             merge_size=preset.vision.get("spatial_merge_size", 2))
+
+
 def _pad_id(encoder: Encoder) -> int:
     """The padding id batches use: `<pad>` where the tokenizer has one, else end-of-sequence (as LLaMA does)."""
     pad = encoder.tokenizer.token_to_id("<pad>")
@@ -130,16 +140,23 @@ def _with_format_strings(texts, chat_format):
 def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Path, record: StageRecord) -> dict:
     seq_len = cfg["seq_len"]
     samples, dropped = [], collections.Counter()
+    pair = encoder.chat_format.encoder_decoder
     for r in records:
-        input_ids, labels, images = encoder.encode(r["messages"])
-        sample = {"input_ids": input_ids, "labels": labels, "images": r["images"], "task": r["task"], "id": r["id"]}
+        if pair:  # FlanT5: the prompt is the encoder input, the answer the decoder target
+            input_ids, decoder_labels, images = encoder.encode_pair(r["messages"], r["task"], r["images"])
+            labels = np.full(len(input_ids), IGNORE, np.int32)
+        else:
+            input_ids, labels, images = encoder.encode(r["messages"], r["task"], r["images"])
+            decoder_labels = np.empty(0, np.int32)
+        sample = {"input_ids": input_ids, "labels": labels, "decoder_labels": decoder_labels, "images": r["images"],
+                  "task": r["task"], "id": r["id"]}
         if images != len(r["images"]):
             dropped["image_count_mismatch"] += 1
-        elif len(input_ids) <= seq_len:
+        elif len(input_ids) + len(decoder_labels) <= seq_len:  # an encoder-decoder row holds both within seq_len
             samples.append(sample)
         elif images:
             dropped["too_long_with_images"] += 1  # never cut: a cut inside an image would corrupt it
-        elif cfg["too_long"] == "split":
+        elif cfg["too_long"] == "split" and not pair:  # an encoder-decoder answer cannot follow a cut prompt
             samples.extend(split_text_sample(sample, seq_len))
         else:
             dropped["too_long"] += 1
@@ -151,7 +168,7 @@ def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Pa
             samples = [s for s in samples if len(s["images"]) <= cap]
     for reason, count in dropped.items():
         record.drop(reason, count)
-    lengths = np.array([len(s["input_ids"]) for s in samples], dtype=np.int64)
+    lengths = np.array([len(s["input_ids"]) + len(s["decoder_labels"]) for s in samples], dtype=np.int64)
     interleave = cfg["mode"] == "interleave_same_task"
     tasks = np.unique([s["task"] for s in samples], return_inverse=True)[1] if interleave and samples else None
     images = np.array([len(s["images"]) for s in samples], dtype=np.int64) if cap is not None else None

@@ -13,6 +13,10 @@ PACKED_SCHEMA = pa.schema([
     ("input_ids", pa.list_(pa.int32())),
     ("labels", pa.list_(pa.int32())),
     ("segment_lengths", pa.list_(pa.int32())),
+    # encoder-decoder LLMs (FlanT5): input_ids/labels/segment_lengths are the encoder's; these the decoder's
+    # targets, segment k of the decoder answering segment k of the encoder. Empty for decoder-only LLMs.
+    ("decoder_labels", pa.list_(pa.int32())),
+    ("decoder_segment_lengths", pa.list_(pa.int32())),
     ("images", pa.list_(IMAGE_REF)),
     ("task", pa.list_(pa.string())),
     ("ids", pa.list_(pa.string())),
@@ -180,6 +184,8 @@ def build_sequences(samples: list[dict], bins: np.ndarray, one_document: bool = 
             "input_ids": np.concatenate([p["input_ids"] for p in parts]),
             "labels": np.concatenate([p["labels"] for p in parts]),
             "segment_lengths": [sum(lengths)] if one_document else lengths,
+            "decoder_labels": np.concatenate([p.get("decoder_labels", np.empty(0, np.int32)) for p in parts]),
+            "decoder_segment_lengths": [len(p["decoder_labels"]) for p in parts if len(p.get("decoder_labels", ()))],
             "images": [ref for p in parts for ref in p["images"]],
             "task": [p["task"] for p in parts],
             "ids": [p["id"] for p in parts],

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -14,18 +16,47 @@ IGNORE = -100
 IMAGE_TOKEN = "<image>"
 
 
+# Qwen2-VL's image processor (Qwen2VLImageProcessor / smart_resize): both sides rounded to a multiple of
+# patch 14 x merge 2 = 28 px, then scaled so that the area lies within [min_pixels, max_pixels]
+QWEN2_VL_FACTOR, QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS = 28, 56 * 56, 28 * 28 * 1280
+
+
+def qwen2_vl_resized(height: int, width: int, factor: int = QWEN2_VL_FACTOR, min_pixels: int = QWEN2_VL_MIN_PIXELS,
+                     max_pixels: int = QWEN2_VL_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) Qwen2-VL resizes an image to: multiples of `factor`, area within [min, max] pixels."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"image {width}x{height}: Qwen2-VL refuses an aspect ratio above 200")
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        h, w = max(factor, math.floor(height / scale / factor) * factor), max(factor, math.floor(width / scale / factor) * factor)
+    elif h * w < min_pixels:
+        scale = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
+    return h, w
+
+
+def qwen2_vl_visual_tokens(image: dict, patch_size: int = 14, merge_size: int = 2, **resize) -> int:
+    """LLM positions of one image in Qwen2-VL: its 14-px patches after the resize rule, merged 2x2."""
+    h, w = qwen2_vl_resized(int(image["height"]), int(image["width"]), factor=patch_size * merge_size, **resize)
+    return (h // patch_size) * (w // patch_size) // (merge_size * merge_size)
+
+
 @dataclass
 class Encoder:
-    """Tokenizes conversations for one chat format and one count of visual tokens per image."""
+    """Tokenizes conversations for one chat format and one count of visual tokens per image.
+
+    `visual_tokens` is the positions every image takes, or a function of the image reference
+    ({"width", "height", ...}) for architectures whose count depends on the image (Qwen2-VL)."""
 
     tokenizer: Tokenizer
     chat_format: ChatFormat
-    visual_tokens: int
+    visual_tokens: int | Callable[[dict], int]
     loss_on: str = "assistant"  # or "all": every text token, as caption pretraining may want
 
     def __post_init__(self):
         self.image_token_id = self._special(IMAGE_TOKEN)
-        self.bos_id = self._special(self.chat_format.bos)
+        self.bos_id = self._special(self.chat_format.bos) if self.chat_format.bos else None  # Qwen and T5 have none
         self.eos_id = self._special(self.chat_format.eos)
         self._cache: dict[str, list[int]] = {}
 
@@ -43,31 +74,68 @@ class Encoder:
                 self._cache[text] = ids
         return ids
 
-    def encode(self, messages: list[dict]) -> tuple[np.ndarray, np.ndarray, int]:
-        """(input_ids, labels, number of images) for one conversation; labels are not shifted."""
-        ids: list[int] = []
-        labels: list[int] = []
-        images = 0
-        for text, is_target in self.chat_format.pieces(messages):
-            piece = self._ids(text)
+    def _count(self, k: int, images: list[dict] | None) -> int:
+        if not callable(self.visual_tokens):
+            return self.visual_tokens
+        if images is None or k >= len(images):
+            raise ValueError(f"image {k + 1} of the conversation has no image reference to size it by; "
+                             "pass the record's images")
+        return self.visual_tokens(images[k])
+
+    def _pieces(self, messages, task, images) -> tuple[list[tuple[list[int], list[int], bool]], int]:
+        """(ids, labels, is_target) per chat-format piece, each image expanded to its visual tokens, and
+        the number of images."""
+        out, images_seen = [], 0
+        for text, is_target in self.chat_format.pieces(messages, task=task):
             expanded: list[int] = []
-            for token in piece:
+            for token in self._ids(text):
                 if token == self.image_token_id:
-                    expanded.extend([token] * self.visual_tokens)
-                    images += 1
+                    expanded.extend([token] * self._count(images_seen, images))
+                    images_seen += 1
                 else:
                     expanded.append(token)
-            ids.extend(expanded)
             trained = is_target or self.loss_on == "all"
-            labels.extend(t if trained and t != self.image_token_id else IGNORE for t in expanded)
-        labels[0] = IGNORE  # the first token of a segment is never predicted from the previous one
-        return np.asarray(ids, np.int32), np.asarray(labels, np.int32), images
+            out.append((expanded, [t if trained and t != self.image_token_id else IGNORE for t in expanded], is_target))
+        return out, images_seen
 
-    def encode_prompt(self, messages: list[dict]) -> np.ndarray:
+    def encode(self, messages: list[dict], task: str | None = None,
+               images: list[dict] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """(input_ids, labels, number of images) for one conversation; labels are not shifted.
+
+        `task` picks the format's task tag (MiniGPT-v2's "[vqa]"); `images` are the record's image
+        references, needed where the visual token count depends on the image."""
+        if self.chat_format.encoder_decoder:
+            raise ValueError(f"chat format {self.chat_format.name} is an encoder-decoder's: use encode_pair")
+        ids: list[int] = []
+        labels: list[int] = []
+        pieces, image_count = self._pieces(messages, task, images)
+        for piece_ids, piece_labels, _ in pieces:
+            ids.extend(piece_ids)
+            labels.extend(piece_labels)
+        if labels:
+            labels[0] = IGNORE  # the first token of a segment is never predicted from the previous one
+        return np.asarray(ids, np.int32), np.asarray(labels, np.int32), image_count
+
+    def encode_pair(self, messages: list[dict], task: str | None = None,
+                    images: list[dict] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """(encoder input_ids, decoder target ids, number of images) for an encoder-decoder format: the
+        pieces the format marks as context go to the encoder, the answer it marks as target is decoded."""
+        if not self.chat_format.encoder_decoder:
+            raise ValueError(f"chat format {self.chat_format.name} is a decoder-only LLM's: use encode")
+        encoder_ids: list[int] = []
+        target: list[int] = []
+        pieces, image_count = self._pieces(messages, task, images)
+        for piece_ids, _, is_target in pieces:
+            (target if is_target else encoder_ids).extend(piece_ids)
+        return np.asarray(encoder_ids, np.int32), np.asarray(target, np.int32), image_count
+
+    def encode_prompt(self, messages: list[dict], task: str | None = None, images: list[dict] | None = None) -> np.ndarray:
         """Token ids of a conversation that ends with a user turn, ready for the model to answer."""
         if messages[-1]["role"] != "user":
             raise ValueError("a prompt must end with a user turn")
-        return self.encode(messages)[0]
+        if self.chat_format.encoder_decoder:
+            return self.encode_pair(messages, task, images)[0]
+        return self.encode(messages, task, images)[0]
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

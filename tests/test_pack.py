@@ -146,3 +146,17 @@ def test_an_image_cap_bounds_the_images_per_sequence():
     assert set(np.unique(bins)) == set(range(bins.max() + 1))
     with pytest.raises(ValueError, match=r"sample \d+ holds 2 images, more than max_images_per_sequence 1"):
         plan_sequences(lengths, 2048, images=images, max_images=1)
+
+
+def test_qwen2_vl_sizes_images_as_its_image_processor_does():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    from pipelines.tokenize import qwen2_vl_resized, qwen2_vl_visual_tokens
+
+    rng = np.random.default_rng(0)
+    sizes = [(448, 448), (10, 1000), (5000, 3000), (57, 91), (28, 28), (1, 150)] + \
+        [tuple(int(x) for x in rng.integers(20, 4000, 2)) for _ in range(200)]
+    for height, width in sizes:
+        assert qwen2_vl_resized(height, width) == smart_resize(height, width, min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
+    assert qwen2_vl_visual_tokens({"width": 448, "height": 448}) == 256  # 32 x 32 patches, merged 2 x 2
+    assert qwen2_vl_visual_tokens({"width": 640, "height": 480}) == (476 // 14) * (644 // 14) // 4

@@ -119,3 +119,40 @@ def test_an_image_cap_and_the_too_long_rule_are_kept_with_reasons(tmp_path):
     parts = [i for r in packed for i in r["ids"] if i.startswith("chat:100#part")]
     assert len(parts) >= 2  # the text-only conversation, cut into sequences
     assert manifest["dropped"] == {"too_long_with_images": 1}  # a sample with an image is never cut
+
+
+@pytest.mark.parametrize("preset", ["blip2-opt", "blip2-flant5", "instructblip-flant5", "instructblip-vicuna", "qwen-vl",
+                                    "qwen2-vl", "llava", "llava-1.5", "minigpt4", "minigpt-v2"])
+def test_every_architecture_packs_in_its_chat_format_with_its_visual_token_count(preset, tmp_path):
+    from templates.chat import get_chat_format
+    from vlm.preset import get_preset
+
+    rows = [instruction(i, "vqa", "red") for i in range(6)]
+    rows[0]["images"][0].update(width=640, height=480)  # Qwen2-VL sizes each image by its own pixels
+    out = tmp_path / "run"
+    write_render(out / "render", rows)
+    config = {"pack": {"preset": preset, "tokenizer": {"train": {"vocab_size": 400}}, "seq_len": 4096,
+                       "outputs": {"instruct": {"datasets": ["mix"], "split": "train"}}}}
+    run_pack(config, out, log=lambda *_: None)
+    manifest = json.loads((out / "pack" / "instruct" / "manifest.json").read_text())
+    packed = packed_rows(out)
+    spec, chat = get_preset(preset), get_chat_format(get_preset(preset).chat_format)
+    image_id = manifest["image_token_id"]
+    per_sample = {}
+    for row in packed:
+        start = 0
+        for sample_id, length in zip(row["ids"], row["segment_lengths"]):
+            per_sample[sample_id] = row["input_ids"][start:start + length].count(image_id)
+            start += length
+    expected = {r["id"]: spec.visual_tokens for r in rows}
+    if preset == "qwen2-vl":
+        expected = {r["id"]: (476 // 14) * (644 // 14) // 4 if i == 0 else (56 // 14) * (56 // 14) // 4
+                    for i, r in enumerate(rows)}  # 640x480 -> 644x476; 64x64 -> 56x56 (multiples of 28)
+    assert per_sample == expected
+    if chat.encoder_decoder:  # the answer is the decoder's target, one decoder segment per sample
+        assert all(len(r["decoder_segment_lengths"]) == len(r["ids"]) for r in packed)
+        assert all(t != -100 for r in packed for t in r["decoder_labels"]) and all(l == -100 for r in packed for l in r["labels"])
+    else:
+        assert all(r["decoder_labels"] == [] for r in packed)
+        assert sum(t != -100 for r in packed for t in r["labels"]) > 0
+    assert manifest["bos_token_id"] is None if not chat.bos else manifest["bos_token_id"] is not None
