@@ -73,9 +73,12 @@ def mix_lengths(name: str, samples: int, seq_len: int, seed: int = 0) -> np.ndar
 
 def trl_pack(lengths: np.ndarray, seq_len: int, whole: bool) -> tuple[int, float]:
     """(sequences, seconds) of trl's pack_dataset on a dataset whose input_ids have these lengths."""
+    import datasets
     import pyarrow as pa
     from datasets import Dataset
     from trl import pack_dataset
+
+    datasets.disable_progress_bars()
 
     offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
     values = pa.array(np.zeros(int(offsets[-1]), dtype=np.int8))  # the packer moves tokens; their values do not matter

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from jobs.config import ConfigError, require, section
 from pipelines.manifest import StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest, write_json_atomic
-from pipelines.pack import build_sequences, fill_stats, plan_sequences, split_text_sample
+from pipelines.pack import build_sequences, fill_stats, pack_figures, plan_sequences, split_text_sample
 from pipelines.render import read_render_output, selected
 from pipelines.tokenize import IGNORE, Encoder, load_tokenizer, qwen2_vl_visual_tokens
 from pipelines.tokenizer_training import train_bpe
@@ -183,6 +183,7 @@ def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Pa
         tmp.replace(shards / f"packed-{i:05d}.parquet")
     shutil.copytree(tokenizer_dir, out_dir / "tokenizer")
     summary = {**fill_stats(lengths, table.num_rows, seq_len), "dropped": dict(dropped),
+               "figures": pack_figures(lengths, bins, [s["task"] for s in samples], seq_len),
                "images": int(sum(len(s["images"]) for s in samples)),
                "samples_per_sequence": len(samples) / max(table.num_rows, 1)}
     write_json_atomic(out_dir / "manifest.json", {

@@ -139,6 +139,16 @@ def render_html(report: dict) -> str:
             parts.append(_table([(n, o["samples"], o["sequences"], o["lower_bound_sequences"], f"{o['fill']:.4f}",
                                   f"{o['samples_per_sequence']:.1f}") for n, o in m["outputs"].items()],
                                 ("output", "samples", "sequences", "lower bound", "fill", "samples/sequence")))
+            for name, output in m["outputs"].items():
+                figures = output.get("figures")
+                if not figures:
+                    continue
+                parts.append(f"<h3>{html.escape(name)}: sample length before packing (tokens, visual tokens included)</h3>"
+                             + bars_svg(figures["sample_length"]))
+                parts.append(f"<h3>{html.escape(name)}: sequences by fill after packing</h3>"
+                             + bars_svg(figures["sequence_fill"], colour="#2ca02c"))
+                parts.append(_table([(t, v["samples"], v["tokens"], f"{v['token_share']:.4f}")
+                                     for t, v in figures["tasks"].items()], ("task", "samples", "tokens", "token share")))
         if stage == "train":
             for s in m["stages"]:
                 parts.append(f"<h3>stage {html.escape(s['name'])}: trains {', '.join(s['trainable'])}; "

@@ -214,3 +214,25 @@ def fill_stats(lengths: np.ndarray, sequences: int, seq_len: int) -> dict:
         "lower_bound_sequences": int(-(-total // seq_len)),
         "fill": total / (sequences * seq_len) if sequences else 0.0,
     }
+
+
+def pack_figures(lengths: np.ndarray, bins: np.ndarray, tasks: list[str], seq_len: int, buckets: int = 16) -> dict:
+    """What a report shows of one packed output: sample lengths before packing, how full the sequences
+    are after, and each task's share of samples and tokens."""
+    lengths = np.asarray(lengths)
+    width = -(-seq_len // buckets)
+    length_counts = np.bincount((lengths - 1) // width, minlength=buckets) if lengths.size else np.zeros(buckets, int)
+    fill = np.bincount(bins, weights=lengths) / seq_len if bins.size else np.zeros(0)
+    fill_counts = np.bincount(np.minimum((fill * 10).astype(int), 9), minlength=10) if fill.size else np.zeros(10, int)
+    by_task: dict[str, list[int]] = {}
+    for task, length in zip(tasks, lengths.tolist()):
+        entry = by_task.setdefault(task, [0, 0])
+        entry[0] += 1
+        entry[1] += length
+    total_tokens = max(int(lengths.sum()), 1)
+    return {
+        "sample_length": {f"{k * width + 1}-{min((k + 1) * width, seq_len)}": int(c) for k, c in enumerate(length_counts)},
+        "sequence_fill": {f"{k / 10:.1f}-{(k + 1) / 10:.1f}": int(c) for k, c in enumerate(fill_counts)},
+        "tasks": {task: {"samples": n, "tokens": t, "token_share": round(t / total_tokens, 4)}
+                  for task, (n, t) in sorted(by_task.items())},
+    }

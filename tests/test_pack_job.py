@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -71,6 +72,7 @@ def write_render(out, rows):
     write_instructions(rows, out / "instructions" / "00.parquet")
     record = StageRecord("render", {"rows": len(rows)})
     record.extra["files"] = ["instructions/00.parquet"]
+    record.extra["datasets"] = {"00.parquet": {"adapter": "test", "split": "train", "records": len(rows), "languages": {"en": len(rows)}}}
     record.finish(out)
     return out
 
@@ -156,3 +158,39 @@ def test_every_architecture_packs_in_its_chat_format_with_its_visual_token_count
         assert all(r["decoder_labels"] == [] for r in packed)
         assert sum(t != -100 for r in packed for t in r["labels"]) > 0
     assert manifest["bos_token_id"] is None if not chat.bos else manifest["bos_token_id"] is not None
+
+
+def test_packed_shards_read_in_hugging_face_datasets_and_ray_data(tmp_path):
+    from datasets import load_dataset
+
+    from jobs.ray_runtime import ray_session
+
+    save_tokenizer_without_pad(tmp_path / "tok")
+    out = tmp_path / "run"
+    write_render(out / "render", [instruction(i, "vqa", "red blue") for i in range(25)])
+    run_pack(pack_config(tmp_path / "tok", sequences_per_shard=2), out, log=lambda *_: None)
+    shards = sorted(str(p) for p in (out / "pack" / "instruct" / "shards").glob("packed-*.parquet"))
+    expected = packed_rows(out)
+    assert len(shards) > 1
+    rows = load_dataset("parquet", data_files=shards, split="train")
+    assert rows["input_ids"] == [r["input_ids"] for r in expected] and rows["ids"] == [r["ids"] for r in expected]
+    with ray_session(num_cpus=1) as ray:
+        read = ray.data.read_parquet(shards).take_all()
+    assert sorted(tuple(r["ids"]) for r in read) == sorted(tuple(r["ids"]) for r in expected)
+    assert sum(len(r["segment_lengths"]) for r in read) == 25
+
+
+def test_the_report_shows_lengths_before_packing_fill_after_and_each_tasks_share(tmp_path):
+    from jobs.report import write_report
+
+    save_tokenizer_without_pad(tmp_path / "tok")
+    out = tmp_path / "run"
+    rows = [instruction(i, "vqa", "red") for i in range(12)] + [instruction(i, "captioning", "red blue " * 20) for i in range(12, 16)]
+    write_render(out / "render", rows)
+    manifest = run_pack(pack_config(tmp_path / "tok"), out, log=lambda *_: None)
+    figures = manifest["outputs"]["instruct"]["figures"]
+    assert sum(figures["sample_length"].values()) == 16 and sum(figures["sequence_fill"].values()) == manifest["outputs"]["instruct"]["sequences"]
+    assert {t: v["samples"] for t, v in figures["tasks"].items()} == {"captioning": 4, "vqa": 12}
+    assert abs(sum(v["token_share"] for v in figures["tasks"].values()) - 1) < 1e-3
+    page = Path(write_report(out)["html"]).read_text()
+    assert "sample length before packing" in page and "sequences by fill after packing" in page and "token share" in page
