@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,8 @@ DEFAULTS = {
     "max_images_per_sequence": None,  # a cap for the vision tower's memory
     "window": 1_000_000,  # samples packed together at most: memory stays flat on any corpus size
     "too_long": "drop",  # or split: text-only samples cut into sequences; a sample with images is never cut
+    # auto: windows are packed by Ray tasks when a cluster is named or there is more than one window
+    "ray": "auto",
     "outputs": {},  # name -> {datasets: [prefixes of the records' `dataset`], split: train}
 }
 
@@ -56,6 +59,7 @@ def pack_settings(config: dict) -> dict:
             f"pack.max_images_per_sequence: {cap!r}; expected a whole number >= 1, or null for no cap")
     require(isinstance(cfg["window"], int) and cfg["window"] >= 1,
             f"pack.window: {cfg['window']!r}; expected the number of samples packed together, e.g. 1000000")
+    require(cfg["ray"] in ("auto", "always", "never"), f"pack.ray: {cfg['ray']!r}; expected auto, always or never")
     require(cfg["too_long"] in ("drop", "split"),
             f"pack.too_long: {cfg['too_long']!r}; expected drop, or split (text-only samples only)")
     require(bool(cfg["outputs"]), "pack.outputs: empty; name at least one packed output, e.g. "
@@ -66,7 +70,7 @@ def pack_settings(config: dict) -> dict:
     return cfg
 
 
-def run_pack(config: dict, out: str | Path, log=print) -> dict:
+def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None = None) -> dict:
     """Run (or skip) the pack stage into `out/pack/<output>/`; return its manifest."""
     cfg = pack_settings(config)
     from vlm.preset import get_preset
@@ -106,7 +110,10 @@ def run_pack(config: dict, out: str | Path, log=print) -> dict:
     outputs = {}
     for name, spec in cfg["outputs"].items():
         chosen = [r for r in records if selected(r, spec["datasets"], spec.get("split", "train"))]
-        summary = _pack_output(chosen, encoder, cfg, preset, stage_dir / name, tokenizer_dir, record)
+        on_ray = cfg["ray"] == "always" or (cfg["ray"] == "auto" and bool(
+            ray_address or os.environ.get("RAY_ADDRESS") or len(chosen) > cfg["window"]))
+        summary = _pack_output(chosen, encoder, cfg, preset, stage_dir / name, tokenizer_dir, record,
+                               ray_address=ray_address if on_ray else False, log=log)
         outputs[name] = summary
         record.rows_out += summary["samples"]
         log(f"pack: {name}: {summary['samples']} samples → {summary['sequences']} sequences of ≤{cfg['seq_len']} "
@@ -137,8 +144,85 @@ def _with_format_strings(texts, chat_format):
     yield from texts
 
 
-def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Path, record: StageRecord) -> dict:
-    seq_len = cfg["seq_len"]
+def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Path, record: StageRecord,
+                 ray_address=False, log=print) -> dict:
+    """Pack one output in windows of `window` records, each tokenized, packed and written on its own: here,
+    or as Ray tasks when ray_address is not False (an address, or None for a local Ray)."""
+    seq_len, window = cfg["seq_len"], cfg["window"]
+    shards = out_dir / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    settings = {key: cfg[key] for key in ("seq_len", "loss_on", "mode", "max_images_per_sequence", "too_long",
+                                          "sequences_per_shard")}
+    jobs = [(records[start:start + window], k, settings, preset.name, str(tokenizer_dir), str(shards))
+            for k, start in enumerate(range(0, len(records), window))] or [([], 0, settings, preset.name,
+                                                                           str(tokenizer_dir), str(shards))]
+    if ray_address is False:
+        parts = [pack_window(*job) for job in jobs]
+    else:
+        from jobs.ray_runtime import ray_session
+
+        with ray_session(ray_address) as ray:
+            task = ray.remote(pack_window)
+            log(f"pack: {out_dir.name}: {len(jobs)} window(s) on Ray")
+            parts = ray.get([task.remote(*job) for job in jobs])
+    dropped = collections.Counter()
+    for part in parts:
+        dropped.update(part["dropped"])
+    for reason, count in dropped.items():
+        record.drop(reason, count)
+    lengths = np.concatenate([part["lengths"] for part in parts])
+    sequence_tokens = np.concatenate([part["sequence_tokens"] for part in parts])
+    tasks = [task for part in parts for task in part["tasks"]]
+    shutil.copytree(tokenizer_dir, out_dir / "tokenizer")
+    summary = {**fill_stats(lengths, len(sequence_tokens), seq_len), "dropped": dict(dropped),
+               "figures": pack_figures(lengths, sequence_tokens, tasks, seq_len),
+               "images": sum(part["images"] for part in parts),
+               "samples_per_sequence": len(lengths) / max(len(sequence_tokens), 1), "windows": len(jobs)}
+    write_json_atomic(out_dir / "manifest.json", {
+        **summary, "seq_len": seq_len, "preset": preset.name, "visual_tokens": preset.visual_tokens,
+        "mode": cfg["mode"], "window": window, "max_images_per_sequence": cfg["max_images_per_sequence"],
+        "image_token": "<image>", "image_token_id": encoder.image_token_id,
+        "pad_token_id": _pad_id(encoder), "eos_token_id": encoder.eos_id,
+        "bos_token_id": encoder.bos_id, "loss_on": cfg["loss_on"], "chat_format": preset.chat_format,
+    })
+    return summary
+
+
+def pack_window(records: list[dict], window: int, settings: dict, preset_name: str, tokenizer_dir: str,
+                shards_dir: str) -> dict:
+    """Ray task (or a plain call): tokenize one window of records, pack it and write its shards
+    (packed-<window>-<n>.parquet, atomically); what it holds, for the output's figures."""
+    from vlm.preset import get_preset
+
+    preset = get_preset(preset_name)
+    encoder = Encoder(load_tokenizer(tokenizer_dir), get_chat_format(preset.chat_format), visual_token_counter(preset),
+                      settings["loss_on"])
+    seq_len, cap = settings["seq_len"], settings["max_images_per_sequence"]
+    samples, dropped = _encode(records, encoder, seq_len, settings["too_long"])
+    if cap is not None:
+        over = sum(1 for s in samples if len(s["images"]) > cap)
+        if over:
+            dropped["more_images_than_the_cap"] += over
+            samples = [s for s in samples if len(s["images"]) <= cap]
+    lengths = np.array([len(s["input_ids"]) + len(s["decoder_labels"]) for s in samples], dtype=np.int64)
+    interleave = settings["mode"] == "interleave_same_task"
+    tasks = np.unique([s["task"] for s in samples], return_inverse=True)[1] if interleave and samples else None
+    images = np.array([len(s["images"]) for s in samples], dtype=np.int64) if cap is not None else None
+    bins = plan_sequences(lengths, seq_len, groups=tasks, images=images, max_images=cap)
+    table = build_sequences(samples, bins, one_document=interleave)
+    per_shard = settings["sequences_per_shard"]
+    for n, start in enumerate(range(0, table.num_rows, per_shard)):
+        final = Path(shards_dir) / f"packed-{window:05d}-{n:05d}.parquet"
+        tmp = final.with_name(f".{final.name}.tmp")
+        pq.write_table(table.slice(start, per_shard), tmp)
+        tmp.replace(final)
+    return {"lengths": lengths, "sequence_tokens": np.bincount(bins, weights=lengths).astype(np.int64) if bins.size
+            else np.zeros(0, np.int64), "tasks": [s["task"] for s in samples], "dropped": dropped,
+            "images": int(sum(len(s["images"]) for s in samples))}
+
+
+def _encode(records, encoder: Encoder, seq_len: int, too_long: str) -> tuple[list[dict], collections.Counter]:
+    """Samples of the records that fit (or split) in seq_len, and how many were dropped for which reason."""
     samples, dropped = [], collections.Counter()
     pair = encoder.chat_format.encoder_decoder
     for r in records:
@@ -156,41 +240,8 @@ def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Pa
             samples.append(sample)
         elif images:
             dropped["too_long_with_images"] += 1  # never cut: a cut inside an image would corrupt it
-        elif cfg["too_long"] == "split" and not pair:  # an encoder-decoder answer cannot follow a cut prompt
+        elif too_long == "split" and not pair:  # an encoder-decoder answer cannot follow a cut prompt
             samples.extend(split_text_sample(sample, seq_len))
         else:
             dropped["too_long"] += 1
-    cap = cfg["max_images_per_sequence"]
-    if cap is not None:
-        over = sum(1 for s in samples if len(s["images"]) > cap)
-        if over:
-            dropped["more_images_than_the_cap"] += over
-            samples = [s for s in samples if len(s["images"]) <= cap]
-    for reason, count in dropped.items():
-        record.drop(reason, count)
-    lengths = np.array([len(s["input_ids"]) + len(s["decoder_labels"]) for s in samples], dtype=np.int64)
-    interleave = cfg["mode"] == "interleave_same_task"
-    tasks = np.unique([s["task"] for s in samples], return_inverse=True)[1] if interleave and samples else None
-    images = np.array([len(s["images"]) for s in samples], dtype=np.int64) if cap is not None else None
-    bins = plan_sequences(lengths, seq_len, window=cfg["window"], groups=tasks, images=images, max_images=cap)
-    table = build_sequences(samples, bins, one_document=interleave)
-    shards = out_dir / "shards"
-    shards.mkdir(parents=True, exist_ok=True)
-    per_shard = cfg["sequences_per_shard"]
-    for i, start in enumerate(range(0, table.num_rows, per_shard)):
-        tmp = shards / f".packed-{i:05d}.parquet.tmp"
-        pq.write_table(table.slice(start, per_shard), tmp)
-        tmp.replace(shards / f"packed-{i:05d}.parquet")
-    shutil.copytree(tokenizer_dir, out_dir / "tokenizer")
-    summary = {**fill_stats(lengths, table.num_rows, seq_len), "dropped": dict(dropped),
-               "figures": pack_figures(lengths, bins, [s["task"] for s in samples], seq_len),
-               "images": int(sum(len(s["images"]) for s in samples)),
-               "samples_per_sequence": len(samples) / max(table.num_rows, 1)}
-    write_json_atomic(out_dir / "manifest.json", {
-        **summary, "seq_len": seq_len, "preset": preset.name, "visual_tokens": preset.visual_tokens,
-        "mode": cfg["mode"], "window": cfg["window"], "max_images_per_sequence": cap,
-        "image_token": "<image>", "image_token_id": encoder.image_token_id,
-        "pad_token_id": _pad_id(encoder), "eos_token_id": encoder.eos_id,
-        "bos_token_id": encoder.bos_id, "loss_on": cfg["loss_on"], "chat_format": preset.chat_format,
-    })
-    return summary
+    return samples, dropped

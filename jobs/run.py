@@ -53,7 +53,7 @@ def run_stages(config: dict, out: str, stages: list[str], ray_address: str | Non
         elif name == "pack":
             from jobs.pack import run_pack
 
-            run_pack(config, out, log)
+            run_pack(config, out, log, ray_address)
         elif name == "train":
             from jobs.train import run_train
 

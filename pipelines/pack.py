@@ -216,13 +216,14 @@ def fill_stats(lengths: np.ndarray, sequences: int, seq_len: int) -> dict:
     }
 
 
-def pack_figures(lengths: np.ndarray, bins: np.ndarray, tasks: list[str], seq_len: int, buckets: int = 16) -> dict:
+def pack_figures(lengths: np.ndarray, sequence_tokens: np.ndarray, tasks: list[str], seq_len: int,
+                 buckets: int = 16) -> dict:
     """What a report shows of one packed output: sample lengths before packing, how full the sequences
-    are after, and each task's share of samples and tokens."""
+    are after (from each sequence's tokens), and each task's share of samples and tokens."""
     lengths = np.asarray(lengths)
     width = -(-seq_len // buckets)
     length_counts = np.bincount((lengths - 1) // width, minlength=buckets) if lengths.size else np.zeros(buckets, int)
-    fill = np.bincount(bins, weights=lengths) / seq_len if bins.size else np.zeros(0)
+    fill = np.asarray(sequence_tokens) / seq_len
     fill_counts = np.bincount(np.minimum((fill * 10).astype(int), 9), minlength=10) if fill.size else np.zeros(10, int)
     by_task: dict[str, list[int]] = {}
     for task, length in zip(tasks, lengths.tolist()):

@@ -230,3 +230,19 @@ def test_a_packed_row_from_loom_pack_gives_a_real_model_each_samples_own_logits(
             alone = model(ids, pixel_values=batch.pixel_values[image:image + images]).logits[0]
             torch.testing.assert_close(packed[start:start + length], alone, atol=2e-5, rtol=1e-4)
             start, image = start + length, image + images
+
+
+def test_windows_packed_by_ray_tasks_write_what_packing_here_writes(tmp_path):
+    save_tokenizer_without_pad(tmp_path / "tok")
+    rows = [instruction(i, ["vqa", "captioning"][i % 3 == 0], "red blue " * (i % 7)) for i in range(60)]
+    outputs = {}
+    for mode in ("never", "always"):
+        out = tmp_path / mode
+        write_render(out / "render", rows)
+        manifest = run_pack(pack_config(tmp_path / "tok", window=25, ray=mode), out, log=lambda *_: None)
+        outputs[mode] = (packed_rows(out), manifest["outputs"]["instruct"])
+    (here, here_summary), (ray, ray_summary) = outputs["never"], outputs["always"]
+    assert here == ray and here_summary == ray_summary
+    assert here_summary["windows"] == 3 and here_summary["samples"] == 60
+    windows = [{int(i.split(":")[1]) // 25 for i in row["ids"]} for row in here]
+    assert all(len(w) == 1 for w in windows)  # no sequence spans two windows
