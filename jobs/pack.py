@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import collections
-import functools
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +14,7 @@ from jobs.config import ConfigError, require, section
 from pipelines.manifest import StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest, write_json_atomic
 from pipelines.pack import build_sequences, fill_stats, pack_figures, plan_sequences, split_text_sample
 from pipelines.render import read_render_output, selected
-from pipelines.tokenize import IGNORE, Encoder, load_tokenizer, qwen2_vl_visual_tokens
+from pipelines.tokenize import IGNORE, Encoder, load_tokenizer
 from pipelines.tokenizer_training import train_bpe
 from templates.chat import get_chat_format
 
@@ -33,6 +33,9 @@ DEFAULTS = {
     "too_long": "drop",  # or split: text-only samples cut into sequences; a sample with images is never cut
     # auto: windows are packed by Ray tasks when a cluster is named or there is more than one window
     "ray": "auto",
+    # InstructBLIP's Q-Former reads each image's instruction in its own vocabulary: a BERT tokenizer folder
+    # ({path: DIR}, e.g. the qformer_tokenizer folder of Salesforce/instructblip-*), or one trained here
+    "qformer_tokenizer": {"train": {"vocab_size": 400}},
     "outputs": {},  # name -> {datasets: [prefixes of the records' `dataset`], split: train}
 }
 
@@ -59,6 +62,9 @@ def pack_settings(config: dict) -> dict:
             f"pack.max_images_per_sequence: {cap!r}; expected a whole number >= 1, or null for no cap")
     require(isinstance(cfg["window"], int) and cfg["window"] >= 1,
             f"pack.window: {cfg['window']!r}; expected the number of samples packed together, e.g. 1000000")
+    qformer = cfg["qformer_tokenizer"]
+    require(isinstance(qformer, dict) and (("path" in qformer) != ("train" in qformer)),
+            f"pack.qformer_tokenizer: {qformer!r}; expected either {{path: DIR}} or {{train: {{vocab_size: N}}}}")
     require(cfg["ray"] in ("auto", "always", "never"), f"pack.ray: {cfg['ray']!r}; expected auto, always or never")
     require(cfg["too_long"] in ("drop", "split"),
             f"pack.too_long: {cfg['too_long']!r}; expected drop, or split (text-only samples only)")
@@ -87,6 +93,12 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
             raise ConfigError(f"pack.tokenizer.path: {cfg['tokenizer']['path']}: no tokenizer.json; give a folder "
                               "saved by a Hugging Face fast tokenizer, or use {train: {vocab_size: N}}")
         inputs[str(tokenizer_file)] = fingerprint
+    if preset.qformer_vocab and "path" in cfg["qformer_tokenizer"]:
+        qformer_file = Path(cfg["qformer_tokenizer"]["path"]) / "tokenizer.json"
+        fingerprint = input_fingerprint(qformer_file)
+        if fingerprint is None:
+            raise ConfigError(f"pack.qformer_tokenizer.path: {cfg['qformer_tokenizer']['path']}: no tokenizer.json")
+        inputs[str(qformer_file)] = fingerprint
     stage_dir = Path(out) / "pack"
     if is_complete(stage_dir, cfg, inputs):
         log(f"pack: complete in {stage_dir} (same config and inputs); skipped")
@@ -104,6 +116,22 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
         shutil.copytree(cfg["tokenizer"]["path"], tokenizer_dir)
         tokenizer = load_tokenizer(tokenizer_dir)
     encoder = Encoder(tokenizer, chat_format, visual_token_counter(preset), cfg["loss_on"])
+    if preset.qformer_vocab:
+        qformer = cfg["qformer_tokenizer"]
+        qformer_dir = stage_dir / "qformer_tokenizer"
+        if "train" in qformer:
+            train_bpe((_instruction(r["messages"]) for r in records), qformer["train"]["vocab_size"], qformer_dir,
+                      bos="[CLS]", eos="[SEP]")
+        else:
+            shutil.copytree(qformer["path"], qformer_dir)
+        size, room = load_tokenizer(qformer_dir).get_vocab_size(), preset.connector_config["vocab_size"]
+        if size > room:
+            raise ConfigError(f"pack.qformer_tokenizer: {size} tokens, more than the {room} word embeddings of "
+                              f"{preset.name}'s Q-Former; use its own tokenizer or a smaller vocab_size")
+        qformer_settings = {"qformer_dir": str(qformer_dir),  # LAVIS reads at most 128 instruction tokens
+                            "qformer_max_length": min(128, preset.connector_config.get("max_position_embeddings", 512))}
+    else:
+        qformer_settings = {}
 
     record = StageRecord("pack", cfg, inputs)
     record.rows_in = len(records)
@@ -112,7 +140,7 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
         chosen = [r for r in records if selected(r, spec["datasets"], spec.get("split", "train"))]
         on_ray = cfg["ray"] == "always" or (cfg["ray"] == "auto" and bool(
             ray_address or os.environ.get("RAY_ADDRESS") or len(chosen) > cfg["window"]))
-        summary = _pack_output(chosen, encoder, cfg, preset, stage_dir / name, tokenizer_dir, record,
+        summary = _pack_output(chosen, encoder, {**cfg, **qformer_settings}, preset, stage_dir / name, tokenizer_dir, record,
                                ray_address=ray_address if on_ray else False, log=log)
         outputs[name] = summary
         record.rows_out += summary["samples"]
@@ -126,11 +154,8 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
 
 
 def visual_token_counter(preset):
-    """The LLM positions per image: the preset's fixed count, or Qwen2-VL's count from the image's size."""
-    if preset.vision_kind != "qwen2_vl":
-        return preset.visual_tokens
-    return functools.partial(qwen2_vl_visual_tokens, patch_size=preset.patch_size,
-                             merge_size=preset.vision.get("spatial_merge_size", 2))
+    """The LLM positions per image: the preset's fixed count, or (Qwen2-VL) a function of the image's size."""
+    return preset.visual_tokens if preset.vision_kind != "qwen2_vl" else preset.visual_tokens_for
 
 
 def _pad_id(encoder: Encoder) -> int:
@@ -151,8 +176,8 @@ def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Pa
     seq_len, window = cfg["seq_len"], cfg["window"]
     shards = out_dir / "shards"
     shards.mkdir(parents=True, exist_ok=True)
-    settings = {key: cfg[key] for key in ("seq_len", "loss_on", "mode", "max_images_per_sequence", "too_long",
-                                          "sequences_per_shard")}
+    settings = {key: cfg.get(key) for key in ("seq_len", "loss_on", "mode", "max_images_per_sequence", "too_long",
+                                              "sequences_per_shard", "qformer_dir", "qformer_max_length")}
     jobs = [(records[start:start + window], k, settings, preset.name, str(tokenizer_dir), str(shards))
             for k, start in enumerate(range(0, len(records), window))] or [([], 0, settings, preset.name,
                                                                            str(tokenizer_dir), str(shards))]
@@ -179,11 +204,14 @@ def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Pa
                "images": sum(part["images"] for part in parts),
                "samples_per_sequence": len(lengths) / max(len(sequence_tokens), 1), "windows": len(jobs)}
     write_json_atomic(out_dir / "manifest.json", {
-        **summary, "seq_len": seq_len, "preset": preset.name, "visual_tokens": preset.visual_tokens,
+        **summary, "seq_len": seq_len, "preset": preset.name, "architecture": preset.architecture,
+        "tokenizer_hash": hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest()[:16],
+        "visual_tokens": preset.visual_tokens,
         "mode": cfg["mode"], "window": window, "max_images_per_sequence": cfg["max_images_per_sequence"],
         "image_token": "<image>", "image_token_id": encoder.image_token_id,
         "pad_token_id": _pad_id(encoder), "eos_token_id": encoder.eos_id,
         "bos_token_id": encoder.bos_id, "loss_on": cfg["loss_on"], "chat_format": preset.chat_format,
+        **({"qformer_pad_token_id": _qformer_pad(cfg["qformer_dir"])} if cfg.get("qformer_dir") else {}),
     })
     return summary
 
@@ -199,6 +227,12 @@ def pack_window(records: list[dict], window: int, settings: dict, preset_name: s
                       settings["loss_on"])
     seq_len, cap = settings["seq_len"], settings["max_images_per_sequence"]
     samples, dropped = _encode(records, encoder, seq_len, settings["too_long"])
+    if settings["qformer_dir"]:
+        qformer = QFormerInstructions(settings["qformer_dir"], settings["qformer_max_length"])
+        by_id = {r["id"]: r for r in records}
+        for sample in samples:
+            text = _instruction(by_id[sample["id"].split("#part")[0]]["messages"])
+            sample["qformer_ids"] = [qformer(text)] * len(sample["images"])
     if cap is not None:
         over = sum(1 for s in samples if len(s["images"]) > cap)
         if over:
@@ -219,6 +253,34 @@ def pack_window(records: list[dict], window: int, settings: dict, preset_name: s
     return {"lengths": lengths, "sequence_tokens": np.bincount(bins, weights=lengths).astype(np.int64) if bins.size
             else np.zeros(0, np.int64), "tasks": [s["task"] for s in samples], "dropped": dropped,
             "images": int(sum(len(s["images"]) for s in samples))}
+
+
+def _qformer_pad(tokenizer_dir: str) -> int:
+    tokenizer = load_tokenizer(tokenizer_dir)
+    pad = tokenizer.token_to_id("[PAD]")
+    return pad if pad is not None else tokenizer.token_to_id("<pad>")
+
+
+def _instruction(messages: list[dict]) -> str:
+    """The instruction InstructBLIP's Q-Former reads: the first user turn's text, image marks left out."""
+    first = next((m["content"] for m in messages if m["role"] == "user"), "")
+    return " ".join(first.replace("<image>", " ").split())
+
+
+class QFormerInstructions:
+    """Instruction text -> [CLS] ids [SEP] in the Q-Former's vocabulary, at most max_length ids."""
+
+    def __init__(self, tokenizer_dir: str, max_length: int):
+        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.cls, self.sep = (self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]"))
+        if self.cls is None or self.sep is None:
+            raise ValueError(f"{tokenizer_dir}: the Q-Former tokenizer has no [CLS] / [SEP] token; give a BERT "
+                             "tokenizer folder (e.g. the qformer_tokenizer folder of an InstructBLIP checkpoint)")
+        self.max_length = max_length
+
+    def __call__(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids[: self.max_length - 2]
+        return [self.cls, *ids, self.sep]
 
 
 def _encode(records, encoder: Encoder, seq_len: int, too_long: str) -> tuple[list[dict], collections.Counter]:

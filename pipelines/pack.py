@@ -18,6 +18,8 @@ PACKED_SCHEMA = pa.schema([
     ("decoder_labels", pa.list_(pa.int32())),
     ("decoder_segment_lengths", pa.list_(pa.int32())),
     ("images", pa.list_(IMAGE_REF)),
+    # InstructBLIP: each image's instruction in the Q-Former's own (BERT) vocabulary; empty otherwise
+    ("qformer_ids", pa.list_(pa.list_(pa.int32()))),
     ("task", pa.list_(pa.string())),
     ("ids", pa.list_(pa.string())),
 ])
@@ -187,6 +189,7 @@ def build_sequences(samples: list[dict], bins: np.ndarray, one_document: bool = 
             "decoder_labels": np.concatenate([p.get("decoder_labels", np.empty(0, np.int32)) for p in parts]),
             "decoder_segment_lengths": [len(p["decoder_labels"]) for p in parts if len(p.get("decoder_labels", ()))],
             "images": [ref for p in parts for ref in p["images"]],
+            "qformer_ids": [ids for p in parts for ids in p.get("qformer_ids", [])],
             "task": [p["task"] for p in parts],
             "ids": [p["id"] for p in parts],
         })

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,32 +13,6 @@ from templates.chat import ChatFormat
 
 IGNORE = -100
 IMAGE_TOKEN = "<image>"
-
-
-# Qwen2-VL's image processor (Qwen2VLImageProcessor / smart_resize): both sides rounded to a multiple of
-# patch 14 x merge 2 = 28 px, then scaled so that the area lies within [min_pixels, max_pixels]
-QWEN2_VL_FACTOR, QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS = 28, 56 * 56, 28 * 28 * 1280
-
-
-def qwen2_vl_resized(height: int, width: int, factor: int = QWEN2_VL_FACTOR, min_pixels: int = QWEN2_VL_MIN_PIXELS,
-                     max_pixels: int = QWEN2_VL_MAX_PIXELS) -> tuple[int, int]:
-    """(height, width) Qwen2-VL resizes an image to: multiples of `factor`, area within [min, max] pixels."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"image {width}x{height}: Qwen2-VL refuses an aspect ratio above 200")
-    h, w = round(height / factor) * factor, round(width / factor) * factor
-    if h * w > max_pixels:
-        scale = math.sqrt(height * width / max_pixels)
-        h, w = max(factor, math.floor(height / scale / factor) * factor), max(factor, math.floor(width / scale / factor) * factor)
-    elif h * w < min_pixels:
-        scale = math.sqrt(min_pixels / (height * width))
-        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
-    return h, w
-
-
-def qwen2_vl_visual_tokens(image: dict, patch_size: int = 14, merge_size: int = 2, **resize) -> int:
-    """LLM positions of one image in Qwen2-VL: its 14-px patches after the resize rule, merged 2x2."""
-    h, w = qwen2_vl_resized(int(image["height"]), int(image["width"]), factor=patch_size * merge_size, **resize)
-    return (h // patch_size) * (w // patch_size) // (merge_size * merge_size)
 
 
 @dataclass

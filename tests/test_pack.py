@@ -151,7 +151,7 @@ def test_an_image_cap_bounds_the_images_per_sequence():
 def test_qwen2_vl_sizes_images_as_its_image_processor_does():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-    from pipelines.tokenize import qwen2_vl_resized, qwen2_vl_visual_tokens
+    from vlm.preset import qwen2_vl_resized, qwen2_vl_visual_tokens
 
     rng = np.random.default_rng(0)
     sizes = [(448, 448), (10, 1000), (5000, 3000), (57, 91), (28, 28), (1, 150)] + \

@@ -246,3 +246,11 @@ def test_windows_packed_by_ray_tasks_write_what_packing_here_writes(tmp_path):
     assert here_summary["windows"] == 3 and here_summary["samples"] == 60
     windows = [{int(i.split(":")[1]) // 25 for i in row["ids"]} for row in here]
     assert all(len(w) == 1 for w in windows)  # no sequence spans two windows
+
+
+def test_the_manifest_names_the_architecture_tokenizer_sequence_length_mode_and_fill(render_dir, tmp_path):
+    save_tokenizer_without_pad(tmp_path / "tok")
+    run_pack(config(tmp_path / "tok"), render_dir.parent, log=lambda *_: None)
+    manifest = json.loads((render_dir.parent / "pack" / "instruct" / "manifest.json").read_text())
+    assert (manifest["architecture"], manifest["seq_len"], manifest["mode"]) == ("llava-1.5", 2048, "block")
+    assert manifest["tokenizer_hash"] and 0 < manifest["fill"] <= 1

@@ -38,10 +38,16 @@ class Batch:
     labels: torch.Tensor  # (B, L) long, -100 where no loss
     position_ids: torch.Tensor  # (B, L) long, restarting at every segment
     document_ids: torch.Tensor  # (B, L) long, padding is a segment of its own
-    pixel_values: torch.Tensor | None  # (N, 3, H, W), images in order of appearance
+    pixel_values: torch.Tensor | None  # (N, 3, H, W), images in order of appearance (Qwen2-VL: patches)
     num_tokens: int  # supervised tokens, for per-token loss normalisation
     real_tokens: int  # non-padding tokens
     ids: list[list[str]] = field(default_factory=list)
+    # encoder-decoder LLMs (FlanT5): input_ids are the encoder's, these the decoder's targets and segments
+    decoder_labels: torch.Tensor | None = None  # (B, Ld) long
+    decoder_document_ids: torch.Tensor | None = None  # (B, Ld) long
+    image_grid_thw: torch.Tensor | None = None  # (N, 3): Qwen2-VL's patch grid of each image
+    qformer_input_ids: torch.Tensor | None = None  # (N, T): InstructBLIP, each image's instruction
+    qformer_attention_mask: torch.Tensor | None = None  # (N, T)
 
     def to(self, device: torch.device | str) -> "Batch":
         def move(t):
@@ -50,13 +56,23 @@ class Batch:
         return Batch(
             move(self.input_ids), move(self.labels), move(self.position_ids), move(self.document_ids),
             move(self.pixel_values), self.num_tokens, self.real_tokens, self.ids,
+            move(self.decoder_labels), move(self.decoder_document_ids), move(self.image_grid_thw),
+            move(self.qformer_input_ids), move(self.qformer_attention_mask),
         )
 
     def model_inputs(self) -> dict[str, Any]:
-        return dict(
-            input_ids=self.input_ids, pixel_values=self.pixel_values, position_ids=self.position_ids,
-            labels=self.labels, document_ids=self.document_ids,
-        )
+        """The keyword arguments of the model's forward for this batch."""
+        if self.decoder_labels is not None:  # the encoder reads input_ids; the decoder learns its targets
+            inputs = dict(input_ids=self.input_ids, pixel_values=self.pixel_values, labels=self.decoder_labels,
+                          document_ids=self.document_ids, decoder_document_ids=self.decoder_document_ids)
+        else:
+            inputs = dict(input_ids=self.input_ids, pixel_values=self.pixel_values, position_ids=self.position_ids,
+                          labels=self.labels, document_ids=self.document_ids)
+        if self.image_grid_thw is not None:
+            inputs["image_grid_thw"] = self.image_grid_thw
+        if self.qformer_input_ids is not None:
+            inputs.update(qformer_input_ids=self.qformer_input_ids, qformer_attention_mask=self.qformer_attention_mask)
+        return inputs
 
 
 class _ShardRows:
@@ -65,9 +81,13 @@ class _ShardRows:
     def __init__(self, path: Path):
         import pyarrow.parquet as pq  # lazy: only the reader needs pyarrow
 
-        table = pq.read_table(path, columns=["input_ids", "labels", "segment_lengths", "images", "ids"])
+        names = ["input_ids", "labels", "segment_lengths", "images", "ids"]
+        if "qformer_ids" in pq.read_schema(path).names:
+            names.append("qformer_ids")
+        decoder = [n for n in ("decoder_labels", "decoder_segment_lengths") if n in pq.read_schema(path).names]
+        table = pq.read_table(path, columns=names + decoder)
         self.columns = {}
-        for name in ("input_ids", "labels", "segment_lengths"):
+        for name in ("input_ids", "labels", "segment_lengths", *decoder):
             array = table.column(name).combine_chunks()
             self.columns[name] = (
                 torch.from_numpy(array.offsets.to_numpy(zero_copy_only=False).astype("int64")),
@@ -75,6 +95,7 @@ class _ShardRows:
             )
         self.images = table.column("images").to_pylist()
         self.ids = table.column("ids").to_pylist()
+        self.qformer_ids = table.column("qformer_ids").to_pylist() if "qformer_ids" in names else None
 
     def get(self, row: int, name: str) -> torch.Tensor:
         offsets, values = self.columns[name]
@@ -162,7 +183,7 @@ class PackedDataset:
 
     def collate(self, rows: list[tuple[int, int]]) -> Batch:
         """Pads rows to the longest with pad_token_id / -100; padding becomes its own segment."""
-        input_ids, labels, segments, images, ids = [], [], [], [], []
+        input_ids, labels, segments, images, ids, targets, target_segments, instructions = [], [], [], [], [], [], [], []
         for shard, row in rows:
             data = self._shard(shard)
             input_ids.append(data.get(row, "input_ids"))
@@ -170,33 +191,67 @@ class PackedDataset:
             segments.append(data.get(row, "segment_lengths"))
             images.extend(data.images[row] or [])
             ids.append(list(data.ids[row] or []))
-        length = max(len(t) for t in input_ids)
-        batch = len(rows)
-        input_tensor = torch.full((batch, length), self.pad_token_id, dtype=torch.long)
-        label_tensor = torch.full((batch, length), -100, dtype=torch.long)
-        document_ids = torch.empty((batch, length), dtype=torch.long)
-        for b, (tokens, target, lengths) in enumerate(zip(input_ids, labels, segments)):
-            n = len(tokens)
-            if int(lengths.sum()) != n:
-                raise ValueError(f"packed row {rows[b]}: segment_lengths sum to {int(lengths.sum())}, row has {n} tokens")
-            input_tensor[b, :n] = tokens
-            label_tensor[b, :n] = target
-            document_ids[b, :n] = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-            document_ids[b, n:] = len(lengths)
-        pixel_values = self.images.stack(images)  # (N, 3, H, W) or None
+            if self.preset.qformer_vocab:
+                instructions.extend(data.qformer_ids[row] if data.qformer_ids else [])
+            if self.preset.encoder_decoder:
+                targets.append(data.get(row, "decoder_labels"))
+                target_segments.append(data.get(row, "decoder_segment_lengths"))
+        input_tensor, label_tensor, document_ids = self._pad(rows, input_ids, labels, segments, self.pad_token_id)
         found = int((input_tensor == self.image_token_id).sum())
-        if found != len(images) * self.preset.visual_tokens:
+        expected = sum(self.preset.visual_tokens_for(image) for image in images)
+        if found != expected:
             raise ValueError(
-                f"packed rows {rows}: {found} image tokens but {len(images)} image references x "
-                f"{self.preset.visual_tokens} visual tokens; the pack does not match preset {self.preset.name!r}"
+                f"packed rows {rows}: {found} image tokens but {len(images)} image references take {expected} "
+                f"visual tokens; the pack does not match preset {self.preset.name!r}"
             )
-        return Batch(
+        batch = Batch(
             input_ids=input_tensor,
             labels=label_tensor,
             position_ids=positions_from_document_ids(document_ids),
             document_ids=document_ids,
-            pixel_values=pixel_values,
+            pixel_values=None,
             num_tokens=int((shifted_targets(label_tensor, document_ids) != -100).sum()),
             real_tokens=sum(len(t) for t in input_ids),
             ids=ids,
         )
+        if self.preset.vision_kind == "qwen2_vl" and images:
+            from .qwen2_vl import patchify
+
+            batch.pixel_values, batch.image_grid_thw = patchify(
+                [self.images.native(image) for image in images], patch_size=self.preset.patch_size,
+                merge_size=self.preset.vision.get("spatial_merge_size", 2))
+        else:
+            batch.pixel_values = self.images.stack(images)  # (N, 3, H, W) or None
+        if self.preset.qformer_vocab and images:
+            if len(instructions) != len(images):
+                raise ValueError(f"packed rows {rows}: {len(images)} images but {len(instructions)} Q-Former instructions; "
+                                 f"pack with preset {self.preset.name!r} so that each image carries its instruction")
+            width = max(len(i) for i in instructions)
+            batch.qformer_input_ids = torch.full((len(instructions), width), int(self.manifest["qformer_pad_token_id"]))
+            batch.qformer_attention_mask = torch.zeros((len(instructions), width), dtype=torch.long)
+            for k, instruction in enumerate(instructions):
+                batch.qformer_input_ids[k, :len(instruction)] = torch.tensor(instruction)
+                batch.qformer_attention_mask[k, :len(instruction)] = 1
+        if self.preset.encoder_decoder:  # an encoder-decoder pack: the answers are the decoder's, unshifted, every token learnt
+            batch.decoder_labels, _, batch.decoder_document_ids = self._pad(rows, targets, targets, target_segments, -100)
+            batch.num_tokens = int((batch.decoder_labels != -100).sum())
+        return batch
+
+    @staticmethod
+    def _pad(rows, tokens: list[torch.Tensor], targets: list[torch.Tensor], segments: list[torch.Tensor],
+             pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids, labels, document_ids), each (B, L) padded to the longest row; padding a segment of its own."""
+        length = max(len(t) for t in tokens)
+        batch = len(tokens)
+        ids = torch.full((batch, length), pad, dtype=torch.long)
+        labels = torch.full((batch, length), -100, dtype=torch.long)
+        document_ids = torch.empty((batch, length), dtype=torch.long)
+        for b, (row_ids, row_labels, lengths) in enumerate(zip(tokens, targets, segments)):
+            n = len(row_ids)
+            if int(lengths.sum()) != n:
+                raise ValueError(f"packed row {rows[b]}: segment_lengths sum to {int(lengths.sum())}, row has {n} tokens")
+            ids[b, :n] = row_ids
+            labels[b, :n] = row_labels
+            document_ids[b, :n] = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+            document_ids[b, n:] = len(lengths)
+        return ids, labels, document_ids

@@ -116,6 +116,7 @@ class ImageProcessor:
     """Turns image references into normalised (3, H, W) tensors for one preset."""
 
     def __init__(self, preset: Preset, root: str | Path | None = None, shards: TarShards | None = None):
+        self.preset = preset
         self.image_size = preset.image_size
         self.fill = tuple(int(round(m * 255)) for m in preset.image_mean)
         self.mean = torch.tensor(preset.image_mean).view(3, 1, 1)
@@ -129,6 +130,18 @@ class ImageProcessor:
         image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
         pixels = pixels.view(self.image_size, self.image_size, 3).permute(2, 0, 1).float() / 255.0  # (3, H, W)
+        return (pixels - self.mean) / self.std
+
+    def native(self, reference: dict) -> torch.Tensor:
+        """(3, H, W) normalised pixels at the size Qwen2-VL's resize rule gives the reference's width and
+        height (multiples of 28 px), as its image processor resizes: bicubic, no padding to a square."""
+        from .preset import qwen2_vl_resized
+
+        factor = self.preset.patch_size * self.preset.vision.get("spatial_merge_size", 2)
+        height, width = qwen2_vl_resized(int(reference["height"]), int(reference["width"]), factor=factor)
+        image = load_image(reference, root=self.root, shards=self.shards).resize((width, height), Image.Resampling.BICUBIC)
+        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+        pixels = pixels.view(height, width, 3).permute(2, 0, 1).float() / 255.0  # (3, H, W)
         return (pixels - self.mean) / self.std
 
     def stack(self, references: list[Any]) -> torch.Tensor | None:

@@ -13,6 +13,7 @@ name "blip2-opt-tiny") is the same architecture small enough to train on a CPU i
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,13 @@ class Preset:
     def encoder_decoder(self) -> bool:
         return self.llm_kind == "t5"
 
+    def visual_tokens_for(self, image: dict) -> int:
+        """LLM positions one image takes: the preset's count, or for Qwen2-VL the count of its 14-px patches
+        after its resize rule, merged 2x2 (`image` holds the reference's width and height)."""
+        if self.vision_kind != "qwen2_vl":
+            return self.visual_tokens
+        return qwen2_vl_visual_tokens(image, self.patch_size, self.vision.get("spatial_merge_size", 2))
+
     def stage(self, name: str) -> Stage:
         for stage in self.stages:
             if stage.name == name:
@@ -125,6 +133,32 @@ class Preset:
         for key in ("image_mean", "image_std", "sources"):
             data[key] = tuple(data.get(key, ()))
         return cls(**data)
+
+
+# Qwen2-VL's image processor (Qwen2VLImageProcessor / smart_resize): both sides rounded to a multiple of
+# patch 14 x merge 2 = 28 px, then scaled so that the area lies within [min_pixels, max_pixels]
+QWEN2_VL_FACTOR, QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS = 28, 56 * 56, 28 * 28 * 1280
+
+
+def qwen2_vl_resized(height: int, width: int, factor: int = QWEN2_VL_FACTOR, min_pixels: int = QWEN2_VL_MIN_PIXELS,
+                     max_pixels: int = QWEN2_VL_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) Qwen2-VL resizes an image to: multiples of `factor`, area within [min, max] pixels."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"image {width}x{height}: Qwen2-VL refuses an aspect ratio above 200")
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        h, w = max(factor, math.floor(height / scale / factor) * factor), max(factor, math.floor(width / scale / factor) * factor)
+    elif h * w < min_pixels:
+        scale = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
+    return h, w
+
+
+def qwen2_vl_visual_tokens(image: dict, patch_size: int = 14, merge_size: int = 2, **resize) -> int:
+    """LLM positions of one image in Qwen2-VL: its 14-px patches after the resize rule, merged 2x2."""
+    h, w = qwen2_vl_resized(int(image["height"]), int(image["width"]), factor=patch_size * merge_size, **resize)
+    return (h // patch_size) * (w // patch_size) // (merge_size * merge_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +370,7 @@ TINY_EVA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_a
                 patch_size=8, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True)
 # Each tiny part is its published part with small widths, so it keeps every other setting.
 TINY_QFORMER = dict(QFORMER, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                    encoder_hidden_size=32, num_query_tokens=8, vocab_size=120, max_position_embeddings=64, embed_dim=16)
+                    encoder_hidden_size=32, num_query_tokens=8, vocab_size=512, max_position_embeddings=64, embed_dim=16)
 TINY_LLAMA = dict(LLAMA2_7B, vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048)
 TINY_OPT = dict(OPT_2_7B, vocab_size=256, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
