@@ -93,7 +93,7 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
             raise ConfigError(f"pack.tokenizer.path: {cfg['tokenizer']['path']}: no tokenizer.json; give a folder "
                               "saved by a Hugging Face fast tokenizer, or use {train: {vocab_size: N}}")
         inputs[str(tokenizer_file)] = fingerprint
-    if preset.qformer_vocab and "path" in cfg["qformer_tokenizer"]:
+    if preset.qformer_text and "path" in cfg["qformer_tokenizer"]:
         qformer_file = Path(cfg["qformer_tokenizer"]["path"]) / "tokenizer.json"
         fingerprint = input_fingerprint(qformer_file)
         if fingerprint is None:
@@ -116,19 +116,20 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
         shutil.copytree(cfg["tokenizer"]["path"], tokenizer_dir)
         tokenizer = load_tokenizer(tokenizer_dir)
     encoder = Encoder(tokenizer, chat_format, visual_token_counter(preset), cfg["loss_on"])
-    if preset.qformer_vocab:
+    if preset.qformer_text:
         qformer = cfg["qformer_tokenizer"]
         qformer_dir = stage_dir / "qformer_tokenizer"
         if "train" in qformer:
-            train_bpe((_instruction(r["messages"]) for r in records), qformer["train"]["vocab_size"], qformer_dir,
-                      bos="[CLS]", eos="[SEP]")
+            texts = (_qformer_text(r["messages"], kind) for r in records for kind in ("instruction", "caption"))
+            train_bpe(texts, qformer["train"]["vocab_size"], qformer_dir, bos="[CLS]", eos="[SEP]")
         else:
             shutil.copytree(qformer["path"], qformer_dir)
         size, room = load_tokenizer(qformer_dir).get_vocab_size(), preset.connector_config["vocab_size"]
         if size > room:
             raise ConfigError(f"pack.qformer_tokenizer: {size} tokens, more than the {room} word embeddings of "
                               f"{preset.name}'s Q-Former; use its own tokenizer or a smaller vocab_size")
-        qformer_settings = {"qformer_dir": str(qformer_dir),  # LAVIS reads at most 128 instruction tokens
+        qformer_settings = {"qformer_dir": str(qformer_dir),
+                            # LAVIS reads at most 128 instruction tokens (and 32 caption tokens in BLIP-2's stage 1)
                             "qformer_max_length": min(128, preset.connector_config.get("max_position_embeddings", 512))}
     else:
         qformer_settings = {}
@@ -138,9 +139,15 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
     outputs = {}
     for name, spec in cfg["outputs"].items():
         chosen = [r for r in records if selected(r, spec["datasets"], spec.get("split", "train"))]
+        kinds = {stage.qformer_text for stage in preset.stages if stage.data == name} - {None}
+        if len(kinds) > 1:
+            raise ConfigError(f"pack.outputs.{name}: stages of {preset.name} read it with the Q-Former reading "
+                              f"{sorted(kinds)}; give each its own output")
+        qformer_text = next(iter(kinds), preset.qformer_text)
         on_ray = cfg["ray"] == "always" or (cfg["ray"] == "auto" and bool(
             ray_address or os.environ.get("RAY_ADDRESS") or len(chosen) > cfg["window"]))
-        summary = _pack_output(chosen, encoder, {**cfg, **qformer_settings}, preset, stage_dir / name, tokenizer_dir, record,
+        summary = _pack_output(chosen, encoder, {**cfg, **qformer_settings, "qformer_text": qformer_text}, preset,
+                               stage_dir / name, tokenizer_dir, record,
                                ray_address=ray_address if on_ray else False, log=log)
         outputs[name] = summary
         record.rows_out += summary["samples"]
@@ -177,7 +184,8 @@ def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Pa
     shards = out_dir / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     settings = {key: cfg.get(key) for key in ("seq_len", "loss_on", "mode", "max_images_per_sequence", "too_long",
-                                              "sequences_per_shard", "qformer_dir", "qformer_max_length")}
+                                              "sequences_per_shard", "qformer_dir", "qformer_max_length",
+                                              "qformer_text")}
     jobs = [(records[start:start + window], k, settings, preset.name, str(tokenizer_dir), str(shards))
             for k, start in enumerate(range(0, len(records), window))] or [([], 0, settings, preset.name,
                                                                            str(tokenizer_dir), str(shards))]
@@ -231,7 +239,7 @@ def pack_window(records: list[dict], window: int, settings: dict, preset_name: s
         qformer = QFormerInstructions(settings["qformer_dir"], settings["qformer_max_length"])
         by_id = {r["id"]: r for r in records}
         for sample in samples:
-            text = _instruction(by_id[sample["id"].split("#part")[0]]["messages"])
+            text = _qformer_text(by_id[sample["id"].split("#part")[0]]["messages"], settings["qformer_text"])
             sample["qformer_ids"] = [qformer(text)] * len(sample["images"])
     if cap is not None:
         over = sum(1 for s in samples if len(s["images"]) > cap)
@@ -261,9 +269,11 @@ def _qformer_pad(tokenizer_dir: str) -> int:
     return pad if pad is not None else tokenizer.token_to_id("<pad>")
 
 
-def _instruction(messages: list[dict]) -> str:
-    """The instruction InstructBLIP's Q-Former reads: the first user turn's text, image marks left out."""
-    first = next((m["content"] for m in messages if m["role"] == "user"), "")
+def _qformer_text(messages: list[dict], kind: str) -> str:
+    """What the Q-Former reads of a conversation: the instruction (InstructBLIP: the first user turn's text,
+    image marks left out) or the caption (BLIP-2's stage 1: the first answer)."""
+    role = "user" if kind == "instruction" else "assistant"
+    first = next((m["content"] for m in messages if m["role"] == role), "")
     return " ".join(first.replace("<image>", " ").split())
 
 

@@ -45,7 +45,7 @@ def test_a_packed_batch_of_every_architecture_trains_its_tiny_model(name, render
     assert all(any(p.grad is not None for p in module.parameters()) for module in model.groups.values())
     if dataset.preset.encoder_decoder:
         assert batch.decoder_labels is not None and batch.labels.eq(-100).all()
-    if dataset.preset.qformer_vocab:
+    if dataset.preset.qformer_text:
         assert batch.qformer_input_ids.shape[0] == batch.pixel_values.shape[0]
     if dataset.preset.vision_kind == "qwen2_vl":
         # 64x48 px is under Qwen2-VL's 56x56-pixel floor: scaled up to 80x64 (multiples of 8-px patch x 2)

@@ -191,7 +191,7 @@ class PackedDataset:
             segments.append(data.get(row, "segment_lengths"))
             images.extend(data.images[row] or [])
             ids.append(list(data.ids[row] or []))
-            if self.preset.qformer_vocab:
+            if self.preset.qformer_text:
                 instructions.extend(data.qformer_ids[row] if data.qformer_ids else [])
             if self.preset.encoder_decoder:
                 targets.append(data.get(row, "decoder_labels"))
@@ -222,7 +222,7 @@ class PackedDataset:
                 merge_size=self.preset.vision.get("spatial_merge_size", 2))
         else:
             batch.pixel_values = self.images.stack(images)  # (N, 3, H, W) or None
-        if self.preset.qformer_vocab and images:
+        if self.preset.qformer_text and images:
             if len(instructions) != len(images):
                 raise ValueError(f"packed rows {rows}: {len(images)} images but {len(instructions)} Q-Former instructions; "
                                  f"pack with preset {self.preset.name!r} so that each image carries its instruction")

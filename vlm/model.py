@@ -170,9 +170,9 @@ def build_connector(preset: Preset, config: dict[str, Any], vision_size: int, ll
         from .connectors.projector import LinearProjector
         from .connectors.qformer import QFormer, QFormerConfig
 
-        # BLIP-2 keeps the text path and the stage-1 heads (ITC, ITM, ITG); InstructBLIP keeps the text path
-        # for the instruction; MiniGPT-4's frozen Q-Former only turns images into queries.
-        layout = {"qformer": (True, True), "instruct_qformer": (True, False), "qformer_linear": (False, False)}[kind]
+        # BLIP-2 and InstructBLIP keep the text path and the stage-1 heads (ITC, ITM, ITG: InstructBLIP runs
+        # BLIP-2's stages first); MiniGPT-4's frozen Q-Former only turns images into queries.
+        layout = {"qformer": (True, True), "instruct_qformer": (True, True), "qformer_linear": (False, False)}[kind]
         # (a checkpoint's config may say otherwise: BLIP-2's transformers checkpoints carry no text path)
         qformer = QFormer(QFormerConfig(**{"text_input": layout[0], "stage1_heads": layout[1], **config,
                                            "encoder_hidden_size": vision_size}))
@@ -333,12 +333,27 @@ class VisionLanguageModel(nn.Module):
                                       preset.vision_post_norm, preset.keep_cls)  # (N, P, Dv)
         if preset.connector not in QFORMER_CONNECTORS:
             return self.connector(features)  # (N, visual_tokens, D)
-        if preset.connector == "instruct_qformer" and qformer_input_ids is None:
-            raise ValueError(f"preset {preset.name!r}: the instruction-aware Q-Former needs each image's instruction "
-                             "as qformer_input_ids (N, T) in the Q-Former's vocabulary")
+        # InstructBLIP's Q-Former reads each image's instruction beside its queries; without one (BLIP-2's
+        # generative stage, which InstructBLIP runs first) the queries are read alone. BLIP-2's captions are
+        # for its stage 1, never read here.
+        if preset.connector != "instruct_qformer":
+            qformer_input_ids = qformer_attention_mask = None
         queries = self.connector.visual_tokens(features, instruction_ids=qformer_input_ids,
                                                instruction_mask=qformer_attention_mask)  # (N, 32, 768)
         return self.projection(queries)  # (N, 32, D)
+
+    def representation_losses(self, pixel_values: torch.Tensor, qformer_input_ids: torch.Tensor,
+                              qformer_attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """BLIP-2's stage 1 on N images and their captions (in the Q-Former's vocabulary): ITC, ITM with hard
+        negatives and ITG, from the Q-Former on the (frozen) vision tower's features; "loss" is their sum."""
+        if self.preset.connector not in ("qformer", "instruct_qformer"):
+            raise ValueError(f"preset {self.preset.name!r}: the itc_itm_itg objective is BLIP-2's Q-Former stage 1; "
+                             f"this preset's connector is {self.preset.connector!r}")
+        vision_learns = any(p.requires_grad for p in self.vision_tower.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and vision_learns):
+            features = image_features(self.vision_tower, pixel_values.to(next(self.vision_tower.parameters()).dtype),
+                                      self.preset.vision_feature_layer, self.preset.vision_post_norm, self.preset.keep_cls)
+        return self.connector.stage1_losses(features, qformer_input_ids, qformer_attention_mask)
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, **image_inputs) -> torch.Tensor:
         """(B, L, D) token embeddings with image features written over the image-token positions."""

@@ -48,6 +48,9 @@ class Stage:
     global_batch_size: int | None = None  # the paper's, for reference; the trainer's config decides
     objective: str = "lm"
     image_size: int | None = None  # the stage's own resolution where the paper changes it (Qwen-VL: 224 then 448)
+    # what a Q-Former reads in its own vocabulary in this stage: "caption" (BLIP-2's stage 1), "instruction"
+    # (InstructBLIP's instruction tuning), or None (queries alone)
+    qformer_text: str | None = None
 
     def __post_init__(self):
         unknown = set(self.trainable) - set(GROUPS)
@@ -86,7 +89,9 @@ class Preset:
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     image_token: str = "<image>"
-    qformer_vocab: bool = False  # the connector reads the instruction in its own (BERT) vocabulary
+    # what the Q-Former reads in its own (BERT) vocabulary, packed with each image: InstructBLIP's instruction,
+    # or BLIP-2's caption (its stage-1 ITC / ITM / ITG losses); None for the other connectors
+    qformer_text: str | None = None
     sources: tuple[str, ...] = field(default=())  # where the configuration was read
 
     def __post_init__(self):
@@ -211,12 +216,13 @@ def _llava_stages(pretrain_lr: float, instruct_lr: float, batches=(256, 128)) ->
 # frozen LLM with the LM loss (Q-Former and projection learn). 1e-4 peak, cosine, 2k warmup steps.
 BLIP2_STAGES = (
     Stage("representation", trainable=("connector",), data="pretrain", lr=1e-4, objective="itc_itm_itg",
-          global_batch_size=2320),
+          global_batch_size=2320, qformer_text="caption"),
     Stage("generative", trainable=("connector", "projection"), data="pretrain", lr=1e-4, global_batch_size=1920),
 )
 # InstructBLIP starts from BLIP-2's weights and instruction-tunes the Q-Former and projection (LLM and ViT frozen)
 INSTRUCTBLIP_STAGES = BLIP2_STAGES + (
-    Stage("instruct", trainable=("connector", "projection"), data="instruct", lr=1e-5, global_batch_size=192),
+    Stage("instruct", trainable=("connector", "projection"), data="instruct", lr=1e-5, global_batch_size=192,
+          qformer_text="instruction"),
 )
 
 
@@ -235,7 +241,7 @@ def _published() -> list[Preset]:
         Preset(
             name="blip2-opt", architecture="blip2-opt", size="published", chat_format="blip2_opt",
             **blip2_image,
-            connector="qformer",
+            connector="qformer", qformer_text="caption",
             llm_kind="opt", llm=OPT_2_7B, stages=BLIP2_STAGES,
             sources=("arXiv 2301.12597", "huggingface.co/Salesforce/blip2-opt-2.7b config.json",
                      "salesforce/LAVIS lavis/models/blip2_models/blip2_opt.py"),
@@ -243,7 +249,7 @@ def _published() -> list[Preset]:
         Preset(
             name="blip2-flant5", architecture="blip2-flant5", size="published", chat_format="blip2_flant5",
             **blip2_image,
-            connector="qformer",
+            connector="qformer", qformer_text="caption",
             llm_kind="t5", llm=FLAN_T5_XL, stages=BLIP2_STAGES,
             sources=("arXiv 2301.12597", "huggingface.co/Salesforce/blip2-flan-t5-xl config.json",
                      "salesforce/LAVIS lavis/models/blip2_models/blip2_t5.py"),
@@ -251,7 +257,7 @@ def _published() -> list[Preset]:
         Preset(
             name="instructblip-flant5", architecture="instructblip-flant5", size="published",
             chat_format="instructblip_flant5", **blip2_image,
-            connector="instruct_qformer", qformer_vocab=True,
+            connector="instruct_qformer", qformer_text="instruction",
             llm_kind="t5", llm=FLAN_T5_XL, stages=INSTRUCTBLIP_STAGES,
             sources=("arXiv 2305.06500", "huggingface.co/Salesforce/instructblip-flan-t5-xl config.json",
                      "salesforce/LAVIS lavis/models/blip2_models/blip2_t5_instruct.py"),
@@ -259,7 +265,7 @@ def _published() -> list[Preset]:
         Preset(
             name="instructblip-vicuna", architecture="instructblip-vicuna", size="published",
             chat_format="instructblip_vicuna", **blip2_image,
-            connector="instruct_qformer", qformer_vocab=True,
+            connector="instruct_qformer", qformer_text="instruction",
             llm_kind="llama", llm=dict(VICUNA_7B, vocab_size=32001), stages=INSTRUCTBLIP_STAGES,
             sources=("arXiv 2305.06500", "huggingface.co/Salesforce/instructblip-vicuna-7b config.json",
                      "salesforce/LAVIS lavis/models/blip2_models/blip2_vicuna_instruct.py"),
@@ -370,7 +376,8 @@ TINY_EVA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_a
                 patch_size=8, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True)
 # Each tiny part is its published part with small widths, so it keeps every other setting.
 TINY_QFORMER = dict(QFORMER, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                    encoder_hidden_size=32, num_query_tokens=8, vocab_size=512, max_position_embeddings=64, embed_dim=16)
+                    encoder_hidden_size=32, num_query_tokens=8, vocab_size=512, max_position_embeddings=64, embed_dim=16,
+                    dec_token_id=511)  # [DEC], after the 400 tokens a tokenizer trained on the corpus holds
 TINY_LLAMA = dict(LLAMA2_7B, vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048)
 TINY_OPT = dict(OPT_2_7B, vocab_size=256, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,

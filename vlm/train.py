@@ -282,9 +282,16 @@ def train_stage(
         for batch in micro_batches:
             batch = batch.to(device)
             with autocast:
-                output = model(**batch.model_inputs(), num_items_in_batch=max(step_tokens, 1), return_logits=False)
-            output.loss.backward()
-            loss_value += output.loss.item()
+                if stage.objective == "itc_itm_itg":  # BLIP-2 stage 1: images against their captions
+                    loss = model.representation_losses(batch.pixel_values, batch.qformer_input_ids,
+                                                       batch.qformer_attention_mask)["loss"] / len(micro_batches)
+                else:
+                    inputs = batch.model_inputs()
+                    if stage.qformer_text is None:  # the queries alone (BLIP-2's generative stage)
+                        inputs.pop("qformer_input_ids", None), inputs.pop("qformer_attention_mask", None)
+                    loss = model(**inputs, num_items_in_batch=max(step_tokens, 1), return_logits=False).loss
+            loss.backward()
+            loss_value += loss.item()
             tokens += batch.real_tokens
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         current_lr = scheduler.get_last_lr()[0]

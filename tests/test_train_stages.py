@@ -1,0 +1,44 @@
+"""Every stage of every preset, tiny, trained from `loom pack`'s output by the staged trainer (vlm.train)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vlm
+from jobs.pack import run_pack
+from vlm.model import build_model
+from vlm.train import TrainConfig, train_stage
+
+from test_pack_to_model import rendered  # noqa: F401 - the shared fixture: render output with images on disk
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", vlm.presets())
+def test_every_stage_trains_its_groups_and_leaves_the_frozen_ones_bit_identical(name, rendered, tmp_path):  # noqa: F811
+    preset = vlm.get_preset(name, size="tiny")
+    outputs = {stage.data: {"datasets": ["mix"], "split": "train"} for stage in preset.stages}
+    config = {"pack": {"preset": preset.name, "input": str(rendered / "render"), "tokenizer": {"train": {"vocab_size": 400}},
+                       "seq_len": 1024, "outputs": outputs}}
+    run_pack(config, tmp_path, log=lambda *_: None)
+    manifest = run_pack(config, tmp_path, log=lambda *_: None)  # the second run finds it complete
+    assert sorted(manifest["outputs"]) == sorted(outputs)
+    import json
+
+    packed = json.loads((tmp_path / "pack" / preset.stages[0].data / "manifest.json").read_text())
+    model = build_model(preset, vocab_size=400, image_token_id=packed["image_token_id"], pad_token_id=packed["pad_token_id"])
+    previous = None
+    for stage in preset.stages:
+        before = {group: snapshot(module) for group, module in model.groups.items()}
+        summary = train_stage(model, stage, tmp_path / "pack" / stage.data, tmp_path / "train" / stage.name,
+                              TrainConfig(batch_size=2, max_steps=2, progress=False, tensorboard=False, init_from=previous))
+        log = [json.loads(line) for line in (tmp_path / "train" / stage.name / "log.jsonl").read_text().splitlines()]
+        assert len(log) == 2 and all(torch.isfinite(torch.tensor(row["loss"])) for row in log), (name, stage.name)
+        for group, module in model.groups.items():
+            after = snapshot(module)
+            unchanged = all(torch.equal(after[k], before[group][k]) for k in after)
+            assert unchanged == (group not in stage.trainable), (name, stage.name, group)
+        previous = str(tmp_path / "train" / stage.name)
+        assert summary
