@@ -10,6 +10,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports al
 from catalog.cards import TASKS  # noqa: E402 - pyyaml only: `loom --help` stays quick
 
 NOT_BUILT = "is not built yet in this version of Loom"
+WORKERS_HELP = "Ray Train workers for the train stage (default: train.workers in the config, else 1)"
 RAY_ADDRESS_HELP = ("a running Ray cluster's GCS address, HEAD:6379 (default: $RAY_ADDRESS, which `ray job submit` "
                     "sets for its job; else start a local Ray)")
 
@@ -45,17 +46,24 @@ def _stage(name):
         from jobs.config import load_config
         from jobs import run as runner
 
-        config = load_config(args.config, args.out)
+        config = _with_workers(load_config(args.config, args.out), args)
         runner.run_stages(config, args.out, [name], ray_address=getattr(args, "ray_address", None))
         return 0
     return run
+
+
+def _with_workers(config: dict, args) -> dict:
+    """--workers N overrides train.workers."""
+    if getattr(args, "workers", None):
+        config.setdefault("train", {})["workers"] = args.workers
+    return config
 
 
 def _run(args) -> int:
     from jobs.config import load_config
     from jobs import run as runner
 
-    config = load_config(args.config, args.out)
+    config = _with_workers(load_config(args.config, args.out), args)
     runner.run_stages(config, args.out, runner.stages_in(config), ray_address=args.ray_address)
     return 0
 
@@ -152,18 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
                             ("render", "pairs + annotations → instruction records"),
                             ("pack", "instructions → packed token sequences"),
                             ("train", "packed → checkpoints, stage by stage, then evaluation "
-                                      "(one process; Ray Train across workers is not built yet)")):
+                                      "(one process, or --workers N Ray Train workers)")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config")
         p.add_argument("--out", required=True, help="run folder; the stage writes OUT/" + name)
-        if name in ("ingest", "render"):
+        if name in ("ingest", "render", "pack", "train"):
             p.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
+        if name == "train":
+            p.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
         p.set_defaults(func=_stage(name))
 
     p = sub.add_parser("run", help="every stage the config names, in order; resumable")
     p.add_argument("config")
     p.add_argument("--out", required=True)
     p.add_argument("--ray-address", default=None, help=RAY_ADDRESS_HELP)
+    p.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
     p.set_defaults(func=_run)
 
     p = sub.add_parser("report", help="HTML + JSON report of a run folder")

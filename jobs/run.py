@@ -57,7 +57,7 @@ def run_stages(config: dict, out: str, stages: list[str], ray_address: str | Non
         elif name == "train":
             from jobs.train import run_train
 
-            run_train(config, out, log)
+            run_train(config, out, log, ray_address)
         timings[name] = round(time.time() - started, 2)
         log(f"{name}: {timings[name]:.1f}s")
     from jobs.report import write_report

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 from pathlib import Path
 
@@ -22,6 +23,9 @@ DEFAULTS = {
     # on a 2048-token row of ~130-token samples on CPU); sdpa, eager, flex_attention also work
     "attention": "segment_sdpa",
     "stages": {},  # stage name -> overrides: lr, epochs, max_steps, warmup_ratio, weight_decay
+    # Ray Train workers (TorchTrainer, DDP): each takes batch_size rows per micro-batch, so the global batch
+    # is workers x batch_size x grad_accum; 1 trains in this process
+    "workers": 1,
     "evaluate": {},
 }
 STAGE_KEYS = {"lr", "epochs", "max_steps", "warmup_ratio", "weight_decay"}
@@ -39,12 +43,14 @@ def train_settings(config: dict, preset) -> dict:
     cfg["evaluate"] = section({"evaluate": cfg["evaluate"]}, "evaluate", EVAL_DEFAULTS)
     from vlm.model import ATTENTION_MODES
 
+    require(isinstance(cfg["workers"], int) and cfg["workers"] >= 1,
+            f"train.workers: {cfg['workers']!r}; expected a whole number of Ray Train workers >= 1")
     require(cfg["attention"] in ATTENTION_MODES,
             f"train.attention: {cfg['attention']!r}; expected one of {list(ATTENTION_MODES)}")
     return cfg
 
 
-def run_train(config: dict, out: str | Path, log=print) -> dict:
+def run_train(config: dict, out: str | Path, log=print, ray_address: str | None = None) -> dict:
     """Train every stage of the packed preset (each resumable), evaluate, write `out/train/manifest.json`."""
     from vlm.preset import get_preset
 
@@ -68,7 +74,7 @@ def run_train(config: dict, out: str | Path, log=print) -> dict:
     import torch
 
     from vlm.model import build_model, count_parameters
-    from vlm.train import TrainConfig, load_model, train_stage
+    from vlm.train import load_model
 
     first_output = pack_dir / preset.stages[0].data
     packed = json.loads((first_output / "manifest.json").read_text())
@@ -78,27 +84,44 @@ def run_train(config: dict, out: str | Path, log=print) -> dict:
                         attn_implementation=cfg["attention"], seed=cfg["seed"])
     log(f"train: {preset.name}, parameters {count_parameters(model)}")
     summaries, previous = [], None
-    for stage in preset.stages:
-        overrides = cfg["stages"].get(stage.name) or {}
-        train_config = TrainConfig(
-            batch_size=cfg["batch_size"], grad_accum=cfg["grad_accum"], seed=cfg["seed"],
-            checkpoint_every=cfg["checkpoint_every"], device=cfg["device"], init_from=previous, **overrides)
-        out_dir = stage_dir / stage.name
-        summary = train_stage(model, stage, pack_dir / stage.data, out_dir, train_config)
-        curve = [[row["step"], row["loss"]] for row in map(json.loads, (out_dir / "log.jsonl").read_text().splitlines())]
-        summaries.append({**summary, "name": stage.name, "trainable": list(stage.trainable), "data": stage.data,
-                          "steps": len(curve), "final_loss": curve[-1][1] if curve else float("nan"),
-                          "loss_curve": curve})
-        record.rows_in += len(curve) * cfg["batch_size"] * cfg["grad_accum"]  # packed sequences consumed
-        log(f"train: stage {stage.name} ({', '.join(stage.trainable)}): {len(curve)} steps, "
-            f"loss {curve[0][1]:.3f} → {curve[-1][1]:.3f}")
-        previous = str(out_dir)
+    session = contextlib.nullcontext()
+    if cfg["workers"] > 1:
+        from jobs.ray_runtime import ray_session
+
+        session = ray_session(ray_address)
+        log(f"train: {cfg['workers']} Ray Train workers")
+    with session as ray:
+        for stage in preset.stages:
+            summaries.append(_train_one(model, stage, cfg, pack_dir, stage_dir, previous, ray, log))
+            record.rows_in += summaries[-1]["steps"] * cfg["batch_size"] * cfg["grad_accum"] * cfg["workers"]
+            previous = str(stage_dir / stage.name)
     model = load_model(previous, device=cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = Encoder(tokenizer, get_chat_format(preset.chat_format), preset.visual_tokens)
     evaluation = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log)
     record.rows_out = record.rows_in  # training drops nothing; the evaluation reports its own count
-    record.extra.update(preset=preset.name, stages=summaries, evaluation=evaluation)
+    record.extra.update(preset=preset.name, stages=summaries, evaluation=evaluation, workers=cfg["workers"])
     return record.finish(stage_dir)
+
+
+def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previous: str | None, ray, log) -> dict:
+    """One stage, here or on Ray Train workers; its summary with the loss curve."""
+    from vlm.train import TrainConfig, train_stage, train_stage_on_ray
+
+    overrides = cfg["stages"].get(stage.name) or {}
+    train_config = TrainConfig(
+        batch_size=cfg["batch_size"], grad_accum=cfg["grad_accum"], seed=cfg["seed"],
+        checkpoint_every=cfg["checkpoint_every"], device=cfg["device"], init_from=previous, **overrides)
+    out_dir = stage_dir / stage.name
+    if ray is None:
+        summary = train_stage(model, stage, pack_dir / stage.data, out_dir, train_config)
+    else:  # the model already holds the previous stage's weights, which the workers start from
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg["workers"]
+        summary = train_stage_on_ray(model, stage, pack_dir / stage.data, out_dir, train_config, cfg["workers"], use_gpu)
+    curve = [[row["step"], row["loss"]] for row in map(json.loads, (out_dir / "log.jsonl").read_text().splitlines())]
+    log(f"train: stage {stage.name} ({', '.join(stage.trainable)}): {len(curve)} steps, "
+        f"loss {curve[0][1]:.3f} → {curve[-1][1]:.3f}")
+    return {**summary, "name": stage.name, "trainable": list(stage.trainable), "data": stage.data,
+            "steps": len(curve), "final_loss": curve[-1][1] if curve else float("nan"), "loss_curve": curve}
 
 
 def _vqa_records(render_dir: Path, settings: dict) -> tuple[list[dict], list[dict]]:

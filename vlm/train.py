@@ -208,7 +208,12 @@ def train_stage(
         model.enable_activation_checkpointing()
     model.train()
 
-    dataset = PackedDataset(pack_dir, batch_size=config.batch_size, seed=config.seed, preset=model.preset)
+    # Under Ray Train (TorchTrainer) every worker runs this same loop on its share of each step's rows
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    lead = rank == 0  # only one worker writes logs and checkpoints
+    dataset = PackedDataset(pack_dir, batch_size=config.batch_size, seed=config.seed, preset=model.preset,
+                            rank=rank, world_size=world)
     epochs = config.epochs if config.epochs is not None else stage.epochs
     total_steps = config.max_steps or stage.max_steps or math.ceil(epochs * dataset.batches_per_epoch / config.grad_accum)
     warmup_ratio = config.warmup_ratio if config.warmup_ratio is not None else stage.warmup_ratio
@@ -255,7 +260,7 @@ def train_stage(
         model.vision_tower.compile()
         model.language_model.model.compile()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    writer = _tensorboard(out_dir) if config.tensorboard else None
+    writer = _tensorboard(out_dir) if config.tensorboard and lead else None
     tokenizer_dir = pack_dir / "tokenizer"
 
     def state_now() -> dict[str, Any]:
@@ -265,10 +270,18 @@ def train_stage(
             "config": asdict(config),
         }
 
+    # Gradients are averaged across workers by DDP; each worker's loss is scaled by the world size so the
+    # average equals the gradient of the whole step's loss, normalised by the whole step's tokens.
+    # (BLIP-2's stage 1 calls the Q-Former's own losses, not the model's forward: its gradients are averaged
+    # by hand after backward instead.)
+    runner = model
+    if world > 1 and stage.objective == "lm":
+        runner = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
     # -- the loop ----------------------------------------------------------------------------------
     stream = dataset.batches(start=position)
     started = time.time()
-    bar = tqdm(total=total_steps, initial=step, desc=f"{model.preset.name}/{stage.name}", disable=not config.progress)
+    bar = tqdm(total=total_steps, initial=step, desc=f"{model.preset.name}/{stage.name}", disable=not config.progress or not lead)
     while step < total_steps:
         step_start = time.time()
         micro_batches = []
@@ -278,21 +291,35 @@ def train_stage(
         # Normalise by the step's supervised tokens, not per micro-batch: a token weighs the same
         # whichever micro-batch or packed row it landed in.
         step_tokens = sum(b.num_tokens for b in micro_batches)
+        if world > 1:  # every worker normalises by the tokens of the whole step, on all workers
+            counted = torch.tensor([step_tokens], dtype=torch.float64)
+            torch.distributed.all_reduce(counted)
+            step_tokens = int(counted.item())
         loss_value = 0.0
         for batch in micro_batches:
             batch = batch.to(device)
             with autocast:
                 if stage.objective == "itc_itm_itg":  # BLIP-2 stage 1: images against their captions
                     loss = model.representation_losses(batch.pixel_values, batch.qformer_input_ids,
-                                                       batch.qformer_attention_mask)["loss"] / len(micro_batches)
+                                                       batch.qformer_attention_mask)["loss"] / (len(micro_batches) * world)
                 else:
                     inputs = batch.model_inputs()
                     if stage.qformer_text is None:  # the queries alone (BLIP-2's generative stage)
                         inputs.pop("qformer_input_ids", None), inputs.pop("qformer_attention_mask", None)
-                    loss = model(**inputs, num_items_in_batch=max(step_tokens, 1), return_logits=False).loss
-            loss.backward()
+                    loss = runner(**inputs, num_items_in_batch=max(step_tokens, 1), return_logits=False).loss
+            (loss * world).backward()
             loss_value += loss.item()
             tokens += batch.real_tokens
+        if world > 1:  # the step's loss is the sum of every worker's share
+            shared = torch.tensor([loss_value], dtype=torch.float64)
+            torch.distributed.all_reduce(shared)
+            loss_value = float(shared.item())
+            if runner is model:
+                for parameter in trainable:
+                    if parameter.grad is None:
+                        parameter.grad = torch.zeros_like(parameter)
+                    torch.distributed.all_reduce(parameter.grad)
+                    parameter.grad /= world
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         current_lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -305,19 +332,23 @@ def train_stage(
             "supervised_tokens": step_tokens, "grad_norm": float(grad_norm), "epoch": position.epoch,
             "step_s": round(time.time() - step_start, 4),
         }
-        _append_log(out_dir / LOG, record)
+        if lead:
+            _append_log(out_dir / LOG, record)
         if writer is not None:
             writer.add_scalar("train/loss", loss_value, step)
             writer.add_scalar("train/lr", current_lr, step)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{current_lr:.2e}")
         bar.update(1)
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+        if lead and config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
             _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir)
     bar.close()
     if writer is not None:
         writer.close()
 
     # -- end of stage ------------------------------------------------------------------------------
+    if not lead:  # the lead worker writes the checkpoint; the others are done
+        torch.distributed.barrier()
+        return {"stage": stage.name, "steps": step, "rank": rank}
     final = _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir)
     log = read_log(out_dir)
     summary = {
@@ -338,4 +369,46 @@ def train_stage(
     tmp = complete.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, complete)
+    if world > 1:
+        torch.distributed.barrier()
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# On N workers: Ray Train
+# ---------------------------------------------------------------------------------------------
+
+def train_stage_on_ray(model: VisionLanguageModel, stage: Stage, pack_dir: str | Path, out_dir: str | Path,
+                       config: TrainConfig, workers: int, use_gpu: bool = False) -> dict[str, Any]:
+    """`train_stage` on `workers` Ray Train workers (TorchTrainer, DDP; gloo on CPU, NCCL on GPU), in the Ray
+    this process has joined. Each worker rebuilds the model from its config and the caller's weights and
+    reads its share of every step's rows; the stage's checkpoint is then loaded back into `model`."""
+    import tempfile
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as start:  # the weights every worker starts from
+        save_file(weights_to_save(model), Path(start) / "model.safetensors")
+        arguments = {"model": model.config_dict(), "weights": str(Path(start) / "model.safetensors"),
+                     "stage": asdict(stage), "pack_dir": str(pack_dir), "out_dir": str(out_dir),
+                     "config": asdict(config)}
+        trainer = TorchTrainer(_train_worker, train_loop_config=arguments,
+                               scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+                               run_config=RunConfig(name=f"loom-{stage.name}", storage_path=str(out_dir / "ray")))
+        trainer.fit()
+    load_weights(model, checkpoint_dir(out_dir) / "model.safetensors")
+    return json.loads((out_dir / COMPLETE).read_text())
+
+
+def _train_worker(arguments: dict) -> None:
+    """One Ray Train worker: the model rebuilt, then the same loop as one process, on its rows."""
+    from .preset import Stage as StageClass
+
+    model = VisionLanguageModel.from_config_dict(arguments["model"])
+    load_weights(model, Path(arguments["weights"]))
+    stage = StageClass(**{**arguments["stage"], "trainable": tuple(arguments["stage"]["trainable"])})
+    config = TrainConfig(**{**arguments["config"], "betas": tuple(arguments["config"]["betas"]), "init_from": None})
+    train_stage(model, stage, arguments["pack_dir"], arguments["out_dir"], config)
