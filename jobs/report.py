@@ -151,8 +151,9 @@ def render_html(report: dict) -> str:
                                      for t, v in figures["tasks"].items()], ("task", "samples", "tokens", "token share")))
         if stage == "train":
             for s in m["stages"]:
+                accuracy = f", held-out VQA accuracy {s['accuracy']:.4f}" if s.get("accuracy") is not None else ""
                 parts.append(f"<h3>stage {html.escape(s['name'])}: trains {', '.join(s['trainable'])}; "
-                             f"{s['steps']} steps, final loss {s['final_loss']:.4f}</h3>")
+                             f"{s['steps']} steps, final loss {s['final_loss']:.4f}{accuracy}</h3>")
                 parts.append(line_svg(s["loss_curve"]))
             ev = m.get("evaluation")
             if ev:

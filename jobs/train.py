@@ -90,14 +90,18 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
 
         session = ray_session(ray_address)
         log(f"train: {cfg['workers']} Ray Train workers")
+    encoder = Encoder(tokenizer, get_chat_format(preset.chat_format), preset.visual_tokens)
     with session as ray:
-        for stage in preset.stages:
+        for k, stage in enumerate(preset.stages):
             summaries.append(_train_one(model, stage, cfg, pack_dir, stage_dir, previous, ray, log))
             record.rows_in += summaries[-1]["steps"] * cfg["batch_size"] * cfg["grad_accum"] * cfg["workers"]
             previous = str(stage_dir / stage.name)
+            if k < len(preset.stages) - 1:  # held-out accuracy after every stage (the last one's is below)
+                evaluated = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log)
+                summaries[-1]["accuracy"] = evaluated["accuracy"] if evaluated else None
     model = load_model(previous, device=cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
-    encoder = Encoder(tokenizer, get_chat_format(preset.chat_format), preset.visual_tokens)
     evaluation = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log)
+    summaries[-1]["accuracy"] = evaluation["accuracy"] if evaluation else None
     record.rows_out = record.rows_in  # training drops nothing; the evaluation reports its own count
     record.extra.update(preset=preset.name, stages=summaries, evaluation=evaluation, workers=cfg["workers"])
     return record.finish(stage_dir)

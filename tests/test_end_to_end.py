@@ -42,6 +42,8 @@ def test_report_carries_mix_fill_losses_and_accuracy(run):
     assert instruct[-1][1] < instruct[0][1]  # the LLM is learning
     evaluation = train["evaluation"]
     assert evaluation["questions"] == 24 and 0.0 <= evaluation["accuracy"] <= 1.0
+    # held-out accuracy after every stage, the last one's being the evaluation's
+    assert all(0.0 <= s["accuracy"] <= 1.0 for s in train["stages"]) and train["stages"][-1]["accuracy"] == evaluation["accuracy"]
     assert "majority_answer" in evaluation["baselines"]
     figures = report["figures"]["ingest"]
     assert sum(figures["original_shorter_side"].values()) == report["stages"]["ingest"]["rows_out"]
@@ -49,6 +51,7 @@ def test_report_carries_mix_fill_losses_and_accuracy(run):
     assert figures["download_throughput"] and all(p["images_per_s"] > 0 for p in figures["download_throughput"])
     html = (run / "report.html").read_text()
     assert "held-out VQA" in html and "<svg" in html and "language mix" in html
+    assert "held-out VQA accuracy" in html  # in each stage's heading
 
 
 def test_packed_sequences_fit_and_mark_segments(run):
