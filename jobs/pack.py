@@ -283,6 +283,7 @@ class QFormerInstructions:
     def __init__(self, tokenizer_dir: str, max_length: int):
         self.tokenizer = load_tokenizer(tokenizer_dir)
         self.cls, self.sep = (self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]"))
+        self.pad = _qformer_pad(tokenizer_dir)
         if self.cls is None or self.sep is None:
             raise ValueError(f"{tokenizer_dir}: the Q-Former tokenizer has no [CLS] / [SEP] token; give a BERT "
                              "tokenizer folder (e.g. the qformer_tokenizer folder of an InstructBLIP checkpoint)")

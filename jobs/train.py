@@ -19,9 +19,10 @@ DEFAULTS = {
     "grad_accum": 1,
     "checkpoint_every": 0,
     "device": None,  # default: cuda when available
-    # segment_sdpa: exact attention inside each packed sample (2.4x faster than a dense masked sdpa
-    # on a 2048-token row of ~130-token samples on CPU); sdpa, eager, flex_attention also work
-    "attention": "segment_sdpa",
+    # auto: segment_sdpa, exact attention inside each packed sample (2.4x faster than a dense masked sdpa
+    # on a 2048-token row of ~130-token samples on CPU), or sdpa for FlanT5 (T5's position bias lives inside
+    # attention); sdpa, eager, flex_attention, flash_attention_2 can be named
+    "attention": "auto",
     "stages": {},  # stage name -> overrides: lr, epochs, max_steps, warmup_ratio, weight_decay
     # Ray Train workers (TorchTrainer, DDP): each takes batch_size rows per micro-batch, so the global batch
     # is workers x batch_size x grad_accum; 1 trains in this process
@@ -45,8 +46,10 @@ def train_settings(config: dict, preset) -> dict:
 
     require(isinstance(cfg["workers"], int) and cfg["workers"] >= 1,
             f"train.workers: {cfg['workers']!r}; expected a whole number of Ray Train workers >= 1")
-    require(cfg["attention"] in ATTENTION_MODES,
-            f"train.attention: {cfg['attention']!r}; expected one of {list(ATTENTION_MODES)}")
+    require(cfg["attention"] == "auto" or cfg["attention"] in ATTENTION_MODES,
+            f"train.attention: {cfg['attention']!r}; expected auto or one of {list(ATTENTION_MODES)}")
+    if cfg["attention"] == "auto":
+        cfg["attention"] = "sdpa" if preset.encoder_decoder else "segment_sdpa"
     return cfg
 
 
@@ -90,17 +93,20 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
 
         session = ray_session(ray_address)
         log(f"train: {cfg['workers']} Ray Train workers")
-    encoder = Encoder(tokenizer, get_chat_format(preset.chat_format), preset.visual_tokens)
+    from jobs.pack import visual_token_counter
+
+    encoder = Encoder(tokenizer, get_chat_format(preset.chat_format), visual_token_counter(preset))
+    qformer_dir = pack_dir / "qformer_tokenizer"
     with session as ray:
         for k, stage in enumerate(preset.stages):
             summaries.append(_train_one(model, stage, cfg, pack_dir, stage_dir, previous, ray, log))
             record.rows_in += summaries[-1]["steps"] * cfg["batch_size"] * cfg["grad_accum"] * cfg["workers"]
             previous = str(stage_dir / stage.name)
             if k < len(preset.stages) - 1:  # held-out accuracy after every stage (the last one's is below)
-                evaluated = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log)
+                evaluated = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir)
                 summaries[-1]["accuracy"] = evaluated["accuracy"] if evaluated else None
     model = load_model(previous, device=cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
-    evaluation = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log)
+    evaluation = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir)
     summaries[-1]["accuracy"] = evaluation["accuracy"] if evaluation else None
     record.rows_out = record.rows_in  # training drops nothing; the evaluation reports its own count
     record.extra.update(preset=preset.name, stages=summaries, evaluation=evaluation, workers=cfg["workers"])
@@ -128,6 +134,29 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
             "steps": len(curve), "final_loss": curve[-1][1] if curve else float("nan"), "loss_curve": curve}
 
 
+def _image_inputs(preset, processor, images: list[dict], instructions, questions: list[dict]) -> tuple:
+    """(pixel_values, other image inputs) of one image per question, as the preset's model reads them."""
+    import torch
+
+    inputs = {}
+    if preset.vision_kind == "qwen2_vl":  # native resolution: patches and their grids
+        from vlm.qwen2_vl import patchify
+
+        pixels, inputs["image_grid_thw"] = patchify([processor.native(image) for image in images],
+                                                    patch_size=preset.patch_size,
+                                                    merge_size=preset.vision.get("spatial_merge_size", 2))
+    else:
+        pixels = processor.stack(images)
+    if instructions is not None:
+        from jobs.pack import _qformer_text
+
+        ids = [instructions(_qformer_text([message], "instruction")) for message in questions]
+        width = max(len(row) for row in ids)
+        inputs["qformer_input_ids"] = torch.tensor([row + [instructions.pad] * (width - len(row)) for row in ids])
+        inputs["qformer_attention_mask"] = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+    return pixels, inputs
+
+
 def _vqa_records(render_dir: Path, settings: dict) -> tuple[list[dict], list[dict]]:
     """(held-out questions to score, training questions for the baselines), read once from the render output."""
     records = [r for r in read_render_output(render_dir) or [] if r["task"] == "vqa"]
@@ -136,8 +165,10 @@ def _vqa_records(render_dir: Path, settings: dict) -> tuple[list[dict], list[dic
     return (heldout[: settings["limit"]] if settings["limit"] else heldout), train
 
 
-def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print) -> dict | None:
-    """Greedy answers to held-out questions, scored against the majority-answer baselines."""
+def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print,
+                 qformer_dir: Path | None = None) -> dict | None:
+    """Greedy answers to held-out questions, scored against the majority-answer baselines. `qformer_dir` is
+    the Q-Former's tokenizer the pack stage used (InstructBLIP)."""
 
     from vlm.evaluate import generate, normalize_answer, vqa_accuracy
     from vlm.images import ImageProcessor
@@ -148,15 +179,23 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
             f"{settings['split']!r} of {settings['datasets']}); evaluation skipped")
         return None
     processor = ImageProcessor(preset)
+    instructions = None
+    if preset.qformer_text == "instruction":  # InstructBLIP: the question in the Q-Former's vocabulary too
+        from jobs.pack import QFormerInstructions
+
+        instructions = QFormerInstructions(str(qformer_dir), min(128, preset.connector_config.get("max_position_embeddings", 512)))
     pad_id = model.pad_token_id
     model.eval()
     device = next(model.parameters()).device
     predictions: list[str] = []
     for start in range(0, len(items), settings["batch_size"]):
         batch = items[start:start + settings["batch_size"]]
-        prompts = [encoder.encode_prompt([r["messages"][0]]).tolist() for r in batch]
-        pixels = processor.stack([r["images"][0] for r in batch]).to(device)
-        outputs = generate(model, prompts, pixels, encoder.eos_id, pad_id, settings["max_new_tokens"])
+        prompts = [encoder.encode_prompt([r["messages"][0]], task=r["task"], images=r["images"][:1]).tolist()
+                   for r in batch]
+        pixels, image_inputs = _image_inputs(preset, processor, [r["images"][0] for r in batch], instructions,
+                                             [r["messages"][0] for r in batch])
+        outputs = generate(model, prompts, pixels.to(device), encoder.eos_id, pad_id, settings["max_new_tokens"],
+                           **{k: v.to(device) for k, v in image_inputs.items()})
         predictions += [encoder.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
     answers = [r["answers"] for r in items]
     scores = vqa_accuracy(predictions, answers)

@@ -42,3 +42,35 @@ def test_every_stage_trains_its_groups_and_leaves_the_frozen_ones_bit_identical(
             assert unchanged == (group not in stage.trainable), (name, stage.name, group)
         previous = str(tmp_path / "train" / stage.name)
         assert summary
+
+
+@pytest.mark.parametrize("name", ["qwen2-vl", "instructblip-vicuna", "blip2-flant5"])
+def test_loom_train_runs_every_stage_and_scores_held_out_questions(name, tmp_path):
+    """`loom train` end to end for architectures whose evaluation reads more than pixels: Qwen2-VL's
+    native-resolution grids, InstructBLIP's instruction in the Q-Former's vocabulary, FlanT5's decoder."""
+    from PIL import Image
+
+    from jobs.train import run_train
+    from test_pack_job import instruction, write_render
+
+    rows = []
+    for i in range(12):
+        Image.new("RGB", (64, 48), ["red", "blue"][i % 2]).save(tmp_path / f"{i}.png")
+        row = instruction(i, "vqa", ["red", "blue"][i % 2])
+        row["images"][0].update(path=str(tmp_path / f"{i}.png"), width=64, height=48)
+        row["messages"][0]["content"] = "<image>\nWhat colour is it?"
+        if i >= 8:  # held out, with its human answers
+            row.update(split="val", answers=[["red", "blue"][i % 2]] * 3, question_type="what color")
+        rows.append(row)
+    write_render(tmp_path / "render", rows)
+    preset = vlm.get_preset(name, size="tiny")
+    config = {
+        "pack": {"preset": preset.name, "tokenizer": {"train": {"vocab_size": 400}}, "seq_len": 1024,
+                 "outputs": {s.data: {"datasets": ["mix"], "split": "train"} for s in preset.stages}},
+        "train": {"batch_size": 2, "stages": {s.name: {"max_steps": 1} for s in preset.stages},
+                  "evaluate": {"datasets": ["mix"], "split": "val", "max_new_tokens": 3}},
+    }
+    run_pack(config, tmp_path, log=lambda *_: None)
+    manifest = run_train(config, tmp_path, log=lambda *_: None)
+    assert [s["name"] for s in manifest["stages"]] == [s.name for s in preset.stages]
+    assert manifest["evaluation"]["questions"] == 4 and all(s["accuracy"] is not None for s in manifest["stages"])
