@@ -74,3 +74,25 @@ def test_loom_train_runs_every_stage_and_scores_held_out_questions(name, tmp_pat
     manifest = run_train(config, tmp_path, log=lambda *_: None)
     assert [s["name"] for s in manifest["stages"]] == [s.name for s in preset.stages]
     assert manifest["evaluation"]["questions"] == 4 and all(s["accuracy"] is not None for s in manifest["stages"])
+
+
+def test_a_stage_trains_at_its_own_resolution(rendered, tmp_path):  # noqa: F811
+    """Qwen-VL's first stage runs at 224 px before 448: a stage's image_size resizes its images, the tower's
+    position embeddings are interpolated to the smaller grid and the resampler still gives 256 (here 16) tokens."""
+    import dataclasses
+    import json
+
+    preset = vlm.get_preset("qwen-vl", size="tiny")
+    stage = dataclasses.replace(preset.stages[0], image_size=preset.image_size // 2)
+    config = {"pack": {"preset": preset.name, "input": str(rendered / "render"), "tokenizer": {"train": {"vocab_size": 400}},
+                       "seq_len": 1024, "outputs": {stage.data: {"datasets": ["mix"], "split": "train"}}}}
+    run_pack(config, tmp_path, log=lambda *_: None)
+    packed = json.loads((tmp_path / "pack" / stage.data / "manifest.json").read_text())
+    model = build_model(preset, vocab_size=400, image_token_id=packed["image_token_id"], pad_token_id=packed["pad_token_id"])
+    seen = []
+    model.vision_tower.register_forward_pre_hook(lambda module, args, kwargs: seen.append(args[0].shape[-1]), with_kwargs=True)
+    train_stage(model, stage, tmp_path / "pack" / stage.data, tmp_path / "train",
+                TrainConfig(batch_size=2, max_steps=2, progress=False, tensorboard=False))
+    assert seen and set(seen) == {preset.image_size // 2}
+    log = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)

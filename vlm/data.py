@@ -114,6 +114,7 @@ class PackedDataset:
         preset: Preset | None = None,
         rank: int = 0,
         world_size: int = 1,
+        image_size: int | None = None,
     ):
         import pyarrow.parquet as pq
 
@@ -138,7 +139,7 @@ class PackedDataset:
         self.rank, self.world_size = rank, world_size
         self.pad_token_id = int(self.manifest["pad_token_id"])
         self.image_token_id = int(self.manifest["image_token_id"])
-        self.images = ImageProcessor(self.preset, root=self.pack_dir)
+        self.images = ImageProcessor(self.preset, root=self.pack_dir, image_size=image_size)
         self._cached: tuple[int, _ShardRows] | None = None
 
     @property

@@ -115,9 +115,10 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Im
 class ImageProcessor:
     """Turns image references into normalised (3, H, W) tensors for one preset."""
 
-    def __init__(self, preset: Preset, root: str | Path | None = None, shards: TarShards | None = None):
+    def __init__(self, preset: Preset, root: str | Path | None = None, shards: TarShards | None = None,
+                 image_size: int | None = None):
         self.preset = preset
-        self.image_size = preset.image_size
+        self.image_size = image_size or preset.image_size  # a stage may train at its own resolution
         self.fill = tuple(int(round(m * 255)) for m in preset.image_mean)
         self.mean = torch.tensor(preset.image_mean).view(3, 1, 1)
         self.std = torch.tensor(preset.image_std).view(3, 1, 1)

@@ -213,7 +213,7 @@ def train_stage(
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     lead = rank == 0  # only one worker writes logs and checkpoints
     dataset = PackedDataset(pack_dir, batch_size=config.batch_size, seed=config.seed, preset=model.preset,
-                            rank=rank, world_size=world)
+                            rank=rank, world_size=world, image_size=stage.image_size)
     epochs = config.epochs if config.epochs is not None else stage.epochs
     total_steps = config.max_steps or stage.max_steps or math.ceil(epochs * dataset.batches_per_epoch / config.grad_accum)
     warmup_ratio = config.warmup_ratio if config.warmup_ratio is not None else stage.warmup_ratio

@@ -40,7 +40,11 @@ def _post_layernorm(tower: nn.Module) -> nn.Module:
 
 def image_features(tower: nn.Module, pixel_values: torch.Tensor, layer: int, post_norm: bool, keep_cls: bool) -> torch.Tensor:
     """(N, P[+1], Dv) features of N images from hidden state `layer` of a clip or eva tower."""
-    hidden_states = tower(pixel_values, output_hidden_states=True).hidden_states  # embeddings, then each layer
+    # a stage at another resolution than the tower's (Qwen-VL's 224-px first stage of a 448-px model):
+    # the position embeddings are interpolated to the image's patch grid
+    other_size = pixel_values.shape[-1] != tower.config.image_size or pixel_values.shape[-2] != tower.config.image_size
+    hidden_states = tower(pixel_values, output_hidden_states=True,
+                          interpolate_pos_encoding=other_size).hidden_states  # embeddings, then each layer
     features = hidden_states[layer]  # (N, 1 + P, Dv)
     if post_norm:
         features = _post_layernorm(tower)(features)
