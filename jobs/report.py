@@ -152,6 +152,7 @@ def render_html(report: dict) -> str:
         if stage == "train":
             for s in m["stages"]:
                 accuracy = f", held-out VQA accuracy {s['accuracy']:.4f}" if s.get("accuracy") is not None else ""
+                accuracy += f", held-out captions CIDEr-D {s['cider']:.3f}" if s.get("cider") is not None else ""
                 parts.append(f"<h3>stage {html.escape(s['name'])}: trains {', '.join(s['trainable'])}; "
                              f"{s['steps']} steps, final loss {s['final_loss']:.4f}{accuracy}</h3>")
                 parts.append(line_svg(s["loss_curve"]))

@@ -30,7 +30,9 @@ DEFAULTS = {
     "evaluate": {},
 }
 STAGE_KEYS = {"lr", "epochs", "max_steps", "warmup_ratio", "weight_decay"}
+# captions: {datasets: [coco_caption], split: val, limit: N, max_new_tokens: 20} scores held-out captions by CIDEr-D
 EVAL_DEFAULTS = {"datasets": ["vqav2"], "split": "val", "max_new_tokens": 8, "batch_size": 32, "limit": None,
+                 "captions": None,
                  "examples": 12}
 
 
@@ -105,9 +107,17 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
             if k < len(preset.stages) - 1:  # held-out accuracy after every stage (the last one's is below)
                 evaluated = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir)
                 summaries[-1]["accuracy"] = evaluated["accuracy"] if evaluated else None
+                summaries[-1]["cider"] = _caption_score(model, preset, encoder, Path(out), cfg, log, qformer_dir)
     model = load_model(previous, device=cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
     evaluation = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir)
     summaries[-1]["accuracy"] = evaluation["accuracy"] if evaluation else None
+    captions = None
+    if cfg["evaluate"]["captions"]:
+        captions = evaluate_captions(model, preset, encoder, Path(out) / "render", cfg["evaluate"]["captions"], log,
+                                     qformer_dir)
+        summaries[-1]["cider"] = captions["cider"] if captions else None
+    if evaluation is not None and captions is not None:
+        evaluation["captions"] = captions
     record.rows_out = record.rows_in  # training drops nothing; the evaluation reports its own count
     record.extra.update(preset=preset.name, stages=summaries, evaluation=evaluation, workers=cfg["workers"])
     return record.finish(stage_dir)
@@ -134,6 +144,56 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
             "steps": len(curve), "final_loss": curve[-1][1] if curve else float("nan"), "loss_curve": curve}
 
 
+def _generate_answers(model, preset, encoder: Encoder, items: list[dict], batch_size: int, max_new_tokens: int,
+                      qformer_dir: Path | None) -> list[str]:
+    """Greedy continuations of each record's first user turn (its one image), decoded to text."""
+    from vlm.evaluate import generate
+    from vlm.images import ImageProcessor
+
+    processor = ImageProcessor(preset)
+    instructions = None
+    if preset.qformer_text == "instruction":  # InstructBLIP: the question in the Q-Former's vocabulary too
+        from jobs.pack import QFormerInstructions
+
+        instructions = QFormerInstructions(str(qformer_dir), min(128, preset.connector_config.get("max_position_embeddings", 512)))
+    model.eval()
+    device = next(model.parameters()).device
+    predictions: list[str] = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        prompts = [encoder.encode_prompt([r["messages"][0]], task=r["task"], images=r["images"][:1]).tolist()
+                   for r in batch]
+        pixels, image_inputs = _image_inputs(preset, processor, [r["images"][0] for r in batch], instructions,
+                                             [r["messages"][0] for r in batch])
+        outputs = generate(model, prompts, pixels.to(device), encoder.eos_id, model.pad_token_id, max_new_tokens,
+                           **{k: v.to(device) for k, v in image_inputs.items()})
+        predictions += [encoder.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+    return predictions
+
+
+def evaluate_captions(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print,
+                      qformer_dir: Path | None = None) -> dict | None:
+    """Greedy captions of held-out images, scored by CIDEr-D against every reference caption of the image."""
+    from vlm.evaluate import cider_d
+
+    records = [r for r in read_render_output(render_dir) or []
+               if r["task"] == "captioning" and selected(r, settings["datasets"], settings["split"])]
+    by_image: dict[str, list[dict]] = collections.defaultdict(list)  # COCO has several captions per image
+    for r in records:
+        by_image[r["images"][0]["path"] or r["images"][0]["key"]].append(r)
+    items = [group[0] for group in by_image.values()][: settings.get("limit")]
+    if not items:
+        log(f"train: no held-out captions to evaluate (render a split {settings['split']!r} of {settings['datasets']})")
+        return None
+    predictions = _generate_answers(model, preset, encoder, items, settings.get("batch_size", 32),
+                                    settings.get("max_new_tokens", 20), qformer_dir)
+    references = [[g["messages"][1]["content"] for g in by_image[k]] for k in list(by_image)[:len(items)]]
+    result = {"images": len(items), "cider": cider_d(predictions, references),
+              "examples": [{"caption": p, "references": refs[:3]} for p, refs in list(zip(predictions, references))[:6]]}
+    log(f"evaluate: held-out captions CIDEr-D {result['cider']:.3f} on {len(items)} images")
+    return result
+
+
 def _image_inputs(preset, processor, images: list[dict], instructions, questions: list[dict]) -> tuple:
     """(pixel_values, other image inputs) of one image per question, as the preset's model reads them."""
     import torch
@@ -157,6 +217,13 @@ def _image_inputs(preset, processor, images: list[dict], instructions, questions
     return pixels, inputs
 
 
+def _caption_score(model, preset, encoder, out: Path, cfg: dict, log, qformer_dir) -> float | None:
+    if not cfg["evaluate"]["captions"]:
+        return None
+    captions = evaluate_captions(model, preset, encoder, out / "render", cfg["evaluate"]["captions"], log, qformer_dir)
+    return captions["cider"] if captions else None
+
+
 def _vqa_records(render_dir: Path, settings: dict) -> tuple[list[dict], list[dict]]:
     """(held-out questions to score, training questions for the baselines), read once from the render output."""
     records = [r for r in read_render_output(render_dir) or [] if r["task"] == "vqa"]
@@ -170,33 +237,15 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
     """Greedy answers to held-out questions, scored against the majority-answer baselines. `qformer_dir` is
     the Q-Former's tokenizer the pack stage used (InstructBLIP)."""
 
-    from vlm.evaluate import generate, normalize_answer, vqa_accuracy
-    from vlm.images import ImageProcessor
+    from vlm.evaluate import normalize_answer, vqa_accuracy
 
     items, train = _vqa_records(render_dir, settings)
     if not items:
         log("train: no held-out VQA records to evaluate (render a split "
             f"{settings['split']!r} of {settings['datasets']}); evaluation skipped")
         return None
-    processor = ImageProcessor(preset)
-    instructions = None
-    if preset.qformer_text == "instruction":  # InstructBLIP: the question in the Q-Former's vocabulary too
-        from jobs.pack import QFormerInstructions
-
-        instructions = QFormerInstructions(str(qformer_dir), min(128, preset.connector_config.get("max_position_embeddings", 512)))
-    pad_id = model.pad_token_id
-    model.eval()
-    device = next(model.parameters()).device
-    predictions: list[str] = []
-    for start in range(0, len(items), settings["batch_size"]):
-        batch = items[start:start + settings["batch_size"]]
-        prompts = [encoder.encode_prompt([r["messages"][0]], task=r["task"], images=r["images"][:1]).tolist()
-                   for r in batch]
-        pixels, image_inputs = _image_inputs(preset, processor, [r["images"][0] for r in batch], instructions,
-                                             [r["messages"][0] for r in batch])
-        outputs = generate(model, prompts, pixels.to(device), encoder.eos_id, pad_id, settings["max_new_tokens"],
-                           **{k: v.to(device) for k, v in image_inputs.items()})
-        predictions += [encoder.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+    predictions = _generate_answers(model, preset, encoder, items, settings["batch_size"], settings["max_new_tokens"],
+                                    qformer_dir)
     answers = [r["answers"] for r in items]
     scores = vqa_accuracy(predictions, answers)
 

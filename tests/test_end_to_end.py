@@ -52,6 +52,9 @@ def test_report_carries_mix_fill_losses_and_accuracy(run):
     html = (run / "report.html").read_text()
     assert "held-out VQA" in html and "<svg" in html and "language mix" in html
     assert "held-out VQA accuracy" in html  # in each stage's heading
+    captions = evaluation["captions"]
+    assert captions["images"] == 8 and captions["cider"] >= 0 and all(s["cider"] is not None for s in train["stages"])
+    assert "CIDEr-D" in html
 
 
 def test_packed_sequences_fit_and_mark_segments(run):

@@ -252,3 +252,22 @@ def test_vqa_accuracy_with_ten_human_answers():
     # 4 agreeing humans: 1.0; 2: leave-one-out mean of 2/3 and 1/3 = 0.6; 3: 0.9; none: 0.
     assert result["vqa"] == pytest.approx((1.0 + 0.6 + 0.9 + 0.0) / 4)
     assert result["exact_match"] == pytest.approx(3 / 4)
+
+
+def test_cider_d_gives_the_coco_caption_evaluation_scores():
+    """Scores recorded from pycocoevalcap's Cider (the COCO caption evaluation's CIDEr-D) on these captions."""
+    import random
+
+    from vlm.evaluate import cider_d
+
+    expected = {0: 0.5736088174992775, 1: 0.5083502611708673, 2: 0.6015063609720844}
+    words = "a red blue green square circle star two one left right small big the on of".split()
+    for seed, score in expected.items():
+        rng = random.Random(seed)
+        candidates, references = [], []
+        for _ in range(30):
+            references.append([" ".join(rng.choices(words, k=rng.randint(3, 8))) for _ in range(5)])
+            candidates.append(" ".join(rng.choices(words, k=rng.randint(3, 8))))
+        assert cider_d(candidates, references) == pytest.approx(score, rel=1e-12)
+    refs = [["a red square on the left", "a red square"], ["two blue circles", "blue circles"]]
+    assert cider_d(["a red square", "two blue circles"], refs) > cider_d(["two blue circles", "a red square"], refs) == 0

@@ -140,3 +140,60 @@ def vqa_accuracy(predictions: Sequence[str], answers_lists: Sequence[Sequence[st
             vqa += hit
     n = len(predictions)
     return {"exact_match": exact / n, "vqa": vqa / n, "count": n}
+
+
+# ---------------------------------------------------------------------------------------------
+# Captions: CIDEr-D (Vedantam, Zitnick and Parikh, CVPR 2015; the consensus metric of COCO captioning)
+# ---------------------------------------------------------------------------------------------
+
+def _caption_words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _ngram_counts(words: list[str], n: int) -> dict[tuple[str, ...], int]:
+    counts: dict[tuple[str, ...], int] = {}
+    for k in range(len(words) - n + 1):
+        gram = tuple(words[k:k + n])
+        counts[gram] = counts.get(gram, 0) + 1
+    return counts
+
+
+def cider_d(candidates: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4, sigma: float = 6.0) -> float:
+    """CIDEr-D of candidate captions against each image's reference captions (x10, as COCO reports it).
+
+    Per n-gram order: count x IDF vectors (document frequency over the images' reference sets), the candidate's
+    vector clipped by each reference's (the "-D": repeating a word earns nothing), cosine similarity times
+    a Gaussian penalty on the length difference, averaged over references; then averaged over orders."""
+    import math
+
+    if len(candidates) != len(references) or not candidates:
+        raise ValueError(f"cider_d: {len(candidates)} candidates for {len(references)} reference sets; give one set per candidate")
+    words_c = [_caption_words(c) for c in candidates]
+    words_r = [[_caption_words(r) for r in refs] for refs in references]
+    images = len(candidates)
+    score = 0.0
+    for n in range(1, max_n + 1):
+        grams_r = [[_ngram_counts(w, n) for w in refs] for refs in words_r]
+        document_frequency: dict[tuple[str, ...], int] = {}
+        for refs in grams_r:
+            for gram in set().union(*refs) if refs else ():
+                document_frequency[gram] = document_frequency.get(gram, 0) + 1
+
+        def vector(counts: dict) -> tuple[dict, float]:  # term counts times inverse document frequency
+            weights = {g: c * math.log(images / max(document_frequency.get(g, 0), 1)) for g, c in counts.items()}
+            return weights, math.sqrt(sum(v * v for v in weights.values()))
+
+        order = 0.0
+        for cand_words, cand_grams, refs_words, refs_grams in zip(words_c, (_ngram_counts(w, n) for w in words_c),
+                                                                  words_r, grams_r):
+            cand_vec, cand_norm = vector(cand_grams)
+            similarity = 0.0
+            for ref_words, ref_grams in zip(refs_words, refs_grams):
+                ref_vec, ref_norm = vector(ref_grams)
+                dot = sum(min(v, ref_vec.get(g, 0.0)) * ref_vec.get(g, 0.0) for g, v in cand_vec.items())
+                if cand_norm and ref_norm:
+                    penalty = math.exp(-((len(cand_words) - len(ref_words)) ** 2) / (2 * sigma ** 2))
+                    similarity += penalty * dot / (cand_norm * ref_norm)
+            order += similarity / max(len(refs_words), 1)
+        score += order / images
+    return 10.0 * score / max_n
