@@ -219,7 +219,7 @@ def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Pa
         "image_token": "<image>", "image_token_id": encoder.image_token_id,
         "pad_token_id": _pad_id(encoder), "eos_token_id": encoder.eos_id,
         "bos_token_id": encoder.bos_id, "loss_on": cfg["loss_on"], "chat_format": preset.chat_format,
-        **({"qformer_pad_token_id": _qformer_pad(cfg["qformer_dir"])} if cfg.get("qformer_dir") else {}),
+        **({"qformer_pad_token_id": _qformer_pad(load_tokenizer(cfg["qformer_dir"]))} if cfg.get("qformer_dir") else {}),
     })
     return summary
 
@@ -263,8 +263,8 @@ def pack_window(records: list[dict], window: int, settings: dict, preset_name: s
             "images": int(sum(len(s["images"]) for s in samples))}
 
 
-def _qformer_pad(tokenizer_dir: str) -> int:
-    tokenizer = load_tokenizer(tokenizer_dir)
+def _qformer_pad(tokenizer) -> int:
+    """The Q-Former tokenizer's padding id: BERT's [PAD], or the <pad> of one trained here."""
     pad = tokenizer.token_to_id("[PAD]")
     return pad if pad is not None else tokenizer.token_to_id("<pad>")
 
@@ -283,7 +283,7 @@ class QFormerInstructions:
     def __init__(self, tokenizer_dir: str, max_length: int):
         self.tokenizer = load_tokenizer(tokenizer_dir)
         self.cls, self.sep = (self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]"))
-        self.pad = _qformer_pad(tokenizer_dir)
+        self.pad = _qformer_pad(self.tokenizer)
         if self.cls is None or self.sep is None:
             raise ValueError(f"{tokenizer_dir}: the Q-Former tokenizer has no [CLS] / [SEP] token; give a BERT "
                              "tokenizer folder (e.g. the qformer_tokenizer folder of an InstructBLIP checkpoint)")

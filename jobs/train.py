@@ -125,7 +125,7 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
 
 def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previous: str | None, ray, log) -> dict:
     """One stage, here or on Ray Train workers; its summary with the loss curve."""
-    from vlm.train import TrainConfig, train_stage, train_stage_on_ray
+    from vlm.train import TrainConfig, train_stage
 
     overrides = cfg["stages"].get(stage.name) or {}
     train_config = TrainConfig(
@@ -276,3 +276,51 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
         f"{majority!r} scores {baselines['majority_answer']['accuracy']:.3f}, per-type majority "
         f"{baselines['per_question_type_majority']['accuracy']:.3f}")
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# A stage on N workers: Ray Train (vlm/ itself never imports Ray)
+# ---------------------------------------------------------------------------------------------
+
+def train_stage_on_ray(model, stage, pack_dir: str | Path, out_dir: str | Path, config, workers: int,
+                       use_gpu: bool = False) -> dict:
+    """`train_stage` on `workers` Ray Train workers (TorchTrainer, DDP; gloo on CPU, NCCL on GPU), in the Ray
+    this process has joined. Each worker rebuilds the model from its config and the caller's weights and
+    reads its share of every step's rows; the stage's checkpoint is then loaded back into `model`."""
+    import tempfile
+    from dataclasses import asdict
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from safetensors.torch import save_file
+
+    from vlm.checkpoint import load_weights, weights_to_save
+    from vlm.train import COMPLETE, checkpoint_dir
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as start:  # the weights every worker starts from
+        save_file(weights_to_save(model), Path(start) / "model.safetensors")
+        arguments = {"model": model.config_dict(), "weights": str(Path(start) / "model.safetensors"),
+                     "stage": asdict(stage), "pack_dir": str(pack_dir), "out_dir": str(out_dir),
+                     "config": asdict(config)}
+        trainer = TorchTrainer(_train_worker, train_loop_config=arguments,
+                               scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+                               run_config=RunConfig(name=f"loom-{stage.name}", storage_path=str(out_dir / "ray")))
+        trainer.fit()
+    load_weights(model, checkpoint_dir(out_dir) / "model.safetensors")
+    return json.loads((out_dir / COMPLETE).read_text())
+
+
+def _train_worker(arguments: dict) -> None:
+    """One Ray Train worker: the model rebuilt, then the same loop as one process, on its rows."""
+    from vlm.checkpoint import load_weights
+    from vlm.model import VisionLanguageModel
+    from vlm.preset import Stage
+    from vlm.train import TrainConfig, train_stage
+
+    model = VisionLanguageModel.from_config_dict(arguments["model"])
+    load_weights(model, Path(arguments["weights"]))
+    stage = Stage(**{**arguments["stage"], "trainable": tuple(arguments["stage"]["trainable"])})
+    config = TrainConfig(**{**arguments["config"], "betas": tuple(arguments["config"]["betas"]), "init_from": None})
+    train_stage(model, stage, arguments["pack_dir"], arguments["out_dir"], config)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from jobs.ray_runtime import ray_session
-from vlm.train import read_log, train_stage, train_stage_on_ray
+from jobs.train import train_stage_on_ray
+from vlm.train import read_log, train_stage
 
 from test_vlm_data import write_packed_corpus
 from test_vlm_train import INSTRUCT, new_model, quick, same, snapshot

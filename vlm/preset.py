@@ -89,9 +89,6 @@ class Preset:
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     image_token: str = "<image>"
-    # what the Q-Former reads in its own (BERT) vocabulary, packed with each image: InstructBLIP's instruction,
-    # or BLIP-2's caption (its stage-1 ITC / ITM / ITG losses); None for the other connectors
-    qformer_text: str | None = None
     sources: tuple[str, ...] = field(default=())  # where the configuration was read
 
     def __post_init__(self):
@@ -105,6 +102,12 @@ class Preset:
         """The parameter groups this architecture has."""
         with_projection = self.connector in ("qformer", "instruct_qformer", "qformer_linear")
         return tuple(g for g in GROUPS if g != "projection" or with_projection)
+
+    @property
+    def qformer_text(self) -> str | None:
+        """What the Q-Former reads in its own (BERT) vocabulary, packed with each image: InstructBLIP's
+        instruction, or BLIP-2's caption (its stage-1 ITC / ITM / ITG losses); None without a text path."""
+        return {"instruct_qformer": "instruction", "qformer": "caption"}.get(self.connector)
 
     @property
     def encoder_decoder(self) -> bool:
@@ -129,6 +132,7 @@ class Preset:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preset":
         data = dict(data)
+        data.pop("qformer_text", None)  # written by an earlier version; derived from the connector now
         if "connector" not in data:  # a checkpoint written before presets named their connector (LLaVA-1.5 only)
             data.pop("projector", None)
             data.update(connector="mlp2x_gelu", connector_config={}, vision_kind="clip", llm_kind="llama",
@@ -241,7 +245,7 @@ def _published() -> list[Preset]:
         Preset(
             name="blip2-opt", architecture="blip2-opt", size="published", chat_format="blip2_opt",
             **blip2_image,
-            connector="qformer", qformer_text="caption",
+            connector="qformer",
             llm_kind="opt", llm=OPT_2_7B, stages=BLIP2_STAGES,
             sources=("arXiv 2301.12597", "huggingface.co/Salesforce/blip2-opt-2.7b config.json",
                      "salesforce/LAVIS lavis/models/blip2_models/blip2_opt.py"),
@@ -249,7 +253,7 @@ def _published() -> list[Preset]:
         Preset(
             name="blip2-flant5", architecture="blip2-flant5", size="published", chat_format="blip2_flant5",
             **blip2_image,
-            connector="qformer", qformer_text="caption",
+            connector="qformer",
             llm_kind="t5", llm=FLAN_T5_XL, stages=BLIP2_STAGES,
             sources=("arXiv 2301.12597", "huggingface.co/Salesforce/blip2-flan-t5-xl config.json",
                      "salesforce/LAVIS lavis/models/blip2_models/blip2_t5.py"),
@@ -257,7 +261,7 @@ def _published() -> list[Preset]:
         Preset(
             name="instructblip-flant5", architecture="instructblip-flant5", size="published",
             chat_format="instructblip_flant5", **blip2_image,
-            connector="instruct_qformer", qformer_text="instruction",
+            connector="instruct_qformer",
             llm_kind="t5", llm=FLAN_T5_XL, stages=INSTRUCTBLIP_STAGES,
             sources=("arXiv 2305.06500", "huggingface.co/Salesforce/instructblip-flan-t5-xl config.json",
                      "salesforce/LAVIS lavis/models/blip2_models/blip2_t5_instruct.py"),
@@ -265,7 +269,7 @@ def _published() -> list[Preset]:
         Preset(
             name="instructblip-vicuna", architecture="instructblip-vicuna", size="published",
             chat_format="instructblip_vicuna", **blip2_image,
-            connector="instruct_qformer", qformer_text="instruction",
+            connector="instruct_qformer",
             llm_kind="llama", llm=dict(VICUNA_7B, vocab_size=32001), stages=INSTRUCTBLIP_STAGES,
             sources=("arXiv 2305.06500", "huggingface.co/Salesforce/instructblip-vicuna-7b config.json",
                      "salesforce/LAVIS lavis/models/blip2_models/blip2_vicuna_instruct.py"),

@@ -28,17 +28,22 @@ def _parse(path: Path):
     return orjson.loads(path.read_bytes())
 
 
-def load_annotation_json(path: Path) -> dict:
-    """The file's top-level JSON object."""
+def _load_top_level(path: Path, kind: type, expected: str):
+    """The parsed file, its top level checked to be of `kind` (`expected` says what it should hold)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found")
     try:
         data = _parse(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AnnotationError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(data, dict):
-        raise AnnotationError(f"{path}: top level is {_json_type(data)}; expected an object")
+    if not isinstance(data, kind):
+        raise AnnotationError(f"{path}: top level is {_json_type(data)}; expected {expected}")
     return data
+
+
+def load_annotation_json(path: Path) -> dict:
+    """The file's top-level JSON object."""
+    return _load_top_level(path, dict, "an object")
 
 
 def decode_typed(path: Path, schema: type):
@@ -58,15 +63,7 @@ def decode_typed(path: Path, schema: type):
 
 def load_annotation_list(path: Path, holds: str = "questions") -> list:
     """The file's top-level JSON list (A-OKVQA, VizWiz, LLaVA-Instruct files are one bare list)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
-    try:
-        data = _parse(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AnnotationError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(data, list):
-        raise AnnotationError(f"{path}: top level is {_json_type(data)}; expected a list of {holds}")
-    return data
+    return _load_top_level(path, list, f"a list of {holds}")
 
 
 def load_annotation_jsonl(path: Path) -> list[tuple[int, dict]]:
