@@ -36,8 +36,14 @@ DEFAULTS = {
     # InstructBLIP's Q-Former reads each image's instruction in its own vocabulary: a BERT tokenizer folder
     # ({path: DIR}, e.g. the qformer_tokenizer folder of Salesforce/instructblip-*), or one trained here
     "qformer_tokenizer": {"train": {"vocab_size": 400}},
-    "outputs": {},  # name -> {datasets: [prefixes of the records' `dataset`], split: train}
+    # name -> {datasets: [prefixes of the records' `dataset`], split: train}, and optionally
+    #   weights: {prefix: w}, the stage's mixture: each record of those datasets is drawn w times on average
+    #     (2 doubles a dataset, 0.25 keeps a quarter of it; seeded), the others once
+    #   qformer_text: caption or instruction, what a Q-Former reads with this output's images, where a config
+    #     points a stage at another output than its preset's (by default, what the preset's stages reading it say)
+    "outputs": {},
 }
+QFORMER_TEXTS = ("caption", "instruction")
 
 
 MODES = ("block", "interleave_same_task")
@@ -73,6 +79,17 @@ def pack_settings(config: dict) -> dict:
     for name, spec in cfg["outputs"].items():
         require(isinstance(spec, dict) and isinstance(spec.get("datasets"), list) and spec["datasets"],
                 f"pack.outputs.{name}: {spec!r}; expected {{datasets: [dataset name prefixes], split: train}}")
+        unknown = set(spec) - {"datasets", "split", "weights", "qformer_text"}
+        require(not unknown, f"pack.outputs.{name}: unknown key(s) {sorted(unknown)}; expected datasets, split, "
+                             "weights, qformer_text")
+        weights = spec.get("weights") or {}
+        require(isinstance(weights, dict) and all(isinstance(w, (int, float)) and w >= 0 for w in weights.values()),
+                f"pack.outputs.{name}.weights: {weights!r}; expected {{dataset prefix: a number >= 0}}")
+        strays = [k for k in weights if k not in spec["datasets"]]
+        require(not strays, f"pack.outputs.{name}.weights: {strays} are not among its datasets {spec['datasets']}; "
+                            "weigh the prefixes the output lists")
+        require(spec.get("qformer_text") in (None, *QFORMER_TEXTS),
+                f"pack.outputs.{name}.qformer_text: {spec.get('qformer_text')!r}; expected one of {QFORMER_TEXTS}")
     return cfg
 
 
@@ -136,28 +153,45 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
 
     record = StageRecord("pack", cfg, inputs)
     record.rows_in = len(records)
-    outputs = {}
+    outputs, picked = {}, set()
     for name, spec in cfg["outputs"].items():
         chosen = [r for r in records if selected(r, spec["datasets"], spec.get("split", "train"))]
+        picked.update(id(r) for r in chosen)
+        chosen, mixture = weigh(chosen, spec["datasets"], spec.get("weights") or {}, seed=name)
         kinds = {stage.qformer_text for stage in preset.stages if stage.data == name} - {None}
-        if len(kinds) > 1:
+        if len(kinds) > 1 and not spec.get("qformer_text"):
             raise ConfigError(f"pack.outputs.{name}: stages of {preset.name} read it with the Q-Former reading "
                               f"{sorted(kinds)}; give each its own output")
-        qformer_text = next(iter(kinds), preset.qformer_text)
+        qformer_text = spec.get("qformer_text") or next(iter(kinds), preset.qformer_text)
         on_ray = cfg["ray"] == "always" or (cfg["ray"] == "auto" and bool(
             ray_address or os.environ.get("RAY_ADDRESS") or len(chosen) > cfg["window"]))
         summary = _pack_output(chosen, encoder, {**cfg, **qformer_settings, "qformer_text": qformer_text}, preset,
                                stage_dir / name, tokenizer_dir, record,
                                ray_address=ray_address if on_ray else False, log=log)
-        outputs[name] = summary
+        outputs[name] = {**summary, "mixture": mixture, "qformer_text": qformer_text if preset.qformer_text else None}
         record.rows_out += summary["samples"]
         log(f"pack: {name}: {summary['samples']} samples → {summary['sequences']} sequences of ≤{cfg['seq_len']} "
             f"tokens, fill {summary['fill']:.3f} (lower bound {summary['lower_bound_sequences']})")
     record.extra.update(outputs=outputs, preset=preset.name, visual_tokens=preset.visual_tokens,
                         seq_len=cfg["seq_len"], vocab_size=tokenizer.get_vocab_size())
-    unpacked = record.rows_in - sum(o["samples"] + sum(o["dropped"].values()) for o in outputs.values())
-    record.extra["not_selected"] = unpacked  # records of splits or datasets no output asked for (e.g. eval)
+    record.extra["not_selected"] = record.rows_in - len(picked)  # splits or datasets no output asked for (e.g. eval)
     return record.finish(stage_dir)
+
+
+def weigh(records: list[dict], datasets: list[str], weights: dict[str, float], seed: str) -> tuple[list[dict], dict]:
+    """An output's mixture: each record of a weighed dataset prefix drawn `w` times on average (the whole part
+    of w every time, the fraction by a seeded coin), the rest once. Returns the draw and, per prefix, how many
+    records it had and how many samples it gave."""
+    rng = np.random.default_rng(int(hashlib.sha256(seed.encode()).hexdigest()[:8], 16))
+    drawn, mixture = [], {prefix: {"records": 0, "samples": 0} for prefix in datasets}
+    for record in records:
+        prefix = next(p for p in datasets if record["dataset"].startswith(p))
+        weight = weights.get(prefix, 1)
+        copies = int(weight) + int(rng.random() < weight - int(weight))
+        drawn += [record] * copies
+        mixture[prefix]["records"] += 1
+        mixture[prefix]["samples"] += copies
+    return drawn, mixture
 
 
 def visual_token_counter(preset):

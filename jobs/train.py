@@ -23,13 +23,20 @@ DEFAULTS = {
     # on a 2048-token row of ~130-token samples on CPU), or sdpa for FlanT5 (T5's position bias lives inside
     # attention); sdpa, eager, flex_attention, flash_attention_2 can be named
     "attention": "auto",
-    "stages": {},  # stage name -> overrides: lr, epochs, max_steps, warmup_ratio, weight_decay
+    # stage name -> overrides of the preset's values: lr, epochs, max_steps, warmup_ratio, weight_decay (the
+    # schedule); data (the pack output it reads), trainable (groups), objective, image_size
+    "stages": {},
+    # pretrained weights the first stage starts from: {model: DIR} (a Loom or official checkpoint of the whole
+    # model), and/or {llm: DIR, vision: DIR} (transformers checkpoints of the preset's LLM and vision tower)
+    "init": {},
     # Ray Train workers (TorchTrainer, DDP): each takes batch_size rows per micro-batch, so the global batch
     # is workers x batch_size x grad_accum; 1 trains in this process
     "workers": 1,
     "evaluate": {},
 }
-STAGE_KEYS = {"lr", "epochs", "max_steps", "warmup_ratio", "weight_decay"}
+SCHEDULE_KEYS = {"lr", "epochs", "max_steps", "warmup_ratio", "weight_decay"}
+STAGE_KEYS = SCHEDULE_KEYS | {"data", "trainable", "objective", "image_size"}
+INIT_KEYS = ("model", "llm", "vision")
 # captions: {datasets: [coco_caption], split: val, limit: N, max_new_tokens: 20} scores held-out captions by CIDEr-D
 EVAL_DEFAULTS = {"datasets": ["vqav2"], "split": "val", "max_new_tokens": 8, "batch_size": 32, "limit": None,
                  "captions": None,
@@ -43,6 +50,13 @@ def train_settings(config: dict, preset) -> dict:
         require(name in names, f"train.stages.{name}: preset {preset.name} has no such stage; its stages are {names}")
         unknown = set(overrides or {}) - STAGE_KEYS
         require(not unknown, f"train.stages.{name}: unknown key(s) {sorted(unknown)}; expected some of {sorted(STAGE_KEYS)}")
+    stages_of(preset, cfg)  # the overridden stages must be valid ones
+    init = cfg["init"] or {}
+    require(isinstance(init, dict) and set(init) <= set(INIT_KEYS),
+            f"train.init: {init!r}; expected some of {list(INIT_KEYS)}, each a checkpoint folder")
+    for key, folder in init.items():
+        require(Path(str(folder)).is_dir(), f"train.init.{key}: {folder}: no such folder; give a local checkpoint "
+                f"folder (download a hub checkpoint first, e.g. `huggingface-cli download NAME --local-dir DIR`)")
     cfg["evaluate"] = section({"evaluate": cfg["evaluate"]}, "evaluate", EVAL_DEFAULTS)
     from vlm.model import ATTENTION_MODES
 
@@ -55,6 +69,22 @@ def train_settings(config: dict, preset) -> dict:
     return cfg
 
 
+def stages_of(preset, cfg: dict) -> list:
+    """The preset's stages with the config's data, trainable, objective and image_size overrides applied."""
+    import dataclasses
+
+    stages = []
+    for stage in preset.stages:
+        overrides = {k: v for k, v in (cfg["stages"].get(stage.name) or {}).items() if k not in SCHEDULE_KEYS}
+        if "trainable" in overrides:
+            overrides["trainable"] = tuple(overrides["trainable"])
+        try:
+            stages.append(dataclasses.replace(stage, **overrides))
+        except ValueError as err:
+            raise ConfigError(f"train.stages.{stage.name}: {err}") from err
+    return stages
+
+
 def run_train(config: dict, out: str | Path, log=print, ray_address: str | None = None) -> dict:
     """Train every stage of the packed preset (each resumable), evaluate, write `out/train/manifest.json`."""
     from vlm.preset import get_preset
@@ -65,10 +95,16 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
         raise ConfigError(f"train.input: {pack_dir}: no finished pack output (manifest.json); run `loom pack` first")
     preset = get_preset(pack_manifest["preset"])
     cfg = train_settings(config, preset)
-    for stage in preset.stages:
+    stages = stages_of(preset, cfg)
+    for stage in stages:
         if stage.data not in pack_manifest["outputs"]:
             raise ConfigError(f"stage {stage.name} of {preset.name} trains on pack output {stage.data!r}, which "
                               f"pack did not write (it wrote {sorted(pack_manifest['outputs'])}); add it to pack.outputs")
+        packed_with = pack_manifest["outputs"][stage.data].get("qformer_text")
+        if stage.qformer_text and packed_with and packed_with != stage.qformer_text:
+            raise ConfigError(f"stage {stage.name} of {preset.name}: its Q-Former reads the {stage.qformer_text}, but "
+                              f"pack output {stage.data!r} was packed with the {packed_with}; point the stage at "
+                              f"another output, or set pack.outputs.{stage.data}.qformer_text: {stage.qformer_text}")
     inputs = {str(pack_dir): manifest_hash(pack_dir)}
     stage_dir = Path(out) / "train"
     if is_complete(stage_dir, cfg, inputs):
@@ -81,13 +117,21 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
     from vlm.model import build_model, count_parameters
     from vlm.train import load_model
 
-    first_output = pack_dir / preset.stages[0].data
+    first_output = pack_dir / stages[0].data
     packed = json.loads((first_output / "manifest.json").read_text())
     tokenizer = load_tokenizer(first_output / "tokenizer")
     record = StageRecord("train", cfg, inputs)
     model = build_model(preset, tokenizer.get_vocab_size(), packed["image_token_id"], packed["pad_token_id"],
                         attn_implementation=cfg["attention"], seed=cfg["seed"])
     log(f"train: {preset.name}, parameters {count_parameters(model)}")
+    if cfg["init"]:
+        from vlm.checkpoint import init_from_pretrained
+
+        init = cfg["init"]
+        try:
+            init_from_pretrained(model, init.get("model"), init.get("llm"), init.get("vision"), log=log)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"train.init: {err}") from err
     summaries, previous = [], None
     session = contextlib.nullcontext()
     if cfg["workers"] > 1:
@@ -100,11 +144,11 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
     encoder = Encoder(tokenizer, get_chat_format(preset.chat_format), visual_token_counter(preset))
     qformer_dir = pack_dir / "qformer_tokenizer"
     with session as ray:
-        for k, stage in enumerate(preset.stages):
+        for k, stage in enumerate(stages):
             summaries.append(_train_one(model, stage, cfg, pack_dir, stage_dir, previous, ray, log))
             record.rows_in += summaries[-1]["steps"] * cfg["batch_size"] * cfg["grad_accum"] * cfg["workers"]
             previous = str(stage_dir / stage.name)
-            if k < len(preset.stages) - 1:  # held-out accuracy after every stage (the last one's is below)
+            if k < len(stages) - 1:  # held-out accuracy after every stage (the last one's is below)
                 evaluated = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir)
                 summaries[-1]["accuracy"] = evaluated["accuracy"] if evaluated else None
                 summaries[-1]["cider"] = _caption_score(model, preset, encoder, Path(out), cfg, log, qformer_dir)
@@ -127,7 +171,7 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
     """One stage, here or on Ray Train workers; its summary with the loss curve."""
     from vlm.train import TrainConfig, train_stage
 
-    overrides = cfg["stages"].get(stage.name) or {}
+    overrides = {k: v for k, v in (cfg["stages"].get(stage.name) or {}).items() if k in SCHEDULE_KEYS}
     train_config = TrainConfig(
         batch_size=cfg["batch_size"], grad_accum=cfg["grad_accum"], seed=cfg["seed"],
         checkpoint_every=cfg["checkpoint_every"], device=cfg["device"], init_from=previous, **overrides)

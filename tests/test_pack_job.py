@@ -254,3 +254,27 @@ def test_the_manifest_names_the_architecture_tokenizer_sequence_length_mode_and_
     manifest = json.loads((render_dir.parent / "pack" / "instruct" / "manifest.json").read_text())
     assert (manifest["architecture"], manifest["seq_len"], manifest["mode"]) == ("llava-1.5", 2048, "block")
     assert manifest["tokenizer_hash"] and 0 < manifest["fill"] <= 1
+
+
+def test_an_outputs_mixture_weights_draw_each_dataset_that_many_times_and_are_recorded(tmp_path):
+    save_tokenizer_without_pad(tmp_path / "tok")
+    rows = [{**instruction(i, "vqa", "red"), "dataset": ["vqav2", "coco_caption"][i % 2]} for i in range(200)]
+    out = tmp_path / "run"
+    write_render(out / "render", rows)
+    outputs = {"instruct": {"datasets": ["vqav2", "coco_caption"], "weights": {"vqav2": 2, "coco_caption": 0.25}}}
+    manifest = run_pack(pack_config(tmp_path / "tok", outputs=outputs), out, log=lambda *_: None)
+    mixture = manifest["outputs"]["instruct"]["mixture"]
+    assert mixture["vqav2"] == {"records": 100, "samples": 200}
+    assert mixture["coco_caption"]["records"] == 100 and 10 <= mixture["coco_caption"]["samples"] <= 40
+    packed = [i for r in packed_rows(out) for i in r["ids"]]
+    assert len(packed) == 200 + mixture["coco_caption"]["samples"] == manifest["outputs"]["instruct"]["samples"]
+    assert packed.count("vqa:0") == 2  # a record of weight 2 is in the output twice
+    again = run_pack(pack_config(tmp_path / "tok", outputs=outputs, seq_len=1024), out, log=lambda *_: None)
+    assert again["outputs"]["instruct"]["mixture"] == mixture  # the draw is seeded
+
+
+@pytest.mark.parametrize("weights, wrong", [({"gqa": 1}, "not among its datasets"), ({"mix": -1}, "a number >= 0")])
+def test_mixture_weights_of_other_datasets_or_below_zero_are_refused(weights, wrong, tmp_path):
+    outputs = {"instruct": {"datasets": ["mix"], "weights": weights}}
+    with pytest.raises(ConfigError, match=wrong):
+        run_pack(pack_config(tmp_path / "tok", outputs=outputs), tmp_path, log=lambda *_: None)

@@ -48,21 +48,9 @@ def test_every_stage_trains_its_groups_and_leaves_the_frozen_ones_bit_identical(
 def test_loom_train_runs_every_stage_and_scores_held_out_questions(name, tmp_path):
     """`loom train` end to end for architectures whose evaluation reads more than pixels: Qwen2-VL's
     native-resolution grids, InstructBLIP's instruction in the Q-Former's vocabulary, FlanT5's decoder."""
-    from PIL import Image
-
     from jobs.train import run_train
-    from test_pack_job import instruction, write_render
 
-    rows = []
-    for i in range(12):
-        Image.new("RGB", (64, 48), ["red", "blue"][i % 2]).save(tmp_path / f"{i}.png")
-        row = instruction(i, "vqa", ["red", "blue"][i % 2])
-        row["images"][0].update(path=str(tmp_path / f"{i}.png"), width=64, height=48)
-        row["messages"][0]["content"] = "<image>\nWhat colour is it?"
-        if i >= 8:  # held out, with its human answers
-            row.update(split="val", answers=[["red", "blue"][i % 2]] * 3, question_type="what color")
-        rows.append(row)
-    write_render(tmp_path / "render", rows)
+    red_blue_run(tmp_path)
     preset = vlm.get_preset(name, size="tiny")
     config = {
         "pack": {"preset": preset.name, "tokenizer": {"train": {"vocab_size": 400}}, "seq_len": 1024,
@@ -96,3 +84,91 @@ def test_a_stage_trains_at_its_own_resolution(rendered, tmp_path):  # noqa: F811
     assert seen and set(seen) == {preset.image_size // 2}
     log = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+
+
+def red_blue_run(tmp_path):
+    """A render output of red and blue images with a question each (the last third held out)."""
+    from PIL import Image
+
+    from test_pack_job import instruction, write_render
+
+    rows = []
+    for i in range(12):
+        Image.new("RGB", (64, 48), ["red", "blue"][i % 2]).save(tmp_path / f"{i}.png")
+        row = instruction(i, "vqa", ["red", "blue"][i % 2])
+        row["images"][0].update(path=str(tmp_path / f"{i}.png"), width=64, height=48)
+        row["messages"][0]["content"] = "<image>\nWhat colour is it?"
+        if i >= 8:  # held out, with its human answers
+            row.update(split="val", answers=[["red", "blue"][i % 2]] * 3, question_type="what color")
+        rows.append(row)
+    write_render(tmp_path / "render", rows)
+
+
+def test_a_config_overrides_a_stages_data_and_groups_and_starts_from_a_local_llm_checkpoint(tmp_path):
+    """A stage is data, groups, objective and schedule: a config may point LLaVA's first stage at the
+    instructions and freeze the LLM in its second, and start the run from a pretrained LLM folder whose
+    vocabulary is smaller than the run's tokenizer (its rows copied, the rest at their mean)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from jobs.train import run_train
+
+    preset = vlm.get_preset("llava", size="tiny")
+    red_blue_run(tmp_path)
+    llm = LlamaForCausalLM(LlamaConfig(**{**preset.llm, "vocab_size": 300}))
+    llm.save_pretrained(tmp_path / "llm")
+    config = {
+        "pack": {"preset": preset.name, "tokenizer": {"train": {"vocab_size": 400}}, "seq_len": 1024,
+                 "outputs": {"instruct": {"datasets": ["mix"], "split": "train"}}},
+        "train": {"batch_size": 2, "init": {"llm": str(tmp_path / "llm")},
+                  "stages": {"pretrain": {"data": "instruct", "max_steps": 1},
+                             "instruct": {"trainable": ["connector"], "max_steps": 1}},
+                  "evaluate": {"datasets": ["mix"], "split": "val", "max_new_tokens": 2}},
+    }
+    run_pack(config, tmp_path, log=lambda *_: None)
+    logs = []
+    manifest = run_train(config, tmp_path, log=logs.append)
+    assert [(s["data"], s["trainable"]) for s in manifest["stages"]] == [("instruct", ["connector"])] * 2
+    assert any("300 copied" in line for line in logs)
+    from vlm.train import load_model
+
+    trained = load_model(tmp_path / "train" / "instruct").language_model.state_dict()
+    source = llm.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in source.items() if v.shape == trained[k].shape)
+    embeddings = trained["model.embed_tokens.weight"]
+    assert torch.equal(embeddings[:300], source["model.embed_tokens.weight"])
+    assert torch.allclose(embeddings[300:], source["model.embed_tokens.weight"].mean(0).expand(len(embeddings) - 300, -1))
+
+
+@pytest.mark.parametrize("train, wrong", [
+    ({"stages": {"pretrain": {"trainable": ["wings"]}}}, r"train.stages.pretrain: .*non-empty subset"),
+    ({"stages": {"pretrain": {"objective": "contrastive"}}}, r"train.stages.pretrain: .*objective"),
+    ({"stages": {"instruct": {"data": "nowhere"}}}, r"pack output 'nowhere', which pack did not write"),
+    ({"init": {"llm": "/no/such/llm"}}, r"train.init.llm: /no/such/llm: no such folder"),
+    ({"init": {"weights": "x"}}, r"train.init: .*expected some of"),
+])
+def test_wrong_stage_overrides_and_init_folders_are_refused_with_the_fix(train, wrong, tmp_path):
+    from jobs.config import ConfigError
+    from jobs.train import run_train
+
+    preset = vlm.get_preset("llava", size="tiny")
+    red_blue_run(tmp_path)
+    config = {"pack": {"preset": preset.name, "tokenizer": {"train": {"vocab_size": 400}}, "seq_len": 1024,
+                       "outputs": {s.data: {"datasets": ["mix"], "split": "train"} for s in preset.stages}},
+              "train": train}
+    run_pack(config, tmp_path, log=lambda *_: None)
+    with pytest.raises(ConfigError, match=wrong):
+        run_train(config, tmp_path, log=lambda *_: None)
+
+
+def test_a_q_former_stage_pointed_at_an_output_packed_for_another_reading_is_refused(tmp_path):
+    from jobs.config import ConfigError
+    from jobs.train import run_train
+
+    preset = vlm.get_preset("instructblip-vicuna", size="tiny")
+    red_blue_run(tmp_path)
+    config = {"pack": {"preset": preset.name, "tokenizer": {"train": {"vocab_size": 400}}, "seq_len": 1024,
+                       "outputs": {s.data: {"datasets": ["mix"], "split": "train"} for s in preset.stages}},
+              "train": {"stages": {"representation": {"data": "instruct"}}}}
+    run_pack(config, tmp_path, log=lambda *_: None)
+    with pytest.raises(ConfigError, match="packed with the instruction; .*qformer_text: caption"):
+        run_train(config, tmp_path, log=lambda *_: None)

@@ -89,3 +89,81 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", attn_i
 
         return load_hf(path, device=device, attn_implementation=attn_implementation)
     raise ValueError(f"{config_file}: neither Loom's format (a 'model' entry) nor a transformers config (model_type)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting a run from pretrained parts: a whole model, or a vision tower and an LLM
+# ---------------------------------------------------------------------------------------------
+
+def init_from_pretrained(model, whole: str | Path | None = None, llm: str | Path | None = None,
+                         vision: str | Path | None = None, log=print) -> dict[str, str]:
+    """Load pretrained weights into a freshly built `model` before its first stage: `whole`, a model folder
+    `from_pretrained` reads (Loom's format or an official one); `llm`, a transformers checkpoint folder of the
+    preset's language model (a Vicuna, OPT, FlanT5 or Qwen folder); `vision`, a checkpoint folder holding its
+    vision tower (a CLIP folder, a whole BLIP-2 or LLaVA checkpoint: the tower is found inside it). The shapes
+    must match the preset's; the LLM's vocabulary may differ from the run's tokenizer: shared rows are copied
+    and added tokens (such as `<image>`) start at the mean embedding, as LLaVA initialises them. Returns what
+    was loaded from where."""
+    loaded = {}
+    if whole is not None:
+        _load_matching(model, from_pretrained(whole).state_dict(), f"model {whole}", resize_vocab=(), log=log)
+        loaded["model"] = str(whole)
+    if vision is not None:
+        _load_matching(model.vision_tower, read_state_dict(vision), f"vision {vision}", resize_vocab=(), log=log)
+        loaded["vision"] = str(vision)
+    if llm is not None:
+        lm = model.language_model
+        vocab_keys = {name for name, p in lm.state_dict().items() if p.dim() == 2 and p.shape[0] == lm.config.vocab_size}
+        _load_matching(lm, read_state_dict(llm), f"llm {llm}", resize_vocab=vocab_keys, log=log)
+        loaded["llm"] = str(llm)
+    return loaded
+
+
+def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder: its safetensors files (sharded or not), else pytorch_model*.bin."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no *.safetensors or pytorch_model*.bin; give a checkpoint folder "
+                                "written by save_pretrained")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(file) if file.suffix == ".safetensors" else torch.load(file, map_location="cpu"))
+    return state
+
+
+def _load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, resize_vocab, log) -> None:
+    """Copy into `module` the tensors of `state` found under one name prefix (a tower inside a whole
+    checkpoint): every parameter must be there with its shape, except tied ones and the vocabulary matrices
+    named in `resize_vocab`, whose shared rows are copied."""
+    own = module.state_dict()
+    anchor = next(iter(own))
+    prefixes = sorted({key[: -len(anchor)] for key in state if key.endswith(anchor)}, key=len)
+    prefix = max(prefixes, key=lambda p: sum(p + k in state for k in own), default="")
+    found = {k: state[prefix + k] for k in own if prefix + k in state}
+    missing = [k for k in own if k not in found and not _tied_to(own, k, found)]
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in found.items()
+             if v.shape != own[k].shape and k not in resize_vocab]
+    if missing or wrong:
+        raise ValueError(f"{what}: does not fit the preset's architecture; missing {missing[:6]}, "
+                         f"shape differs {wrong[:6]}. Pick the preset whose size matches the checkpoint, or a "
+                         "checkpoint of the preset's shape")
+    with torch.no_grad():
+        for name, source in found.items():
+            target = own[name]
+            source = source.to(target.dtype)
+            if source.shape == target.shape:
+                target.copy_(source)
+                continue
+            rows = min(source.shape[0], target.shape[0])
+            target[:rows].copy_(source[:rows])
+            if target.shape[0] > rows:
+                target[rows:].copy_(source.mean(dim=0, keepdim=True).expand(target.shape[0] - rows, -1))
+            log(f"init: {what}: {name} has {source.shape[0]} rows, the run's vocabulary {target.shape[0]}; "
+                f"{rows} copied" + (f", {target.shape[0] - rows} new at the mean" if target.shape[0] > rows else ""))
+    log(f"init: {what}: {len(found)} tensors loaded" + (f" from under {prefix!r}" if prefix else ""))
+
+
+def _tied_to(own: dict[str, torch.Tensor], name: str, found: dict) -> bool:
+    """Whether parameter `name` shares storage with one that is loaded (an LM head tied to the embeddings)."""
+    return any(other in found and own[other].data_ptr() == own[name].data_ptr() for other in own if other != name)
