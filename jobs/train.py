@@ -32,6 +32,9 @@ DEFAULTS = {
     # Ray Train workers (TorchTrainer, DDP): each takes batch_size rows per micro-batch, so the global batch
     # is workers x batch_size x grad_accum; 1 trains in this process
     "workers": 1,
+    # ddp: a whole model per worker; fsdp: parameters, gradients and optimizer state sharded across the workers
+    # (FSDP2), for an LLM that does not fit one GPU
+    "strategy": "ddp",
     "evaluate": {},
 }
 SCHEDULE_KEYS = {"lr", "epochs", "max_steps", "warmup_ratio", "weight_decay"}
@@ -62,6 +65,7 @@ def train_settings(config: dict, preset) -> dict:
 
     require(isinstance(cfg["workers"], int) and cfg["workers"] >= 1,
             f"train.workers: {cfg['workers']!r}; expected a whole number of Ray Train workers >= 1")
+    require(cfg["strategy"] in ("ddp", "fsdp"), f"train.strategy: {cfg['strategy']!r}; expected ddp or fsdp")
     require(cfg["attention"] == "auto" or cfg["attention"] in ATTENTION_MODES,
             f"train.attention: {cfg['attention']!r}; expected auto or one of {list(ATTENTION_MODES)}")
     if cfg["attention"] == "auto":
@@ -174,7 +178,8 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
     overrides = {k: v for k, v in (cfg["stages"].get(stage.name) or {}).items() if k in SCHEDULE_KEYS}
     train_config = TrainConfig(
         batch_size=cfg["batch_size"], grad_accum=cfg["grad_accum"], seed=cfg["seed"],
-        checkpoint_every=cfg["checkpoint_every"], device=cfg["device"], init_from=previous, **overrides)
+        checkpoint_every=cfg["checkpoint_every"], device=cfg["device"], init_from=previous, strategy=cfg["strategy"],
+        **overrides)
     out_dir = stage_dir / stage.name
     if ray is None:
         summary = train_stage(model, stage, pack_dir / stage.data, out_dir, train_config)

@@ -58,6 +58,9 @@ class TrainConfig:
     compile: bool = False
     device: str | None = None  # default: cuda when available
     init_from: str | None = None  # a previous stage's out_dir or checkpoint dir
+    # with several workers: ddp keeps a whole model on each; fsdp shards parameters, gradients and optimizer
+    # state across them (FSDP2, every transformer layer its own unit), for LLMs that do not fit one device
+    strategy: str = "ddp"
     progress: bool = True
     tensorboard: bool = True
 
@@ -100,16 +103,29 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", attn_implem
     return model.to(device)
 
 
-def _save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: dict, tokenizer_dir: Path | None) -> Path:
-    """Writes a full checkpoint to a temporary folder, then swaps it in by renaming."""
+def _save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: dict, tokenizer_dir: Path | None,
+                     lead: bool = True, sharded: bool = False) -> Path:
+    """Writes a full checkpoint to a temporary folder, then swaps it in by renaming. Under FSDP every worker
+    calls it (the shards are gathered to the lead, which writes)."""
     final = out_dir / CHECKPOINT
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights, optimizer_state = get_model_state_dict(model, options=whole), get_optimizer_state_dict(
+            model, optimizer, options=whole)
+    else:
+        weights, optimizer_state = (weights_to_save(model), optimizer.state_dict()) if lead else (None, None)
+    if not lead:
+        return final
     tmp = out_dir / f"{CHECKPOINT}.tmp"
     old = out_dir / f"{CHECKPOINT}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(weights_to_save(model), tmp / "model.safetensors")
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
     (tmp / "config.json").write_text(json.dumps({"model": model.config_dict(), "stage": state["stage"]}, indent=2))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_rng_states(), tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
@@ -122,6 +138,18 @@ def _save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: dict, to
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _load_optimizer(model, optimizer, file: Path, device: torch.device, sharded: bool) -> None:
+    """The optimizer state of a checkpoint: torch's own form, or under FSDP the whole state by parameter name,
+    which each worker cuts to its shards."""
+    saved = torch.load(file, map_location="cpu" if sharded else device)
+    if not sharded:
+        optimizer.load_state_dict(saved)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, saved, options=StateDictOptions(full_state_dict=True))
 
 
 def _find_resumable(out_dir: Path) -> Path | None:
@@ -144,6 +172,31 @@ def _restore_rng(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding (FSDP)
+# ---------------------------------------------------------------------------------------------
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+def shard(model: torch.nn.Module, device: torch.device, world: int) -> None:
+    """FSDP2 over the workers: every layer of every transformer stack (vision tower, Q-Former, LLM) is a unit
+    whose parameters are gathered only while it runs, the rest of the model the root unit. Parameters land
+    on `device`, sharded; on a GPU they compute in bf16 and gradients are averaged in fp32."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" \
+        else MixedPrecisionPolicy()
+    for stack in [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]:
+        layers = [layer for layer in stack if any(True for _ in layer.parameters())]
+        if len(layers) > 1 and len({type(layer) for layer in layers}) == 1:  # a stack of identical layers
+            for layer in layers:
+                fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,17 +254,28 @@ def train_stage(
         return json.loads(complete.read_text())
 
     # -- setup -----------------------------------------------------------------------------------
+    if config.strategy not in STRATEGIES:
+        raise ValueError(f"strategy {config.strategy!r}; expected one of {STRATEGIES}")
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device)
-    model.set_trainable(stage.trainable)
-    if config.activation_checkpointing:
-        model.enable_activation_checkpointing()
-    model.train()
-
     # Under Ray Train (TorchTrainer) every worker runs this same loop on its share of each step's rows
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     lead = rank == 0  # only one worker writes logs and checkpoints
+    # BLIP-2's stage 1 calls the Q-Former's own losses, not forward, which FSDP's hooks wrap: it is replicated
+    sharded = world > 1 and config.strategy == "fsdp" and stage.objective == "lm"
+
+    # weights in before sharding: a resumed checkpoint, else the previous stage's
+    resumable = _find_resumable(out_dir)
+    if resumable is not None or config.init_from:
+        load_weights(model, (resumable or checkpoint_dir(config.init_from)) / "model.safetensors")
+    model.set_trainable(stage.trainable)
+    if config.activation_checkpointing:
+        model.enable_activation_checkpointing()
+    if sharded:
+        shard(model, device, world)
+    else:
+        model.to(device)
+    model.train()
     dataset = PackedDataset(pack_dir, batch_size=config.batch_size, seed=config.seed, preset=model.preset,
                             rank=rank, world_size=world, image_size=stage.image_size)
     epochs = config.epochs if config.epochs is not None else stage.epochs
@@ -229,7 +293,6 @@ def train_stage(
 
     # -- resume, or start from the previous stage ----------------------------------------------
     step, tokens, position = 0, 0, DataPosition()
-    resumable = _find_resumable(out_dir)
     if resumable is not None:
         state = json.loads((resumable / "trainer_state.json").read_text())
         for key in ("batch_size", "grad_accum", "seed"):  # these decide which rows each step sees
@@ -238,16 +301,16 @@ def train_stage(
                     f"{resumable}: saved with {key}={state['config'][key]}, resumed with {key}={getattr(config, key)}; "
                     f"the data position would point at different rows. Resume with the same {key} or use a new out_dir"
                 )
-        load_weights(model, resumable / "model.safetensors")
-        optimizer.load_state_dict(torch.load(resumable / "optimizer.pt", map_location=device))
+        if state.get("sharded", False) != sharded:
+            raise ValueError(f"{resumable}: saved {'with' if state.get('sharded') else 'without'} FSDP sharding, "
+                             f"resumed {'with' if sharded else 'without'}; its optimizer state is in the other form. "
+                             "Resume with the strategy and worker count it was saved with")
+        _load_optimizer(model, optimizer, resumable / "optimizer.pt", device, sharded)
         scheduler.load_state_dict(torch.load(resumable / "scheduler.pt"))
         _restore_rng(torch.load(resumable / "rng.pt", weights_only=False))
         step, tokens, position = state["step"], state["tokens"], DataPosition(**state["position"])
         _truncate_log(out_dir / LOG, step)
     else:
-        if config.init_from:
-            source = checkpoint_dir(config.init_from)
-            load_weights(model, source / "model.safetensors")
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         (out_dir / LOG).unlink(missing_ok=True)
@@ -267,7 +330,7 @@ def train_stage(
         return {
             "stage": stage.name, "step": step, "total_steps": total_steps, "tokens": tokens,
             "position": asdict(position), "seed": config.seed, "pack_dir": str(pack_dir),
-            "config": asdict(config),
+            "config": asdict(config), "sharded": sharded,
         }
 
     # Gradients are averaged across workers by DDP; each worker's loss is scaled by the world size so the
@@ -275,8 +338,9 @@ def train_stage(
     # (BLIP-2's stage 1 calls the Q-Former's own losses, not the model's forward: its gradients are averaged
     # by hand after backward instead.)
     runner = model
-    if world > 1 and stage.objective == "lm":
+    if world > 1 and stage.objective == "lm" and not sharded:
         runner = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    averaged_by_hand = world > 1 and runner is model and not sharded  # DDP and FSDP average in backward
 
     # -- the loop ----------------------------------------------------------------------------------
     stream = dataset.batches(start=position)
@@ -314,13 +378,15 @@ def train_stage(
             shared = torch.tensor([loss_value], dtype=torch.float64)
             torch.distributed.all_reduce(shared)
             loss_value = float(shared.item())
-            if runner is model:
+            if averaged_by_hand:
                 for parameter in trainable:
                     if parameter.grad is None:
                         parameter.grad = torch.zeros_like(parameter)
                     torch.distributed.all_reduce(parameter.grad)
                     parameter.grad /= world
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # sharded gradients give a distributed norm
+            grad_norm = grad_norm.full_tensor()
         current_lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -339,17 +405,17 @@ def train_stage(
             writer.add_scalar("train/lr", current_lr, step)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{current_lr:.2e}")
         bar.update(1)
-        if lead and config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
-            _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+            _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir, lead, sharded)
     bar.close()
     if writer is not None:
         writer.close()
 
     # -- end of stage ------------------------------------------------------------------------------
+    final = _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir, lead, sharded)
     if not lead:  # the lead worker writes the checkpoint; the others are done
         torch.distributed.barrier()
         return {"stage": stage.name, "steps": step, "rank": rank}
-    final = _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir)
     log = read_log(out_dir)
     summary = {
         "preset": model.preset.name,

@@ -1,0 +1,186 @@
+"""Learnability: every preset, tiny, trained through all its stages on the shapes world, then scored on
+held-out scenes against the majority-answer baselines.
+
+    python bench/learn.py [--out runs/learn] [--presets llava-1.5,blip2-opt] [--train-scenes 800]
+                          [--val-scenes 150] [--epochs 4] [--json runs/learn/table.json]
+
+One shapes world (COCO Captions- and VQAv2-format splits, true by construction) is rendered once; each
+preset then packs it in its own chat format and visual-token count and runs `loom train` (vlm.train's
+staged trainer, held-out VQA after every stage). Stage data, per stage:
+- a pretraining stage on pairs reads the COCO-format captions (`pretrain`);
+- every later stage reads captions + VQAv2-format questions (`multitask`, `instruct`).
+BLIP-2's second stage reads the captions + questions too (BLIP-2's VQA fine-tuning keeps the LLM frozen
+as here): the paper's zero-shot VQA leans on a pretrained LLM's knowledge, which a tiny one lacks.
+
+Presets that never train their LLM (BLIP-2, InstructBLIP, MiniGPT-4) freeze a pretrained one in the papers.
+A tiny LLM has no pretraining, so the bench gives it one first: the LLM alone is trained on the same
+instruction text (`--llm-epochs`), its vision path frozen at random, and saved as a transformers
+checkpoint that the run starts from (`train.init.llm`), as a user's run starts from Vicuna or OPT. It
+learns the language and answer priors of the questions, not the images: the majority baselines below
+are what such a blind model reaches.
+
+The table: per stage the mean loss of its first and last tenth of steps and the held-out accuracy after it;
+then the final accuracy, the majority-answer and per-question-type-majority baselines, and whether the
+loss fell and accuracy beat the majority answer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import vlm  # noqa: E402
+from jobs.pack import run_pack  # noqa: E402
+from jobs.render import run_render  # noqa: E402
+from jobs.run import run_demo_data  # noqa: E402
+from jobs.train import run_train  # noqa: E402
+
+CAPTIONS = ["coco_caption"]
+MIXED = ["coco_caption", "vqav2"]
+
+
+def render_world(out: Path, train_scenes: int, val_scenes: int) -> None:
+    config = {"demo_data": {"seed": 0, "pair_scenes": 20, "train_scenes": train_scenes, "val_scenes": val_scenes}}
+    run_demo_data(config, str(out), log=lambda *_: None)
+    demo = out / "demo"
+    render = {"render": {"seed": 0, "datasets": [
+        {"adapter": "coco_captions", "annotations": f"{demo}/coco/annotations/captions_train2014.json",
+         "images": f"{demo}/coco/train2014", "split": "train"},
+        {"adapter": "vqav2", "questions": f"{demo}/vqav2/v2_OpenEnded_mscoco_train2014_questions.json",
+         "annotations": f"{demo}/vqav2/v2_mscoco_train2014_annotations.json", "images": f"{demo}/coco/train2014",
+         "split": "train"},
+        {"adapter": "vqav2", "questions": f"{demo}/vqav2/v2_OpenEnded_mscoco_val2014_questions.json",
+         "annotations": f"{demo}/vqav2/v2_mscoco_val2014_annotations.json", "images": f"{demo}/coco/val2014",
+         "split": "val", "template": "vqa_en_04"},
+    ]}}
+    run_render(render, out, log=lambda *_: None)
+
+
+def frozen_llm(preset) -> bool:
+    return all("llm" not in stage.trainable for stage in preset.stages)
+
+
+def run_config(preset, args, run: Path) -> dict:
+    outputs = {}
+    for stage in preset.stages:
+        outputs[stage.data] = {"datasets": CAPTIONS if stage.data == "pretrain" else MIXED, "split": "train"}
+    stages = {}
+    for k, stage in enumerate(preset.stages):
+        # the first stage on pairs once; the others --epochs times (BLIP-2's stage 1 learns its own losses)
+        stages[stage.name] = {"epochs": 1 if stage.data == "pretrain" and k == 0 else args.epochs}
+    if preset.architecture.startswith("blip2"):  # its second stage on captions + questions (see above)
+        stages["generative"]["data"] = "mixed"
+        outputs["mixed"] = {"datasets": MIXED, "split": "train"}
+    if "instruct" not in outputs:
+        outputs["instruct"] = {"datasets": MIXED, "split": "train"}  # what a tiny LLM pretrains on (see above)
+    config = {
+        "pack": {"preset": preset.name, "seq_len": 2048, "tokenizer": {"train": {"vocab_size": 2000}},
+                 "outputs": outputs},
+        "train": {"seed": 0, "batch_size": args.batch_size, "stages": stages,
+                  "evaluate": {"datasets": ["vqav2"], "split": "val", "limit": args.eval_limit}},
+    }
+    if frozen_llm(preset):
+        config["train"]["init"] = {"llm": str(run / "pretrained_llm")}
+    return config
+
+
+def pretrain_llm(preset, config: dict, run: Path, args) -> dict:
+    """The tiny LLM's stand-in for pretraining: trained alone on the instruction text, saved as a
+    transformers checkpoint folder."""
+    from vlm.model import build_model
+    from vlm.preset import Stage
+    from vlm.train import TrainConfig, train_stage
+
+    target = run / "pretrained_llm"
+    packed = json.loads((run / "pack" / "instruct" / "manifest.json").read_text())
+    from pipelines.tokenize import load_tokenizer
+
+    vocab = load_tokenizer(run / "pack" / "tokenizer").get_vocab_size()
+    model = build_model(preset, vocab, packed["image_token_id"], packed["pad_token_id"],
+                        attn_implementation="sdpa" if preset.encoder_decoder else "segment_sdpa", seed=1)
+    stage = Stage("language", trainable=("llm",), data="instruct", lr=1e-3)
+    train_stage(model, stage, run / "pack" / "instruct", run / "llm_pretraining",
+                          TrainConfig(batch_size=args.batch_size, epochs=args.llm_epochs, tensorboard=False))
+    if not (target / "config.json").exists():
+        model.language_model.save_pretrained(target)
+    log = [json.loads(line)["loss"] for line in (run / "llm_pretraining" / "log.jsonl").read_text().splitlines()]
+    return {"steps": len(log), **ends(log)}
+
+
+def ends(losses: list[float]) -> dict:
+    """The mean loss of a stage's first and last tenth of steps (one step's loss is noisy)."""
+    n = max(1, len(losses) // 10)
+    return {"first_loss": sum(losses[:n]) / n, "last_loss": sum(losses[-n:]) / n}
+
+
+def learn(name: str, args, out: Path) -> dict:
+    preset = vlm.get_preset(name, size="tiny")
+    run = out / name
+    run.mkdir(parents=True, exist_ok=True)
+    if not (run / "render").exists():
+        (run / "render").symlink_to((out / "render").resolve(), target_is_directory=True)
+    config = run_config(preset, args, run)
+    started = time.time()
+    run_pack(config, run, log=lambda *_: None)
+    row = {"preset": name}
+    if frozen_llm(preset):
+        row["llm_pretraining"] = pretrain_llm(preset, config, run, args)
+    manifest = run_train(config, run, log=print)
+    evaluation = manifest["evaluation"]
+    row["stages"] = [{"name": s["name"], "data": s["data"], "trainable": s["trainable"], "steps": s["steps"],
+                      **ends([loss for _, loss in s["loss_curve"]]), "accuracy": s["accuracy"]}
+                     for s in manifest["stages"]]
+    row["accuracy"] = evaluation["accuracy"]
+    row["questions"] = evaluation["questions"]
+    row["majority"] = evaluation["baselines"]["majority_answer"]["accuracy"]
+    row["type_majority"] = evaluation["baselines"]["per_question_type_majority"]["accuracy"]
+    row["loss_fell"] = all(s["last_loss"] < s["first_loss"] for s in row["stages"])
+    row["beats_majority"] = row["accuracy"] > row["majority"]
+    row["seconds"] = round(time.time() - started, 1)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| preset | stages: loss first → last (held-out accuracy after) | accuracy | majority | per-type majority "
+             "| loss fell | beats majority | s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        stages = "; ".join(f"{s['name']} {s['first_loss']:.2f} → {s['last_loss']:.2f} ({s['accuracy']:.3f})"
+                           for s in r["stages"])
+        lines.append(f"| {r['preset']} | {stages} | {r['accuracy']:.3f} | {r['majority']:.3f} | "
+                     f"{r['type_majority']:.3f} | {'yes' if r['loss_fell'] else 'no'} | "
+                     f"{'yes' if r['beats_majority'] else 'no'} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/learn")
+    parser.add_argument("--presets", default=",".join(vlm.presets()), help="comma-separated preset names")
+    parser.add_argument("--train-scenes", type=int, default=800)
+    parser.add_argument("--val-scenes", type=int, default=150)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of every stage after a pretraining one")
+    parser.add_argument("--llm-epochs", type=int, default=2, help="the frozen-LLM presets' LLM pretraining")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--eval-limit", type=int, default=None, help="held-out questions scored (default: all)")
+    parser.add_argument("--json", default=None, help="write the rows here (default: OUT/table.json)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    render_world(out, args.train_scenes, args.val_scenes)
+    rows = []
+    for name in args.presets.split(","):
+        rows.append(learn(name, args, out))
+        print(table(rows[-1:]), flush=True)
+        Path(args.json or out / "table.json").write_text(json.dumps(rows, indent=2))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The training benchmarks run end to end at a CPU size and write their figures (the figures themselves are
+measured by running the scripts at full size, not here)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_the_throughput_bench_times_packed_and_padded_steps_of_loom_and_the_reference(tmp_path):
+    run_bench("train_throughput.py", "--shape", "tiny", "--steps", "2", "--warmup", "1", "--json", str(tmp_path / "t.json"))
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert set(result["settings"]) == {"loom packed", "loom padded", "reference packed", "reference padded"}
+    for setting in result["settings"].values():
+        assert setting["steps"] == 2 and setting["useful_tokens"] > 0 and math.isfinite(setting["loss"])
+    packed, padded = result["settings"]["loom packed"], result["settings"]["loom padded"]
+    assert packed["useful_tokens"] > padded["useful_tokens"]  # 2 rows of 512 tokens hold more than 4 samples
+    assert result["packed_over_padded"] > 0
+
+
+def test_the_learnability_bench_trains_a_preset_through_its_stages_and_scores_it(tmp_path):
+    done = run_bench("learn.py", "--out", str(tmp_path), "--presets", "minigpt4", "--train-scenes", "12",
+                     "--val-scenes", "6", "--epochs", "1", "--llm-epochs", "1")
+    [row] = json.loads((tmp_path / "table.json").read_text())
+    assert row["preset"] == "minigpt4" and [s["name"] for s in row["stages"]] == ["pretrain", "instruct"]
+    assert row["llm_pretraining"]["steps"] > 0 and row["questions"] > 0
+    assert 0 <= row["accuracy"] <= 1 and 0 < row["majority"] <= 1
+    assert "| minigpt4 |" in done.stdout
