@@ -28,10 +28,14 @@ class Encoder:
     loss_on: str = "assistant"  # or "all": every text token, as caption pretraining may want
 
     def __post_init__(self):
+        self._cache: dict[str, list[int]] = {}
         self.image_token_id = self._special(IMAGE_TOKEN)
         self.bos_id = self._special(self.chat_format.bos) if self.chat_format.bos else None  # Qwen and T5 have none
         self.eos_id = self._special(self.chat_format.eos)
-        self._cache: dict[str, list[int]] = {}
+        # what a model emits once an answer is done: the first token of the format's end of turn ("\n" after a
+        # BLIP-2 OPT answer, "###" in MiniGPT-4's), which is the end-of-sequence token in most formats
+        end_of_turn = self._ids(self.chat_format.end_of_turn) if self.chat_format.end_of_turn else []
+        self.stop_id = end_of_turn[0] if end_of_turn else self.eos_id
 
     def _special(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)

@@ -160,3 +160,17 @@ def test_qwen2_vl_sizes_images_as_its_image_processor_does():
         assert qwen2_vl_resized(height, width) == smart_resize(height, width, min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
     assert qwen2_vl_visual_tokens({"width": 448, "height": 448}) == 256  # 32 x 32 patches, merged 2 x 2
     assert qwen2_vl_visual_tokens({"width": 640, "height": 480}) == (476 // 14) * (644 // 14) // 4
+
+
+@pytest.mark.parametrize("name", ["llava_v1", "blip2_opt", "minigpt4", "llava_v0", "qwen_vl_chatml", "llava_plain"])
+def test_the_stop_token_is_the_first_one_a_model_learns_after_its_answer(name, tmp_path):
+    """Generation stops where training taught the model an answer ends: "\\n" after a BLIP-2 OPT answer,
+    "###" in MiniGPT-4's format, end-of-sequence in LLaVA-1.5's."""
+    chat_format = get_chat_format(name)
+    tokenizer = train_bpe(chat_format.strings() + TEXTS, 500, tmp_path / "tok", bos=chat_format.bos, eos=chat_format.eos)
+    encoder = Encoder(tokenizer, chat_format, 4)
+    ids, labels, _ = encoder.encode(conversation(answer="red"))
+    answer = encoder.tokenizer.encode(chat_format.assistant.format(content="red"), add_special_tokens=False).ids
+    learnt = [int(t) for t in labels if t != IGNORE]
+    assert learnt[:len(answer)] == answer and learnt[len(answer)] == encoder.stop_id
+    assert (encoder.stop_id == encoder.eos_id) == (chat_format.end_of_turn.startswith(chat_format.eos))

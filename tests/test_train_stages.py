@@ -121,7 +121,7 @@ def test_a_config_overrides_a_stages_data_and_groups_and_starts_from_a_local_llm
                  "outputs": {"instruct": {"datasets": ["mix"], "split": "train"}}},
         "train": {"batch_size": 2, "init": {"llm": str(tmp_path / "llm")},
                   "stages": {"pretrain": {"data": "instruct", "max_steps": 1},
-                             "instruct": {"trainable": ["connector"], "max_steps": 1}},
+                             "instruct": {"trainable": ["connector"], "max_steps": 1, "betas": [0.9, 0.95]}},
                   "evaluate": {"datasets": ["mix"], "split": "val", "max_new_tokens": 2}},
     }
     run_pack(config, tmp_path, log=lambda *_: None)
@@ -129,6 +129,8 @@ def test_a_config_overrides_a_stages_data_and_groups_and_starts_from_a_local_llm
     manifest = run_train(config, tmp_path, log=logs.append)
     assert [(s["data"], s["trainable"]) for s in manifest["stages"]] == [("instruct", ["connector"])] * 2
     assert any("300 copied" in line for line in logs)
+    optimizer = torch.load(tmp_path / "train" / "instruct" / "checkpoint" / "optimizer.pt")
+    assert tuple(optimizer["param_groups"][0]["betas"]) == (0.9, 0.95)
     from vlm.train import load_model
 
     trained = load_model(tmp_path / "train" / "instruct").language_model.state_dict()

@@ -45,12 +45,18 @@ class Stage:
     max_steps: int | None = None  # overrides epochs when set
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's
     global_batch_size: int | None = None  # the paper's, for reference; the trainer's config decides
     objective: str = "lm"
     image_size: int | None = None  # the stage's own resolution where the paper changes it (Qwen-VL: 224 then 448)
     # what a Q-Former reads in its own vocabulary in this stage: "caption" (BLIP-2's stage 1), "instruction"
     # (InstructBLIP's instruction tuning), or None (queries alone)
     qformer_text: str | None = None
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "Stage":
+        """A stage from its JSON form (lists where the dataclass holds tuples)."""
+        return cls(**{**fields, "trainable": tuple(fields["trainable"]), "betas": tuple(fields.get("betas", cls.betas))})
 
     def __post_init__(self):
         unknown = set(self.trainable) - set(GROUPS)
@@ -138,7 +144,7 @@ class Preset:
             data.update(connector="mlp2x_gelu", connector_config={}, vision_kind="clip", llm_kind="llama",
                         size="tiny" if data["name"].endswith("-tiny") else "published",
                         visual_tokens=(data["image_size"] // data["patch_size"]) ** 2)
-        data["stages"] = tuple(Stage(**{**s, "trainable": tuple(s["trainable"])}) for s in data["stages"])
+        data["stages"] = tuple(Stage.from_dict(s) for s in data["stages"])
         for key in ("image_mean", "image_std", "sources"):
             data[key] = tuple(data.get(key, ()))
         return cls(**data)
@@ -217,16 +223,18 @@ def _llava_stages(pretrain_lr: float, instruct_lr: float, batches=(256, 128)) ->
 
 
 # BLIP-2: stage 1 trains the Q-Former on a frozen ViT with ITC + ITM + ITG; stage 2 connects it to a
-# frozen LLM with the LM loss (Q-Former and projection learn). 1e-4 peak, cosine, 2k warmup steps.
+# frozen LLM with the LM loss (Q-Former and projection learn). 1e-4 peak, cosine, 2k warmup steps; AdamW
+# with beta2 0.98 and weight decay 0.05 (the paper's section 3.4; LAVIS's pretrain configs: weight_decay 0.05).
 BLIP2_STAGES = (
     Stage("representation", trainable=("connector",), data="pretrain", lr=1e-4, objective="itc_itm_itg",
-          global_batch_size=2320, qformer_text="caption"),
-    Stage("generative", trainable=("connector", "projection"), data="pretrain", lr=1e-4, global_batch_size=1920),
+          weight_decay=0.05, betas=(0.9, 0.98), global_batch_size=2320, qformer_text="caption"),
+    Stage("generative", trainable=("connector", "projection"), data="pretrain", lr=1e-4, weight_decay=0.05,
+          betas=(0.9, 0.98), global_batch_size=1920),
 )
 # InstructBLIP starts from BLIP-2's weights and instruction-tunes the Q-Former and projection (LLM and ViT frozen)
 INSTRUCTBLIP_STAGES = BLIP2_STAGES + (
-    Stage("instruct", trainable=("connector", "projection"), data="instruct", lr=1e-5, global_batch_size=192,
-          qformer_text="instruction"),
+    Stage("instruct", trainable=("connector", "projection"), data="instruct", lr=1e-5, weight_decay=0.05,
+          global_batch_size=192, qformer_text="instruction"),
 )
 
 

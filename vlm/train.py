@@ -50,7 +50,7 @@ class TrainConfig:
     max_steps: int | None = None  # overrides epochs; the schedule spans exactly this many steps
     warmup_ratio: float | None = None
     weight_decay: float | None = None
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] | None = None
     max_grad_norm: float = 1.0
     seed: int = 0
     checkpoint_every: int = 0  # steps; 0 = only at the end
@@ -285,9 +285,8 @@ def train_stage(
     lr = config.lr if config.lr is not None else stage.lr
     weight_decay = config.weight_decay if config.weight_decay is not None else stage.weight_decay
 
-    optimizer = torch.optim.AdamW(
-        model.parameter_groups(weight_decay), lr=lr, betas=config.betas, fused=device.type == "cuda"
-    )
+    optimizer = torch.optim.AdamW(model.parameter_groups(weight_decay), lr=lr, betas=tuple(config.betas or stage.betas),
+                                  fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
 
