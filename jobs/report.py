@@ -139,6 +139,11 @@ def render_html(report: dict) -> str:
             parts.append(_table([(n, o["samples"], o["sequences"], o["lower_bound_sequences"], f"{o['fill']:.4f}",
                                   f"{o['samples_per_sequence']:.1f}") for n, o in m["outputs"].items()],
                                 ("output", "samples", "sequences", "lower bound", "fill", "samples/sequence")))
+            weighed = [(n, d, x["records"], x["samples"]) for n, o in m["outputs"].items()
+                       for d, x in (o.get("mixture") or {}).items()]
+            if any(records != samples for _, _, records, samples in weighed):
+                parts.append("<h3>mixture weights: records of each dataset against samples drawn</h3>"
+                             + _table(weighed, ("output", "dataset", "records", "samples")))
             for name, output in m["outputs"].items():
                 figures = output.get("figures")
                 if not figures:
@@ -153,7 +158,8 @@ def render_html(report: dict) -> str:
             for s in m["stages"]:
                 accuracy = f", held-out VQA accuracy {s['accuracy']:.4f}" if s.get("accuracy") is not None else ""
                 accuracy += f", held-out captions CIDEr-D {s['cider']:.3f}" if s.get("cider") is not None else ""
-                parts.append(f"<h3>stage {html.escape(s['name'])}: trains {', '.join(s['trainable'])}; "
+                parts.append(f"<h3>stage {html.escape(s['name'])}: trains {', '.join(s['trainable'])} on "
+                             f"{html.escape(s.get('data', '?'))}; "
                              f"{s['steps']} steps, final loss {s['final_loss']:.4f}{accuracy}</h3>")
                 parts.append(line_svg(s["loss_curve"]))
             ev = m.get("evaluation")

@@ -271,6 +271,10 @@ def test_an_outputs_mixture_weights_draw_each_dataset_that_many_times_and_are_re
     assert packed.count("vqa:0") == 2  # a record of weight 2 is in the output twice
     again = run_pack(pack_config(tmp_path / "tok", outputs=outputs, seq_len=1024), out, log=lambda *_: None)
     assert again["outputs"]["instruct"]["mixture"] == mixture  # the draw is seeded
+    from jobs.report import write_report
+
+    page = Path(write_report(out)["html"]).read_text()
+    assert "mixture weights: records of each dataset against samples drawn" in page
 
 
 @pytest.mark.parametrize("weights, wrong", [({"gqa": 1}, "not among its datasets"), ({"mix": -1}, "a number >= 0")])

@@ -175,3 +175,49 @@ def test_a_q_former_stage_pointed_at_an_output_packed_for_another_reading_is_ref
     run_pack(config, tmp_path, log=lambda *_: None)
     with pytest.raises(ConfigError, match="packed with the instruction; .*qformer_text: caption"):
         run_train(config, tmp_path, log=lambda *_: None)
+
+
+def test_loom_train_killed_with_sigkill_resumes_to_the_losses_of_an_uninterrupted_run(tmp_path):
+    """`loom train` as a user runs it, killed with SIGKILL mid-stage: run again, it resumes from the last
+    checkpoint and logs the same losses, step for step, as a run never killed."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    red_blue_run(tmp_path)
+    preset = vlm.get_preset("llava", size="tiny")
+    config = {
+        "pack": {"preset": preset.name, "input": str(tmp_path / "render"), "tokenizer": {"train": {"vocab_size": 400}},
+                 "seq_len": 256, "outputs": {s.data: {"datasets": ["mix"], "split": "train"} for s in preset.stages}},
+        "train": {"input": str(tmp_path / "pack"), "batch_size": 1, "checkpoint_every": 3,
+                  "stages": {"pretrain": {"max_steps": 2}, "instruct": {"max_steps": 80}}},
+    }
+    run_pack(config, tmp_path, log=lambda *_: None)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    loom = [sys.executable, "-m", "jobs.cli", "train", str(tmp_path / "run.yaml"), "--out"]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    subprocess.run(loom + [str(tmp_path / "whole")], check=True, capture_output=True, env=env)
+
+    killed = tmp_path / "killed"
+    log = killed / "train" / "instruct" / "log.jsonl"
+    process = subprocess.Popen(loom + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 10):
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    logged = len(log.read_text().splitlines())
+    assert 10 <= logged < 80 and not (killed / "train" / "instruct" / "stage_complete.json").exists()
+
+    subprocess.run(loom + [str(killed)], check=True, capture_output=True, env=env)
+    whole = [json.loads(line) for line in (tmp_path / "whole" / "train" / "instruct" / "log.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in resumed] == list(range(1, 81))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
+    summary = json.loads((killed / "train" / "instruct" / "stage_complete.json").read_text())
+    assert 0 < summary["resumed_from_step"] < 80 and summary["resumed_from_step"] % 3 == 0
