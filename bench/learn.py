@@ -2,7 +2,8 @@
 held-out scenes against the majority-answer baselines.
 
     python bench/learn.py [--out runs/learn] [--presets llava-1.5,blip2-opt] [--train-scenes 800]
-                          [--val-scenes 150] [--epochs 4] [--json runs/learn/table.json]
+                          [--val-scenes 150] [--epochs 4] [--seq-len N] [--image-size 64]
+                          [--json runs/learn/table.json]
 
 One shapes world (COCO Captions- and VQAv2-format splits, true by construction) is rendered once; each
 preset then packs it in its own chat format and visual-token count and runs `loom train` (vlm.train's
@@ -14,13 +15,23 @@ as here): the paper's zero-shot VQA leans on a pretrained LLM's knowledge, which
 
 Presets that never train their LLM (BLIP-2, InstructBLIP, MiniGPT-4) freeze a pretrained one in the papers.
 A tiny LLM has no pretraining, so the bench gives it one first: the LLM alone is trained on the same
-instruction text (`--llm-epochs`), its vision path frozen at random, and saved as a transformers
-checkpoint that the run starts from (`train.init.llm`), as a user's run starts from Vicuna or OPT. It
-learns the language and answer priors of the questions, not the images: the majority baselines below
-are what such a blind model reaches.
+instruction text with the images taken out (`--llm-epochs`), and saved as a transformers checkpoint that
+the run starts from (`train.init.llm`), as a user's run starts from Vicuna or OPT. It
+learns the language and answer priors of the questions, not the images: the model scored before its
+first stage (that LLM behind an untrained vision path) is the blind figure the stages must beat. These presets pack 512-token rows (`--seq-len`): their LLM is frozen and
+their connector learns from far fewer visual tokens per sample (8 here), so 2048-token rows of ~70
+samples would give it few optimizer steps; the same epochs in 512-token rows give four times as many.
+
+Resolution: a shapes-world scene holds several shapes; at the 32 px of most tiny presets each is a few
+pixels and the model cannot tell which colour belongs to which shape. Presets whose visual token count
+does not depend on the image (Q-Former, Qwen-VL's resampler) train every stage and are scored at 64 px
+(`--image-size`), the resolution of tiny LLaVA-1.5, through the per-stage resolution a config may set;
+LLaVA and MiniGPT-v2 (a token per patch or patch group) keep 32 px, Qwen2-VL its native resolution.
 
 The table: per stage the mean loss of its first and last tenth of steps and the held-out accuracy after it;
-then the final accuracy, the majority-answer and per-question-type-majority baselines, and whether the
+then the final accuracy, the majority-answer and per-question-type-majority baselines, the frozen-LLM
+presets' accuracy before their first stage (the pretrained LLM answering blind), the accuracy on colour
+and shape questions (which no prior answers: a blind model scores about 1/6 on them), and whether the
 loss fell and accuracy beat the majority answer.
 """
 from __future__ import annotations
@@ -39,7 +50,7 @@ import vlm  # noqa: E402
 from jobs.pack import run_pack  # noqa: E402
 from jobs.render import run_render  # noqa: E402
 from jobs.run import run_demo_data  # noqa: E402
-from jobs.train import run_train  # noqa: E402
+from jobs.train import FIXED_TOKEN_CONNECTORS, run_train  # noqa: E402
 
 CAPTIONS = ["coco_caption"]
 MIXED = ["coco_caption", "vqav2"]
@@ -74,13 +85,16 @@ def run_config(preset, args, run: Path) -> dict:
     for k, stage in enumerate(preset.stages):
         # the first stage on pairs once; the others --epochs times (BLIP-2's stage 1 learns its own losses)
         stages[stage.name] = {"epochs": 1 if stage.data == "pretrain" and k == 0 else args.epochs}
+    if preset.connector in FIXED_TOKEN_CONNECTORS and preset.image_size < args.image_size:  # see above
+        for name in stages:
+            stages[name]["image_size"] = args.image_size
     if preset.architecture.startswith("blip2"):  # its second stage on captions + questions (see above)
         stages["generative"]["data"] = "mixed"
         outputs["mixed"] = {"datasets": MIXED, "split": "train"}
     if "instruct" not in outputs:
         outputs["instruct"] = {"datasets": MIXED, "split": "train"}  # what a tiny LLM pretrains on (see above)
     config = {
-        "pack": {"preset": preset.name, "seq_len": 2048, "tokenizer": {"train": {"vocab_size": 2000}},
+        "pack": {"preset": preset.name, "seq_len": args.seq_len or (512 if frozen_llm(preset) else 2048), "tokenizer": {"train": {"vocab_size": 2000}},
                  "outputs": outputs},
         "train": {"seed": 0, "batch_size": args.batch_size, "stages": stages,
                   "evaluate": {"datasets": ["vqav2"], "split": "val", "limit": args.eval_limit}},
@@ -90,27 +104,74 @@ def run_config(preset, args, run: Path) -> dict:
     return config
 
 
+def text_only(run: Path, config: dict) -> Path:
+    """The training instructions with their images taken out, packed in the preset's format with the run's
+    tokenizer: the text a stand-in for a pretrained LLM learns from (a real one never saw visual tokens)."""
+    import re
+
+    from pipelines.manifest import StageRecord, read_manifest
+    from pipelines.render import read_render_output, selected, write_instructions
+
+    render = run / "text_render"
+    if read_manifest(render) is None:
+        rows = []
+        for record in read_render_output(run / "render"):
+            if not selected(record, MIXED, "train"):
+                continue
+            messages = [{**m, "content": re.sub(r"<image>\n?", "", m["content"])} for m in record["messages"]]
+            rows.append({**record, "messages": messages, "images": []})
+        write_instructions(rows, render / "instructions" / "00.parquet")
+        done = StageRecord("render", {"text_only_of": str(run / "render")})
+        done.rows_in = done.rows_out = len(rows)
+        done.extra["files"] = ["instructions/00.parquet"]
+        done.finish(render)
+    text_config = {"pack": {**config["pack"], "input": str(render), "tokenizer": {"path": str(run / "pack" / "tokenizer")},
+                            "outputs": {"text": {"datasets": MIXED, "split": "train"}}}}
+    run_pack(text_config, run / "text", log=lambda *_: None)
+    return run / "text" / "pack" / "text"
+
+
 def pretrain_llm(preset, config: dict, run: Path, args) -> dict:
-    """The tiny LLM's stand-in for pretraining: trained alone on the instruction text, saved as a
-    transformers checkpoint folder."""
+    """The tiny LLM's stand-in for pretraining: trained alone on the instruction text without images,
+    saved as a transformers checkpoint folder."""
+    from pipelines.tokenize import load_tokenizer
     from vlm.model import build_model
     from vlm.preset import Stage
     from vlm.train import TrainConfig, train_stage
 
     target = run / "pretrained_llm"
     packed = json.loads((run / "pack" / "instruct" / "manifest.json").read_text())
-    from pipelines.tokenize import load_tokenizer
-
     vocab = load_tokenizer(run / "pack" / "tokenizer").get_vocab_size()
     model = build_model(preset, vocab, packed["image_token_id"], packed["pad_token_id"],
                         attn_implementation="sdpa" if preset.encoder_decoder else "segment_sdpa", seed=1)
-    stage = Stage("language", trainable=("llm",), data="instruct", lr=1e-3)
-    train_stage(model, stage, run / "pack" / "instruct", run / "llm_pretraining",
-                          TrainConfig(batch_size=args.batch_size, epochs=args.llm_epochs, tensorboard=False))
+    stage = Stage("language", trainable=("llm",), data="text", lr=1e-3)
+    train_stage(model, stage, text_only(run, config), run / "llm_pretraining",
+                TrainConfig(batch_size=args.batch_size, epochs=args.llm_epochs, tensorboard=False))
     if not (target / "config.json").exists():
         model.language_model.save_pretrained(target)
     log = [json.loads(line)["loss"] for line in (run / "llm_pretraining" / "log.jsonl").read_text().splitlines()]
-    return {"steps": len(log), **ends(log)}
+    return {"steps": len(log), **ends(log), "accuracy_before_stages": blind_accuracy(preset, config, run, vocab, packed)}
+
+
+def blind_accuracy(preset, config: dict, run: Path, vocab: int, packed: dict) -> float:
+    """Held-out accuracy of the model the first stage starts from: the pretrained LLM behind an untrained
+    vision path, which answers from the question alone."""
+    from jobs.pack import visual_token_counter
+    from jobs.train import evaluate_vqa, train_settings
+    from pipelines.tokenize import Encoder, load_tokenizer
+    from templates.chat import get_chat_format
+    from vlm.checkpoint import init_from_pretrained
+    from vlm.model import build_model
+
+    settings = train_settings(config, preset)
+    model = build_model(preset, vocab, packed["image_token_id"], packed["pad_token_id"],
+                        attn_implementation=settings["attention"], seed=settings["seed"])
+    init_from_pretrained(model, llm=run / "pretrained_llm", log=lambda *_: None)
+    encoder = Encoder(load_tokenizer(run / "pack" / "tokenizer"), get_chat_format(preset.chat_format),
+                      visual_token_counter(preset))
+    result = evaluate_vqa(model, preset, encoder, run / "render", settings["evaluate"], log=lambda *_: None,
+                          qformer_dir=run / "pack" / "qformer_tokenizer")
+    return result["accuracy"]
 
 
 def ends(losses: list[float]) -> dict:
@@ -140,6 +201,7 @@ def learn(name: str, args, out: Path) -> dict:
     row["questions"] = evaluation["questions"]
     row["majority"] = evaluation["baselines"]["majority_answer"]["accuracy"]
     row["type_majority"] = evaluation["baselines"]["per_question_type_majority"]["accuracy"]
+    row["by_question_type"] = {t: v["accuracy"] for t, v in evaluation["by_question_type"].items()}
     row["loss_fell"] = all(s["last_loss"] < s["first_loss"] for s in row["stages"])
     row["beats_majority"] = row["accuracy"] > row["majority"]
     row["seconds"] = round(time.time() - started, 1)
@@ -148,12 +210,15 @@ def learn(name: str, args, out: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| preset | stages: loss first → last (held-out accuracy after) | accuracy | majority | per-type majority "
-             "| loss fell | beats majority | s |", "|---|---|---|---|---|---|---|---|"]
+             "| before stages | colour / shape questions | loss fell | beats majority | s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        before = f"{r['llm_pretraining']['accuracy_before_stages']:.3f}" if "llm_pretraining" in r else "-"
+        kinds = " / ".join(f"{r['by_question_type'].get(t, float('nan')):.2f}" for t in ("colour", "shape"))
         stages = "; ".join(f"{s['name']} {s['first_loss']:.2f} → {s['last_loss']:.2f} ({s['accuracy']:.3f})"
                            for s in r["stages"])
         lines.append(f"| {r['preset']} | {stages} | {r['accuracy']:.3f} | {r['majority']:.3f} | "
-                     f"{r['type_majority']:.3f} | {'yes' if r['loss_fell'] else 'no'} | "
+                     f"{r['type_majority']:.3f} | {before} | {kinds} | {'yes' if r['loss_fell'] else 'no'} | "
                      f"{'yes' if r['beats_majority'] else 'no'} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -165,7 +230,11 @@ def main(argv=None) -> int:
     parser.add_argument("--train-scenes", type=int, default=800)
     parser.add_argument("--val-scenes", type=int, default=150)
     parser.add_argument("--epochs", type=int, default=4, help="epochs of every stage after a pretraining one")
-    parser.add_argument("--llm-epochs", type=int, default=2, help="the frozen-LLM presets' LLM pretraining")
+    parser.add_argument("--llm-epochs", type=int, default=4, help="the frozen-LLM presets' LLM pretraining")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="packed sequence length (default: 512 for the frozen-LLM presets, else 2048)")
+    parser.add_argument("--image-size", type=int, default=64,
+                        help="the resolution presets with a fixed visual token count train and are scored at")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--eval-limit", type=int, default=None, help="held-out questions scored (default: all)")
     parser.add_argument("--json", default=None, help="write the rows here (default: OUT/table.json)")

@@ -43,6 +43,8 @@ DEFAULTS = {
 SCHEDULE_KEYS = {"lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "betas"}
 STAGE_KEYS = SCHEDULE_KEYS | {"data", "trainable", "objective", "image_size"}
 INIT_KEYS = ("model", "llm", "vision")
+# connectors whose visual token count does not depend on the image's patches: a stage may change resolution
+FIXED_TOKEN_CONNECTORS = ("qformer", "instruct_qformer", "qformer_linear", "resampler")
 # captions: {datasets: [coco_caption], split: val, limit: N, max_new_tokens: 20} scores held-out captions by CIDEr-D
 EVAL_DEFAULTS = {"datasets": ["vqav2"], "split": "val", "max_new_tokens": 8, "batch_size": 32, "limit": None,
                  "captions": None,
@@ -85,6 +87,11 @@ def stages_of(preset, cfg: dict) -> list:
         overrides = {k: v for k, v in (cfg["stages"].get(stage.name) or {}).items() if k not in SCHEDULE_KEYS}
         if "trainable" in overrides:
             overrides["trainable"] = tuple(overrides["trainable"])
+        if overrides.get("image_size") and preset.connector not in FIXED_TOKEN_CONNECTORS:
+            raise ConfigError(f"train.stages.{stage.name}.image_size: {preset.name}'s {preset.connector} connector "
+                              "gives one visual token per patch group, so another resolution changes the visual "
+                              "tokens the pack laid out; only presets with a fixed count (Q-Former, resampler) "
+                              "train a stage at another resolution")
         try:
             stages.append(dataclasses.replace(stage, **overrides))
         except ValueError as err:
@@ -156,16 +163,20 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
             record.rows_in += summaries[-1]["steps"] * cfg["batch_size"] * cfg["grad_accum"] * cfg["workers"]
             previous = str(stage_dir / stage.name)
             if k < len(stages) - 1:  # held-out accuracy after every stage (the last one's is below)
-                evaluated = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir)
+                evaluated = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir,
+                                         image_size=stage.image_size)
                 summaries[-1]["accuracy"] = evaluated["accuracy"] if evaluated else None
-                summaries[-1]["cider"] = _caption_score(model, preset, encoder, Path(out), cfg, log, qformer_dir)
+                summaries[-1]["cider"] = _caption_score(model, preset, encoder, Path(out), cfg, log, qformer_dir,
+                                                        stage.image_size)
     model = load_model(previous, device=cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
-    evaluation = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir)
+    image_size = stages[-1].image_size  # the model is scored at the resolution it last trained at
+    evaluation = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir,
+                              image_size=image_size)
     summaries[-1]["accuracy"] = evaluation["accuracy"] if evaluation else None
     captions = None
     if cfg["evaluate"]["captions"]:
         captions = evaluate_captions(model, preset, encoder, Path(out) / "render", cfg["evaluate"]["captions"], log,
-                                     qformer_dir)
+                                     qformer_dir, image_size=image_size)
         summaries[-1]["cider"] = captions["cider"] if captions else None
     if evaluation is not None and captions is not None:
         evaluation["captions"] = captions
@@ -198,12 +209,13 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
 
 
 def _generate_answers(model, preset, encoder: Encoder, items: list[dict], batch_size: int, max_new_tokens: int,
-                      qformer_dir: Path | None) -> list[str]:
-    """Greedy continuations of each record's first user turn (its one image), decoded to text."""
+                      qformer_dir: Path | None, image_size: int | None = None) -> list[str]:
+    """Greedy continuations of each record's first user turn (its one image, at `image_size` where a stage
+    trained at its own resolution), decoded to text."""
     from vlm.evaluate import generate
     from vlm.images import ImageProcessor
 
-    processor = ImageProcessor(preset)
+    processor = ImageProcessor(preset, image_size=image_size)
     instructions = None
     if preset.qformer_text == "instruction":  # InstructBLIP: the question in the Q-Former's vocabulary too
         from jobs.pack import QFormerInstructions
@@ -225,7 +237,7 @@ def _generate_answers(model, preset, encoder: Encoder, items: list[dict], batch_
 
 
 def evaluate_captions(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print,
-                      qformer_dir: Path | None = None) -> dict | None:
+                      qformer_dir: Path | None = None, image_size: int | None = None) -> dict | None:
     """Greedy captions of held-out images, scored by CIDEr-D against every reference caption of the image."""
     from vlm.evaluate import cider_d
 
@@ -239,7 +251,7 @@ def evaluate_captions(model, preset, encoder: Encoder, render_dir: Path, setting
         log(f"train: no held-out captions to evaluate (render a split {settings['split']!r} of {settings['datasets']})")
         return None
     predictions = _generate_answers(model, preset, encoder, items, settings.get("batch_size", 32),
-                                    settings.get("max_new_tokens", 20), qformer_dir)
+                                    settings.get("max_new_tokens", 20), qformer_dir, image_size)
     references = [[g["messages"][1]["content"] for g in by_image[k]] for k in list(by_image)[:len(items)]]
     result = {"images": len(items), "cider": cider_d(predictions, references),
               "examples": [{"caption": p, "references": refs[:3]} for p, refs in list(zip(predictions, references))[:6]]}
@@ -270,10 +282,11 @@ def _image_inputs(preset, processor, images: list[dict], instructions, questions
     return pixels, inputs
 
 
-def _caption_score(model, preset, encoder, out: Path, cfg: dict, log, qformer_dir) -> float | None:
+def _caption_score(model, preset, encoder, out: Path, cfg: dict, log, qformer_dir, image_size=None) -> float | None:
     if not cfg["evaluate"]["captions"]:
         return None
-    captions = evaluate_captions(model, preset, encoder, out / "render", cfg["evaluate"]["captions"], log, qformer_dir)
+    captions = evaluate_captions(model, preset, encoder, out / "render", cfg["evaluate"]["captions"], log, qformer_dir,
+                                 image_size)
     return captions["cider"] if captions else None
 
 
@@ -286,7 +299,7 @@ def _vqa_records(render_dir: Path, settings: dict) -> tuple[list[dict], list[dic
 
 
 def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print,
-                 qformer_dir: Path | None = None) -> dict | None:
+                 qformer_dir: Path | None = None, image_size: int | None = None) -> dict | None:
     """Greedy answers to held-out questions, scored against the majority-answer baselines. `qformer_dir` is
     the Q-Former's tokenizer the pack stage used (InstructBLIP)."""
 
@@ -298,7 +311,7 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
             f"{settings['split']!r} of {settings['datasets']}); evaluation skipped")
         return None
     predictions = _generate_answers(model, preset, encoder, items, settings["batch_size"], settings["max_new_tokens"],
-                                    qformer_dir)
+                                    qformer_dir, image_size)
     answers = [r["answers"] for r in items]
     scores = vqa_accuracy(predictions, answers)
 

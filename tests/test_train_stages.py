@@ -148,6 +148,7 @@ def test_a_config_overrides_a_stages_data_and_groups_and_starts_from_a_local_llm
     ({"init": {"llm": "/no/such/llm"}}, r"train.init.llm: /no/such/llm: no such folder"),
     ({"init": {"weights": "x"}}, r"train.init: .*expected some of"),
     ({"strategy": "zero3"}, r"train.strategy: 'zero3'; expected ddp or fsdp"),
+    ({"stages": {"pretrain": {"image_size": 64}}}, r"image_size: .*only presets with a fixed count"),
 ])
 def test_wrong_stage_overrides_and_init_folders_are_refused_with_the_fix(train, wrong, tmp_path):
     from jobs.config import ConfigError

@@ -271,3 +271,24 @@ def test_cider_d_gives_the_coco_caption_evaluation_scores():
         assert cider_d(candidates, references) == pytest.approx(score, rel=1e-12)
     refs = [["a red square on the left", "a red square"], ["two blue circles", "blue circles"]]
     assert cider_d(["a red square", "two blue circles"], refs) > cider_d(["two blue circles", "a red square"], refs) == 0
+
+
+def test_a_stage_writes_its_loss_and_learning_rate_to_tensorboard(corpus, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    pack_dir, _ = corpus
+    train_stage(new_model(pack_dir), INSTRUCT, pack_dir, tmp_path, quick(max_steps=3, tensorboard=True))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    logged = read_log(tmp_path)
+    assert [e.step for e in events.Scalars("train/loss")] == [r["step"] for r in logged]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in logged], rel=1e-6)
+    assert [e.step for e in events.Scalars("train/lr")] == [1, 2, 3]
+
+
+def test_a_compiled_stage_logs_the_losses_of_an_eager_one(corpus, tmp_path, fresh_compiler):
+    pack_dir, _ = corpus
+    train_stage(new_model(pack_dir), INSTRUCT, pack_dir, tmp_path / "eager", quick(max_steps=2))
+    train_stage(new_model(pack_dir), INSTRUCT, pack_dir, tmp_path / "compiled", quick(max_steps=2, compile=True))
+    eager, compiled = read_log(tmp_path / "eager"), read_log(tmp_path / "compiled")
+    assert [r["loss"] for r in compiled] == pytest.approx([r["loss"] for r in eager], rel=1e-4)
