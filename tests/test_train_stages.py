@@ -219,6 +219,8 @@ def test_loom_train_killed_with_sigkill_resumes_to_the_losses_of_an_uninterrupte
     whole = [json.loads(line) for line in (tmp_path / "whole" / "train" / "instruct" / "log.jsonl").read_text().splitlines()]
     resumed = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["step"] for r in resumed] == list(range(1, 81))
-    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
+    # two processes agree to float rounding (CPU kernels may sum in another order); a resume from the wrong
+    # rows or state would differ in the first digits
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in whole], rel=1e-5)
     summary = json.loads((killed / "train" / "instruct" / "stage_complete.json").read_text())
     assert 0 < summary["resumed_from_step"] < 80 and summary["resumed_from_step"] % 3 == 0
