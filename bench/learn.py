@@ -50,7 +50,8 @@ import vlm  # noqa: E402
 from jobs.pack import run_pack  # noqa: E402
 from jobs.render import run_render  # noqa: E402
 from jobs.run import run_demo_data  # noqa: E402
-from jobs.train import FIXED_TOKEN_CONNECTORS, run_train  # noqa: E402
+from jobs.train import default_attention, run_train, starting_model, train_settings  # noqa: E402
+from vlm.model import FIXED_TOKEN_CONNECTORS  # noqa: E402
 
 CAPTIONS = ["coco_caption"]
 MIXED = ["coco_caption", "vqav2"]
@@ -134,41 +135,28 @@ def text_only(run: Path, config: dict) -> Path:
 def pretrain_llm(preset, config: dict, run: Path, args) -> dict:
     """The tiny LLM's stand-in for pretraining: trained alone on the instruction text without images,
     saved as a transformers checkpoint folder."""
-    from pipelines.tokenize import load_tokenizer
-    from vlm.model import build_model
     from vlm.preset import Stage
     from vlm.train import TrainConfig, train_stage
 
     target = run / "pretrained_llm"
-    packed = json.loads((run / "pack" / "instruct" / "manifest.json").read_text())
-    vocab = load_tokenizer(run / "pack" / "tokenizer").get_vocab_size()
-    model = build_model(preset, vocab, packed["image_token_id"], packed["pad_token_id"],
-                        attn_implementation="sdpa" if preset.encoder_decoder else "segment_sdpa", seed=1)
+    model, _ = starting_model(preset, {"attention": default_attention(preset), "seed": 1, "init": {}},
+                              run / "pack" / "instruct", log=lambda *_: None)
     stage = Stage("language", trainable=("llm",), data="text", lr=1e-3)
     train_stage(model, stage, text_only(run, config), run / "llm_pretraining",
                 TrainConfig(batch_size=args.batch_size, epochs=args.llm_epochs, tensorboard=False))
     if not (target / "config.json").exists():
         model.language_model.save_pretrained(target)
     log = [json.loads(line)["loss"] for line in (run / "llm_pretraining" / "log.jsonl").read_text().splitlines()]
-    return {"steps": len(log), **ends(log), "accuracy_before_stages": blind_accuracy(preset, config, run, vocab, packed)}
+    return {"steps": len(log), **ends(log), "accuracy_before_stages": blind_accuracy(preset, config, run)}
 
 
-def blind_accuracy(preset, config: dict, run: Path, vocab: int, packed: dict) -> float:
+def blind_accuracy(preset, config: dict, run: Path) -> float:
     """Held-out accuracy of the model the first stage starts from: the pretrained LLM behind an untrained
     vision path, which answers from the question alone."""
-    from jobs.pack import visual_token_counter
-    from jobs.train import evaluate_vqa, train_settings
-    from pipelines.tokenize import Encoder, load_tokenizer
-    from templates.chat import get_chat_format
-    from vlm.checkpoint import init_from_pretrained
-    from vlm.model import build_model
+    from jobs.train import evaluate_vqa
 
     settings = train_settings(config, preset)
-    model = build_model(preset, vocab, packed["image_token_id"], packed["pad_token_id"],
-                        attn_implementation=settings["attention"], seed=settings["seed"])
-    init_from_pretrained(model, llm=run / "pretrained_llm", log=lambda *_: None)
-    encoder = Encoder(load_tokenizer(run / "pack" / "tokenizer"), get_chat_format(preset.chat_format),
-                      visual_token_counter(preset))
+    model, encoder = starting_model(preset, settings, run / "pack" / "instruct", log=lambda *_: None)
     result = evaluate_vqa(model, preset, encoder, run / "render", settings["evaluate"], log=lambda *_: None,
                           qformer_dir=run / "pack" / "qformer_tokenizer")
     return result["accuracy"]

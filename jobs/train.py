@@ -43,8 +43,6 @@ DEFAULTS = {
 SCHEDULE_KEYS = {"lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "betas"}
 STAGE_KEYS = SCHEDULE_KEYS | {"data", "trainable", "objective", "image_size"}
 INIT_KEYS = ("model", "llm", "vision")
-# connectors whose visual token count does not depend on the image's patches: a stage may change resolution
-FIXED_TOKEN_CONNECTORS = ("qformer", "instruct_qformer", "qformer_linear", "resampler")
 # captions: {datasets: [coco_caption], split: val, limit: N, max_new_tokens: 20} scores held-out captions by CIDEr-D
 EVAL_DEFAULTS = {"datasets": ["vqav2"], "split": "val", "max_new_tokens": 8, "batch_size": 32, "limit": None,
                  "captions": None,
@@ -67,20 +65,51 @@ def train_settings(config: dict, preset) -> dict:
                 f"folder (download a hub checkpoint first, e.g. `huggingface-cli download NAME --local-dir DIR`)")
     cfg["evaluate"] = section({"evaluate": cfg["evaluate"]}, "evaluate", EVAL_DEFAULTS)
     from vlm.model import ATTENTION_MODES
+    from vlm.train import STRATEGIES
 
     require(isinstance(cfg["workers"], int) and cfg["workers"] >= 1,
             f"train.workers: {cfg['workers']!r}; expected a whole number of Ray Train workers >= 1")
-    require(cfg["strategy"] in ("ddp", "fsdp"), f"train.strategy: {cfg['strategy']!r}; expected ddp or fsdp")
+    require(cfg["strategy"] in STRATEGIES, f"train.strategy: {cfg['strategy']!r}; expected {' or '.join(STRATEGIES)}")
     require(cfg["attention"] == "auto" or cfg["attention"] in ATTENTION_MODES,
             f"train.attention: {cfg['attention']!r}; expected auto or one of {list(ATTENTION_MODES)}")
     if cfg["attention"] == "auto":
-        cfg["attention"] = "sdpa" if preset.encoder_decoder else "segment_sdpa"
+        cfg["attention"] = default_attention(preset)
     return cfg
+
+
+def default_attention(preset) -> str:
+    """train.attention auto: segment_sdpa, or sdpa for an encoder-decoder LLM (FlanT5)."""
+    return "sdpa" if preset.encoder_decoder else "segment_sdpa"
+
+
+def starting_model(preset, cfg: dict, pack_output: Path, log=print) -> tuple:
+    """(model, encoder): the model a run's first stage starts from, built for a pack output's tokenizer and
+    image token at the run's attention and seed, with train.init's pretrained parts loaded; and the encoder
+    of its prompts."""
+    from jobs.pack import visual_token_counter
+    from vlm.model import build_model, count_parameters
+
+    packed = json.loads((pack_output / "manifest.json").read_text())
+    tokenizer = load_tokenizer(pack_output / "tokenizer")
+    model = build_model(preset, tokenizer.get_vocab_size(), packed["image_token_id"], packed["pad_token_id"],
+                        attn_implementation=cfg["attention"], seed=cfg["seed"])
+    log(f"train: {preset.name}, parameters {count_parameters(model)}")
+    if cfg["init"]:
+        from vlm.checkpoint import init_from_pretrained
+
+        init = cfg["init"]
+        try:
+            init_from_pretrained(model, init.get("model"), init.get("llm"), init.get("vision"), log=log)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"train.init: {err}") from err
+    return model, Encoder(tokenizer, get_chat_format(preset.chat_format), visual_token_counter(preset))
 
 
 def stages_of(preset, cfg: dict) -> list:
     """The preset's stages with the config's data, trainable, objective and image_size overrides applied."""
     import dataclasses
+
+    from vlm.model import FIXED_TOKEN_CONNECTORS
 
     stages = []
     for stage in preset.stages:
@@ -128,24 +157,10 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
     start_or_resume(stage_dir, {"train": cfg, "inputs": inputs})
     import torch
 
-    from vlm.model import build_model, count_parameters
     from vlm.train import load_model
 
-    first_output = pack_dir / stages[0].data
-    packed = json.loads((first_output / "manifest.json").read_text())
-    tokenizer = load_tokenizer(first_output / "tokenizer")
     record = StageRecord("train", cfg, inputs)
-    model = build_model(preset, tokenizer.get_vocab_size(), packed["image_token_id"], packed["pad_token_id"],
-                        attn_implementation=cfg["attention"], seed=cfg["seed"])
-    log(f"train: {preset.name}, parameters {count_parameters(model)}")
-    if cfg["init"]:
-        from vlm.checkpoint import init_from_pretrained
-
-        init = cfg["init"]
-        try:
-            init_from_pretrained(model, init.get("model"), init.get("llm"), init.get("vision"), log=log)
-        except (ValueError, FileNotFoundError) as err:
-            raise ConfigError(f"train.init: {err}") from err
+    model, encoder = starting_model(preset, cfg, pack_dir / stages[0].data, log)
     summaries, previous = [], None
     session = contextlib.nullcontext()
     if cfg["workers"] > 1:
@@ -153,9 +168,6 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
 
         session = ray_session(ray_address)
         log(f"train: {cfg['workers']} Ray Train workers")
-    from jobs.pack import visual_token_counter
-
-    encoder = Encoder(tokenizer, get_chat_format(preset.chat_format), visual_token_counter(preset))
     qformer_dir = pack_dir / "qformer_tokenizer"
     with session as ray:
         for k, stage in enumerate(stages):

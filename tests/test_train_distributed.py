@@ -18,17 +18,27 @@ def corpus(tmp_path_factory):
     return write_packed_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-def test_two_workers_follow_the_loss_curve_of_one_process_with_the_same_global_batch(corpus, tmp_path):
+@pytest.fixture(scope="module")
+def one_process(corpus, tmp_path_factory):
+    """The reference every multi-worker run is held to: the stage in one process, 2 rows a step, 4 steps.
+    (The model it trained, its log.)"""
+    pack_dir, _ = corpus
+    out = tmp_path_factory.mktemp("one")
+    alone = new_model(pack_dir)
+    train_stage(alone, INSTRUCT, pack_dir, out, quick(batch_size=2, max_steps=4))
+    return alone, read_log(out)
+
+
+def test_two_workers_follow_the_loss_curve_of_one_process_with_the_same_global_batch(corpus, one_process, tmp_path):
     stage = INSTRUCT  # projector and LLM learn, the vision tower stays frozen
     pack_dir, _ = corpus
-    alone = new_model(pack_dir)
-    train_stage(alone, stage, pack_dir, tmp_path / "one", quick(batch_size=2, max_steps=4))
+    alone, one = one_process
     together = new_model(pack_dir)
     frozen_before = snapshot(together.vision_tower)
     with ray_session(num_cpus=2):
         summary = train_stage_on_ray(together, stage, pack_dir, tmp_path / "two", quick(batch_size=1, max_steps=4),
                                      workers=2)
-    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    two = read_log(tmp_path / "two")
     assert [r["supervised_tokens"] for r in one] == [r["supervised_tokens"] for r in two]
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4, abs=1e-5)
     for a, b in zip(alone.state_dict().values(), together.state_dict().values()):
@@ -37,19 +47,18 @@ def test_two_workers_follow_the_loss_curve_of_one_process_with_the_same_global_b
 
 
 
-def test_two_fsdp_workers_shard_the_model_and_follow_the_loss_curve_of_one_process(corpus, tmp_path):
+def test_two_fsdp_workers_shard_the_model_and_follow_the_loss_curve_of_one_process(corpus, one_process, tmp_path):
     """FSDP (parameters, gradients and optimizer state sharded over 2 gloo workers) gives one process's
     curve; its checkpoint holds the whole model and the whole optimizer state, by parameter name."""
     stage = INSTRUCT
     pack_dir, _ = corpus
-    alone = new_model(pack_dir)
-    train_stage(alone, stage, pack_dir, tmp_path / "one", quick(batch_size=2, max_steps=4))
+    alone, one = one_process
     sharded = new_model(pack_dir)
     frozen_before = snapshot(sharded.vision_tower)
     with ray_session(num_cpus=2):
         train_stage_on_ray(sharded, stage, pack_dir, tmp_path / "two", quick(batch_size=1, max_steps=4, strategy="fsdp"),
                            workers=2)
-    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    two = read_log(tmp_path / "two")
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4, abs=1e-5)
     for a, b in zip(alone.state_dict().values(), sharded.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -83,13 +92,13 @@ def _fsdp_worker(rank: int, pack_dir, out_dir, port: int, fail_at_step: int | No
     torch.distributed.destroy_process_group()
 
 
-def test_a_crashed_fsdp_stage_resumes_from_its_gathered_checkpoint_to_the_same_losses(corpus, tmp_path):
+def test_a_crashed_fsdp_stage_resumes_from_its_gathered_checkpoint_to_the_same_losses(corpus, one_process, tmp_path):
     import socket
 
     import torch.multiprocessing as mp
 
     pack_dir, _ = corpus
-    train_stage(new_model(pack_dir), INSTRUCT, pack_dir, tmp_path / "one", quick(batch_size=2, max_steps=4))
+    _, one = one_process
 
     def port():
         with socket.socket() as s:
@@ -100,7 +109,7 @@ def test_a_crashed_fsdp_stage_resumes_from_its_gathered_checkpoint_to_the_same_l
         mp.spawn(_fsdp_worker, args=(pack_dir, tmp_path / "sharded", port(), 3), nprocs=2)
     assert [r["step"] for r in read_log(tmp_path / "sharded")] == [1, 2]
     mp.spawn(_fsdp_worker, args=(pack_dir, tmp_path / "sharded", port(), None), nprocs=2)
-    resumed, one = read_log(tmp_path / "sharded"), read_log(tmp_path / "one")
+    resumed = read_log(tmp_path / "sharded")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in one], rel=1e-4, abs=1e-5)
 

@@ -152,6 +152,8 @@ def build_attention_mask(
 # ---------------------------------------------------------------------------------------------
 
 QFORMER_CONNECTORS = ("qformer", "instruct_qformer", "qformer_linear")
+# connectors whose visual token count does not depend on the image's patches: a stage may change resolution
+FIXED_TOKEN_CONNECTORS = QFORMER_CONNECTORS + ("resampler",)
 
 
 def build_connector(preset: Preset, config: dict[str, Any], vision_size: int, llm_size: int) -> tuple[nn.Module, nn.Module | None]:
