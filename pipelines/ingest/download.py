@@ -34,6 +34,9 @@ class DownloadConfig:
     timeout: float = 10
     retries: int = 1
     samples_per_shard: int = 1000  # sizes the keys: img2dataset reserves digits for this many per shard
+    # X-Robots-Tag directives by which a publisher opts an image out (img2dataset's default list);
+    # a refused image is dropped as 'robots_opt_out'; () fetches regardless
+    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
 
 
 def shard_stem(shard_id: int) -> str:
@@ -65,7 +68,7 @@ def download_shard(rows: pa.Table, shard_id: int, folder: str | Path, config: Do
         save_caption=True, extract_exif=False, output_folder=str(folder), column_list=KEPT_COLUMNS,
         timeout=config.timeout, number_sample_per_shard=config.samples_per_shard, oom_shard_count=SHARD_DIGITS,
         compute_hash="sha256", verify_hash_type=None, encode_format="jpg", retries=config.retries,
-        user_agent_token=None, disallowed_header_directives=None,
+        user_agent_token=None, disallowed_header_directives=list(config.disallowed_header_directives) or None,
     )
     downloader.download_shard((shard_id, str(shard_file)))  # removes the input file when done
 

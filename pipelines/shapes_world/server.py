@@ -32,6 +32,9 @@ class _WorldHandler(SimpleHTTPRequestHandler):
 
 class _WorldServer(ThreadingHTTPServer):
     daemon_threads = True
+    # img2dataset opens `threads` connections at once per shard; the default backlog of 5 drops the rest,
+    # whose retry a second later would count against the fetch guard's one deadline (max_seconds)
+    request_queue_size = 64
 
     def handle_error(self, request, client_address) -> None:
         # A client that stops reading (a fetch guard refusing a body, a timeout) is not the
