@@ -1,20 +1,24 @@
 """`loom pack`: instruction records → tokenized, packed sequences for one architecture."""
 from __future__ import annotations
 
-import collections
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
-
 from jobs.config import ConfigError, require, section
-from pipelines.manifest import StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest, write_json_atomic
-from pipelines.pack import build_sequences, fill_stats, pack_figures, plan_sequences, split_text_sample
-from pipelines.render import read_render_output, selected
-from pipelines.tokenize import IGNORE, Encoder, load_tokenizer
+from jobs.ray_runtime import ray_session
+from pipelines.manifest import (StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest,
+                                start_or_resume, write_json_atomic)
+from pipelines.pack_selection import (Selection, count_selected, plan_windows, records_per_window, render_files,
+                                      selected_counts)
+from pipelines.pack_window import (OutputCounts, WindowSettings, finished_window, pack_window, pad_id,
+                                   visual_token_counter)
+from pipelines.qformer_text import QFORMER_TEXTS, qformer_pad
+from pipelines.tokenize import Encoder, load_tokenizer
+from pipelines.tokenizer_sample import file_sample, llm_texts, qformer_texts, sample_fraction, sampled_conversations
 from pipelines.tokenizer_training import train_bpe
 from templates.chat import get_chat_format
 
@@ -22,30 +26,33 @@ DEFAULTS = {
     "input": None,  # the render output folder; default: {out}/render
     "preset": "llava-1.5",
     "seq_len": 2048,
-    "tokenizer": {"train": {"vocab_size": 2000}},  # or {path: a local Hugging Face tokenizer folder}
+    # or {path: a local Hugging Face tokenizer folder}; train.sample: at most this many records (a hash sample of
+    # the render output, the whole of a smaller one) feed the training, default TOKENIZER_SAMPLE
+    "tokenizer": {"train": {"vocab_size": 2000}},
     "loss_on": "assistant",
     "sequences_per_shard": 1000,
     # block: samples isolated (attention and positions restart per sample); interleave_same_task: samples of
     # one task share a sequence as one document and attend across (Qwen-VL's interleaved stage 2)
     "mode": "block",
     "max_images_per_sequence": None,  # a cap for the vision tower's memory
-    "window": 1_000_000,  # samples packed together at most: memory stays flat on any corpus size
+    # samples packed together at most (a window is read, packed and written by one task): memory stays flat on
+    # any corpus size; with mixture weights above 1 a window takes fewer records, so its samples stay within it
+    "window": 1_000_000,
     "too_long": "drop",  # or split: text-only samples cut into sequences; a sample with images is never cut
     # auto: windows are packed by Ray tasks when a cluster is named or there is more than one window
     "ray": "auto",
     # InstructBLIP's Q-Former reads each image's instruction in its own vocabulary: a BERT tokenizer folder
-    # ({path: DIR}, e.g. the qformer_tokenizer folder of Salesforce/instructblip-*), or one trained here
+    # ({path: DIR}, e.g. the qformer_tokenizer folder of Salesforce/instructblip-*), or one trained here (on a hash
+    # sample of train.sample records, as the LLM's)
     "qformer_tokenizer": {"train": {"vocab_size": 400}},
     # name -> {datasets: [prefixes of the records' `dataset`], split: train}, and optionally
     #   weights: {prefix: w}, the stage's mixture: each record of those datasets is drawn w times on average
-    #     (2 doubles a dataset, 0.25 keeps a quarter of it; seeded), the others once
+    #     (2 doubles a dataset, 0.25 keeps about a quarter of it, the same records on every run), the others once
     #   qformer_text: caption or instruction, what a Q-Former reads with this output's images, where a config
     #     points a stage at another output than its preset's (by default, what the preset's stages reading it say)
     "outputs": {},
 }
-QFORMER_TEXTS = ("caption", "instruction")
-
-
+TOKENIZER_SAMPLE = 200_000  # records a tokenizer is trained on at most, unless train.sample says otherwise
 MODES = ("block", "interleave_same_task")
 
 
@@ -71,6 +78,14 @@ def pack_settings(config: dict) -> dict:
     qformer = cfg["qformer_tokenizer"]
     require(isinstance(qformer, dict) and (("path" in qformer) != ("train" in qformer)),
             f"pack.qformer_tokenizer: {qformer!r}; expected either {{path: DIR}} or {{train: {{vocab_size: N}}}}")
+    for key in ("tokenizer", "qformer_tokenizer"):
+        train = cfg[key].get("train")
+        require(train is None or (isinstance(train, dict) and isinstance(train.get("vocab_size"), int)
+                                  and not set(train) - {"vocab_size", "sample"}),
+                f"pack.{key}.train: {train!r}; expected {{vocab_size: N}}, and optionally sample: records to train on")
+        sample = (train or {}).get("sample", TOKENIZER_SAMPLE)
+        require(isinstance(sample, int) and not isinstance(sample, bool) and sample >= 1,
+                f"pack.{key}.train.sample: {sample!r}; expected the number of records to train on, e.g. 200000")
     require(cfg["ray"] in ("auto", "always", "never"), f"pack.ray: {cfg['ray']!r}; expected auto, always or never")
     require(cfg["too_long"] in ("drop", "split"),
             f"pack.too_long: {cfg['too_long']!r}; expected drop, or split (text-only samples only)")
@@ -94,13 +109,18 @@ def pack_settings(config: dict) -> dict:
 
 
 def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None = None) -> dict:
-    """Run (or skip) the pack stage into `out/pack/<output>/`; return its manifest."""
+    """Run (or skip, or resume) the pack stage into `out/pack/<output>/`; return its manifest.
+
+    The driver plans windows from the render output's footers and its `dataset` and `split` columns, trains
+    the tokenizers on a bounded hash sample, and adds up what each window returns: counts and histograms.
+    The windows read, pack and write their records themselves, here or as Ray tasks."""
     cfg = pack_settings(config)
     from vlm.preset import get_preset
 
     preset = get_preset(cfg["preset"])
     render_dir = Path(cfg["input"] or Path(out) / "render")
-    if read_manifest(render_dir) is None:
+    render_manifest = read_manifest(render_dir)
+    if render_manifest is None:
         raise ConfigError(f"pack.input: {render_dir}: no finished render output (manifest.json); run `loom render` first")
     inputs = {str(render_dir): manifest_hash(render_dir)}
     if "path" in cfg["tokenizer"]:
@@ -120,235 +140,188 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
     if is_complete(stage_dir, cfg, inputs):
         log(f"pack: complete in {stage_dir} (same config and inputs); skipped")
         return read_manifest(stage_dir)
-    shutil.rmtree(stage_dir, ignore_errors=True)  # packing is fast: a partial pack is redone whole
 
-    records = read_render_output(render_dir)
+    qformer_reads = {name: _qformer_reads(name, spec, preset) for name, spec in cfg["outputs"].items()}
+    selections = {name: Selection(tuple(spec["datasets"]), spec.get("split", "train"))
+                  for name, spec in cfg["outputs"].items()}
+    files = render_files(render_dir, render_manifest)
+    file_counts = [count_selected(path, selections) for path in files]  # the dataset and split columns only
+    rows_in = sum(sum(counts["rows"]) for counts in file_counts)
+    _refuse_empty_selections(selections, file_counts, render_dir)
+    plans = {name: plan_windows(name, selected_counts(file_counts, name),
+                                records_per_window(cfg["window"], spec.get("weights") or {}))
+             for name, spec in cfg["outputs"].items()}
+    on_ray = cfg["ray"] == "always" or (cfg["ray"] == "auto" and bool(
+        ray_address or os.environ.get("RAY_ADDRESS") or any(len(windows) > 1 for windows in plans.values())))
+    # a killed run of the same config on the same inputs resumes: its tokenizers and finished windows are kept
+    start_or_resume(stage_dir, {"config": cfg, "inputs": inputs})
+
+    record = StageRecord("pack", cfg, inputs)
+    record.rows_in = rows_in
     chat_format = get_chat_format(preset.chat_format)
+    with (ray_session(ray_address) if on_ray else contextlib.nullcontext()) as ray:
+        tokenizer_dir, qformer_dir, sampled = _tokenizers(cfg, preset, chat_format, stage_dir, files, rows_in, ray, log)
+        encoder = Encoder(load_tokenizer(tokenizer_dir), chat_format, visual_token_counter(preset), cfg["loss_on"])
+        qformer_max_length = min(128, preset.connector_config.get("max_position_embeddings", 512)) if qformer_dir else None
+        settings = {name: WindowSettings(
+            output=name, selection=selections[name], weights=spec.get("weights") or {}, out_dir=str(stage_dir / name),
+            tokenizer_dir=str(tokenizer_dir), chat_format=preset.chat_format, visual_tokens=visual_token_counter(preset),
+            seq_len=cfg["seq_len"], loss_on=cfg["loss_on"], mode=cfg["mode"],
+            max_images_per_sequence=cfg["max_images_per_sequence"], too_long=cfg["too_long"],
+            sequences_per_shard=cfg["sequences_per_shard"], qformer_dir=qformer_dir and str(qformer_dir),
+            # LAVIS reads at most 128 instruction tokens (and 32 caption tokens in BLIP-2's stage 1)
+            qformer_max_length=qformer_max_length, qformer_text=qformer_reads[name],
+        ) for name, spec in cfg["outputs"].items()}
+        totals = _pack_windows(plans, settings, ray, log)
+
+    outputs = {}
+    for name in cfg["outputs"]:
+        summary, mixture = _finish_output(totals[name], settings[name], cfg, preset, encoder, tokenizer_dir)
+        outputs[name] = {**summary, "mixture": mixture,
+                         "qformer_text": qformer_reads[name] if preset.qformer_text else None}
+        record.rows_out += summary["samples"]
+        for reason, count in summary["dropped"].items():
+            record.drop(reason, count)
+        log(f"pack: {name}: {summary['samples']} samples → {summary['sequences']} sequences of ≤{cfg['seq_len']} "
+            f"tokens, fill {summary['fill']:.3f} (lower bound {summary['lower_bound_sequences']})")
+    record.extra.update(outputs=outputs, preset=preset.name, visual_tokens=preset.visual_tokens,
+                        seq_len=cfg["seq_len"], vocab_size=encoder.tokenizer.get_vocab_size(), tokenizer_sample=sampled)
+    # splits or datasets no output asked for (e.g. eval)
+    record.extra["not_selected"] = rows_in - sum(sum(counts["any"]) for counts in file_counts)
+    return record.finish(stage_dir)
+
+
+def _qformer_reads(name: str, spec: dict, preset) -> str | None:
+    """What the Q-Former reads with an output's images: the output's qformer_text, else what the preset's stages
+    reading it say, else the preset's own."""
+    kinds = {stage.qformer_text for stage in preset.stages if stage.data == name} - {None}
+    if len(kinds) > 1 and not spec.get("qformer_text"):
+        raise ConfigError(f"pack.outputs.{name}: stages of {preset.name} read it with the Q-Former reading "
+                          f"{sorted(kinds)}; give each its own output")
+    return spec.get("qformer_text") or next(iter(kinds), preset.qformer_text)
+
+
+def _refuse_empty_selections(selections: dict[str, Selection], file_counts: list[dict], render_dir: Path) -> None:
+    for name, selection in selections.items():
+        if not any(sum(counts["selected"][name]) for counts in file_counts):
+            pairs = set().union(*(counts["pairs"] for counts in file_counts))
+            datasets, splits = sorted({str(d) for d, _ in pairs}), sorted({str(s) for _, s in pairs})
+            shown = ", ".join(datasets[:20]) + (f" and {len(datasets) - 20} more" if len(datasets) > 20 else "")
+            raise ConfigError(f"pack.outputs.{name}: no record of split {selection.split!r} in a dataset starting with "
+                              f"{list(selection.datasets)}; {render_dir} holds datasets {shown or 'none'} in splits "
+                              f"{splits}; fix the output's datasets or split")
+
+
+def _tokenizers(cfg: dict, preset, chat_format, stage_dir: Path, files: list[str], records: int, ray, log
+                ) -> tuple[Path, Path | None, dict]:
+    """The LLM's tokenizer folder (trained on a hash sample, or copied) and the Q-Former's where the preset has
+    one, kept from a killed run of the same config; and how many records each trained one read."""
     tokenizer_dir = stage_dir / "tokenizer"
-    if "train" in cfg["tokenizer"]:
-        texts = (m["content"] for r in records for m in r["messages"])
-        tokenizer = train_bpe(_with_format_strings(texts, chat_format), cfg["tokenizer"]["train"]["vocab_size"],
-                              tokenizer_dir, bos=chat_format.bos, eos=chat_format.eos)
+    qformer_dir = stage_dir / "qformer_tokenizer" if preset.qformer_text else None
+    ready = stage_dir / ".tokenizers_ready"  # what a trained one read; written once both folders are complete
+    if ready.exists():
+        log("pack: tokenizers kept from the interrupted run")
+        sampled = json.loads(ready.read_text())
     else:
-        shutil.copytree(cfg["tokenizer"]["path"], tokenizer_dir)
-        tokenizer = load_tokenizer(tokenizer_dir)
-    encoder = Encoder(tokenizer, chat_format, visual_token_counter(preset), cfg["loss_on"])
-    if preset.qformer_text:
-        qformer = cfg["qformer_tokenizer"]
-        qformer_dir = stage_dir / "qformer_tokenizer"
-        if "train" in qformer:
-            texts = (_qformer_text(r["messages"], kind) for r in records for kind in ("instruction", "caption"))
-            train_bpe(texts, qformer["train"]["vocab_size"], qformer_dir, bos="[CLS]", eos="[SEP]")
+        sampled = {}
+        shutil.rmtree(tokenizer_dir, ignore_errors=True)
+        if "train" in cfg["tokenizer"]:
+            train = cfg["tokenizer"]["train"]
+            conversations = _Counted(_sample(files, records, train.get("sample", TOKENIZER_SAMPLE), ray))
+            train_bpe(llm_texts(conversations, chat_format), train["vocab_size"], tokenizer_dir,
+                      bos=chat_format.bos, eos=chat_format.eos)
+            sampled["tokenizer"] = conversations.count
+            log(f"pack: tokenizer trained on {conversations.count} of {records} records")
         else:
-            shutil.copytree(qformer["path"], qformer_dir)
+            shutil.copytree(cfg["tokenizer"]["path"], tokenizer_dir)
+        if qformer_dir is not None:
+            shutil.rmtree(qformer_dir, ignore_errors=True)
+            qformer = cfg["qformer_tokenizer"]
+            if "train" in qformer:
+                conversations = _Counted(_sample(files, records, qformer["train"].get("sample", TOKENIZER_SAMPLE), ray))
+                train_bpe(qformer_texts(conversations), qformer["train"]["vocab_size"], qformer_dir,
+                          bos="[CLS]", eos="[SEP]")
+                sampled["qformer_tokenizer"] = conversations.count
+            else:
+                shutil.copytree(qformer["path"], qformer_dir)
+        write_json_atomic(ready, sampled)
+    if qformer_dir is not None:
         size, room = load_tokenizer(qformer_dir).get_vocab_size(), preset.connector_config["vocab_size"]
         if size > room:
             raise ConfigError(f"pack.qformer_tokenizer: {size} tokens, more than the {room} word embeddings of "
                               f"{preset.name}'s Q-Former; use its own tokenizer or a smaller vocab_size")
-        qformer_settings = {"qformer_dir": str(qformer_dir),
-                            # LAVIS reads at most 128 instruction tokens (and 32 caption tokens in BLIP-2's stage 1)
-                            "qformer_max_length": min(128, preset.connector_config.get("max_position_embeddings", 512))}
+    return tokenizer_dir, qformer_dir, sampled
+
+
+def _sample(files: list[str], records: int, sample: int, ray):
+    """The conversations of a hash sample of at most `sample` records, one file's at a time (read by Ray tasks
+    when the stage runs on Ray)."""
+    fraction = sample_fraction(records, sample)
+    if ray is None:
+        per_file = (file_sample(path, fraction) for path in files)
     else:
-        qformer_settings = {}
-
-    record = StageRecord("pack", cfg, inputs)
-    record.rows_in = len(records)
-    outputs, picked = {}, set()
-    for name, spec in cfg["outputs"].items():
-        chosen = [r for r in records if selected(r, spec["datasets"], spec.get("split", "train"))]
-        picked.update(id(r) for r in chosen)
-        chosen, mixture = weigh(chosen, spec["datasets"], spec.get("weights") or {}, seed=name)
-        kinds = {stage.qformer_text for stage in preset.stages if stage.data == name} - {None}
-        if len(kinds) > 1 and not spec.get("qformer_text"):
-            raise ConfigError(f"pack.outputs.{name}: stages of {preset.name} read it with the Q-Former reading "
-                              f"{sorted(kinds)}; give each its own output")
-        qformer_text = spec.get("qformer_text") or next(iter(kinds), preset.qformer_text)
-        on_ray = cfg["ray"] == "always" or (cfg["ray"] == "auto" and bool(
-            ray_address or os.environ.get("RAY_ADDRESS") or len(chosen) > cfg["window"]))
-        summary = _pack_output(chosen, encoder, {**cfg, **qformer_settings, "qformer_text": qformer_text}, preset,
-                               stage_dir / name, tokenizer_dir, record,
-                               ray_address=ray_address if on_ray else False, log=log)
-        outputs[name] = {**summary, "mixture": mixture, "qformer_text": qformer_text if preset.qformer_text else None}
-        record.rows_out += summary["samples"]
-        log(f"pack: {name}: {summary['samples']} samples → {summary['sequences']} sequences of ≤{cfg['seq_len']} "
-            f"tokens, fill {summary['fill']:.3f} (lower bound {summary['lower_bound_sequences']})")
-    record.extra.update(outputs=outputs, preset=preset.name, visual_tokens=preset.visual_tokens,
-                        seq_len=cfg["seq_len"], vocab_size=tokenizer.get_vocab_size())
-    record.extra["not_selected"] = record.rows_in - len(picked)  # splits or datasets no output asked for (e.g. eval)
-    return record.finish(stage_dir)
+        task = ray.remote(file_sample)
+        refs = [task.remote(path, fraction) for path in files]
+        per_file = (ray.get(ref) for ref in refs)
+    return sampled_conversations(per_file, sample)
 
 
-def weigh(records: list[dict], datasets: list[str], weights: dict[str, float], seed: str) -> tuple[list[dict], dict]:
-    """An output's mixture: each record of a weighed dataset prefix drawn `w` times on average (the whole part
-    of w every time, the fraction by a seeded coin), the rest once. Returns the draw and, per prefix, how many
-    records it had and how many samples it gave."""
-    rng = np.random.default_rng(int(hashlib.sha256(seed.encode()).hexdigest()[:8], 16))
-    drawn, mixture = [], {prefix: {"records": 0, "samples": 0} for prefix in datasets}
-    for record in records:
-        prefix = next(p for p in datasets if record["dataset"].startswith(p))
-        weight = weights.get(prefix, 1)
-        copies = int(weight) + int(rng.random() < weight - int(weight))
-        drawn += [record] * copies
-        mixture[prefix]["records"] += 1
-        mixture[prefix]["samples"] += copies
-    return drawn, mixture
+class _Counted:
+    """An iterable that counts what went through it."""
+
+    def __init__(self, items):
+        self.items, self.count = items, 0
+
+    def __iter__(self):
+        for item in self.items:
+            self.count += 1
+            yield item
 
 
-def visual_token_counter(preset):
-    """The LLM positions per image: the preset's fixed count, or (Qwen2-VL) a function of the image's size."""
-    return preset.visual_tokens if preset.vision_kind != "qwen2_vl" else preset.visual_tokens_for
+def _pack_windows(plans: dict[str, list], settings: dict[str, WindowSettings], ray, log) -> dict[str, OutputCounts]:
+    """Every window packed (here, or as Ray tasks), or kept where a killed run finished it; each output's sums."""
+    totals = {name: OutputCounts(settings[name].seq_len, settings[name].selection.datasets) for name in plans}
+    todo = []
+    for name, windows in plans.items():
+        for window in windows:
+            done = finished_window(settings[name].out_dir, window.index)
+            if done is None:
+                todo.append(window)
+            else:
+                totals[name].add(done)
+                log(f"pack: {name}: window {window.index + 1}/{window.count} done (kept from the interrupted run)")
+    if ray is None:
+        for window in todo:
+            totals[window.output].add(pack_window(window, settings[window.output]))
+            log(f"pack: {window.output}: window {window.index + 1}/{window.count} done")
+        return totals
+    task = ray.remote(pack_window)
+    log(f"pack: {len(todo)} window(s) on Ray")
+    shared = {name: ray.put(value) for name, value in settings.items()}
+    pending = {task.remote(window, shared[window.output]): window for window in todo}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        window = pending.pop(ready[0])
+        totals[window.output].add(ray.get(ready[0]))
+        log(f"pack: {window.output}: window {window.index + 1}/{window.count} done")
+    return totals
 
 
-def _pad_id(encoder: Encoder) -> int:
-    """The padding id batches use: `<pad>` where the tokenizer has one, else end-of-sequence (as LLaMA does)."""
-    pad = encoder.tokenizer.token_to_id("<pad>")
-    return encoder.eos_id if pad is None else pad
-
-
-def _with_format_strings(texts, chat_format):
-    yield from chat_format.strings()
-    yield from texts
-
-
-def _pack_output(records, encoder, cfg, preset, out_dir: Path, tokenizer_dir: Path, record: StageRecord,
-                 ray_address=False, log=print) -> dict:
-    """Pack one output in windows of `window` records, each tokenized, packed and written on its own: here,
-    or as Ray tasks when ray_address is not False (an address, or None for a local Ray)."""
-    seq_len, window = cfg["seq_len"], cfg["window"]
-    shards = out_dir / "shards"
-    shards.mkdir(parents=True, exist_ok=True)
-    settings = {key: cfg.get(key) for key in ("seq_len", "loss_on", "mode", "max_images_per_sequence", "too_long",
-                                              "sequences_per_shard", "qformer_dir", "qformer_max_length",
-                                              "qformer_text")}
-    jobs = [(records[start:start + window], k, settings, preset.name, str(tokenizer_dir), str(shards))
-            for k, start in enumerate(range(0, len(records), window))] or [([], 0, settings, preset.name,
-                                                                           str(tokenizer_dir), str(shards))]
-    if ray_address is False:
-        parts = [pack_window(*job) for job in jobs]
-    else:
-        from jobs.ray_runtime import ray_session
-
-        with ray_session(ray_address) as ray:
-            task = ray.remote(pack_window)
-            log(f"pack: {out_dir.name}: {len(jobs)} window(s) on Ray")
-            parts = ray.get([task.remote(*job) for job in jobs])
-    dropped = collections.Counter()
-    for part in parts:
-        dropped.update(part["dropped"])
-    for reason, count in dropped.items():
-        record.drop(reason, count)
-    lengths = np.concatenate([part["lengths"] for part in parts])
-    sequence_tokens = np.concatenate([part["sequence_tokens"] for part in parts])
-    tasks = [task for part in parts for task in part["tasks"]]
-    shutil.copytree(tokenizer_dir, out_dir / "tokenizer")
-    summary = {**fill_stats(lengths, len(sequence_tokens), seq_len), "dropped": dict(dropped),
-               "figures": pack_figures(lengths, sequence_tokens, tasks, seq_len),
-               "images": sum(part["images"] for part in parts),
-               "samples_per_sequence": len(lengths) / max(len(sequence_tokens), 1), "windows": len(jobs)}
+def _finish_output(counts: OutputCounts, settings: WindowSettings, cfg: dict, preset, encoder: Encoder,
+                   tokenizer_dir: Path) -> tuple[dict, dict]:
+    """An output's summary and mixture from its windows' sums, and its manifest and tokenizer beside its shards."""
+    out_dir = Path(settings.out_dir)
+    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(tokenizer_dir, out_dir / "tokenizer", dirs_exist_ok=True)
+    summary = counts.summary()
     write_json_atomic(out_dir / "manifest.json", {
-        **summary, "seq_len": seq_len, "preset": preset.name, "architecture": preset.architecture,
+        **summary, "seq_len": cfg["seq_len"], "preset": preset.name, "architecture": preset.architecture,
         "tokenizer_hash": hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest()[:16],
         "visual_tokens": preset.visual_tokens,
-        "mode": cfg["mode"], "window": window, "max_images_per_sequence": cfg["max_images_per_sequence"],
+        "mode": cfg["mode"], "window": cfg["window"], "max_images_per_sequence": cfg["max_images_per_sequence"],
         "image_token": "<image>", "image_token_id": encoder.image_token_id,
-        "pad_token_id": _pad_id(encoder), "eos_token_id": encoder.eos_id,
+        "pad_token_id": pad_id(encoder), "eos_token_id": encoder.eos_id,
         "bos_token_id": encoder.bos_id, "loss_on": cfg["loss_on"], "chat_format": preset.chat_format,
-        **({"qformer_pad_token_id": _qformer_pad(load_tokenizer(cfg["qformer_dir"]))} if cfg.get("qformer_dir") else {}),
+        **({"qformer_pad_token_id": qformer_pad(load_tokenizer(settings.qformer_dir))} if settings.qformer_dir else {}),
     })
-    return summary
-
-
-def pack_window(records: list[dict], window: int, settings: dict, preset_name: str, tokenizer_dir: str,
-                shards_dir: str) -> dict:
-    """Ray task (or a plain call): tokenize one window of records, pack it and write its shards
-    (packed-<window>-<n>.parquet, atomically); what it holds, for the output's figures."""
-    from vlm.preset import get_preset
-
-    preset = get_preset(preset_name)
-    encoder = Encoder(load_tokenizer(tokenizer_dir), get_chat_format(preset.chat_format), visual_token_counter(preset),
-                      settings["loss_on"])
-    seq_len, cap = settings["seq_len"], settings["max_images_per_sequence"]
-    samples, dropped = _encode(records, encoder, seq_len, settings["too_long"])
-    if settings["qformer_dir"]:
-        qformer = QFormerInstructions(settings["qformer_dir"], settings["qformer_max_length"])
-        by_id = {r["id"]: r for r in records}
-        for sample in samples:
-            text = _qformer_text(by_id[sample["id"].split("#part")[0]]["messages"], settings["qformer_text"])
-            sample["qformer_ids"] = [qformer(text)] * len(sample["images"])
-    if cap is not None:
-        over = sum(1 for s in samples if len(s["images"]) > cap)
-        if over:
-            dropped["more_images_than_the_cap"] += over
-            samples = [s for s in samples if len(s["images"]) <= cap]
-    lengths = np.array([len(s["input_ids"]) + len(s["decoder_labels"]) for s in samples], dtype=np.int64)
-    interleave = settings["mode"] == "interleave_same_task"
-    tasks = np.unique([s["task"] for s in samples], return_inverse=True)[1] if interleave and samples else None
-    images = np.array([len(s["images"]) for s in samples], dtype=np.int64) if cap is not None else None
-    bins = plan_sequences(lengths, seq_len, groups=tasks, images=images, max_images=cap)
-    table = build_sequences(samples, bins, one_document=interleave)
-    per_shard = settings["sequences_per_shard"]
-    for n, start in enumerate(range(0, table.num_rows, per_shard)):
-        final = Path(shards_dir) / f"packed-{window:05d}-{n:05d}.parquet"
-        tmp = final.with_name(f".{final.name}.tmp")
-        pq.write_table(table.slice(start, per_shard), tmp)
-        tmp.replace(final)
-    return {"lengths": lengths, "sequence_tokens": np.bincount(bins, weights=lengths).astype(np.int64) if bins.size
-            else np.zeros(0, np.int64), "tasks": [s["task"] for s in samples], "dropped": dropped,
-            "images": int(sum(len(s["images"]) for s in samples))}
-
-
-def _qformer_pad(tokenizer) -> int:
-    """The Q-Former tokenizer's padding id: BERT's [PAD], or the <pad> of one trained here."""
-    pad = tokenizer.token_to_id("[PAD]")
-    return pad if pad is not None else tokenizer.token_to_id("<pad>")
-
-
-def _qformer_text(messages: list[dict], kind: str) -> str:
-    """What the Q-Former reads of a conversation: the instruction (InstructBLIP: the first user turn's text,
-    image marks left out) or the caption (BLIP-2's stage 1: the first answer)."""
-    role = "user" if kind == "instruction" else "assistant"
-    first = next((m["content"] for m in messages if m["role"] == role), "")
-    return " ".join(first.replace("<image>", " ").split())
-
-
-class QFormerInstructions:
-    """Instruction text -> [CLS] ids [SEP] in the Q-Former's vocabulary, at most max_length ids."""
-
-    def __init__(self, tokenizer_dir: str, max_length: int):
-        self.tokenizer = load_tokenizer(tokenizer_dir)
-        self.cls, self.sep = (self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]"))
-        self.pad = _qformer_pad(self.tokenizer)
-        if self.cls is None or self.sep is None:
-            raise ValueError(f"{tokenizer_dir}: the Q-Former tokenizer has no [CLS] / [SEP] token; give a BERT "
-                             "tokenizer folder (e.g. the qformer_tokenizer folder of an InstructBLIP checkpoint)")
-        self.max_length = max_length
-
-    def __call__(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids[: self.max_length - 2]
-        return [self.cls, *ids, self.sep]
-
-
-def _encode(records, encoder: Encoder, seq_len: int, too_long: str) -> tuple[list[dict], collections.Counter]:
-    """Samples of the records that fit (or split) in seq_len, and how many were dropped for which reason."""
-    samples, dropped = [], collections.Counter()
-    pair = encoder.chat_format.encoder_decoder
-    for r in records:
-        if pair:  # FlanT5: the prompt is the encoder input, the answer the decoder target
-            input_ids, decoder_labels, images = encoder.encode_pair(r["messages"], r["task"], r["images"])
-            labels = np.full(len(input_ids), IGNORE, np.int32)
-        else:
-            input_ids, labels, images = encoder.encode(r["messages"], r["task"], r["images"])
-            decoder_labels = np.empty(0, np.int32)
-        sample = {"input_ids": input_ids, "labels": labels, "decoder_labels": decoder_labels, "images": r["images"],
-                  "task": r["task"], "id": r["id"]}
-        if images != len(r["images"]):
-            dropped["image_count_mismatch"] += 1
-        elif len(input_ids) + len(decoder_labels) <= seq_len:  # an encoder-decoder row holds both within seq_len
-            samples.append(sample)
-        elif images:
-            dropped["too_long_with_images"] += 1  # never cut: a cut inside an image would corrupt it
-        elif too_long == "split" and not pair:  # an encoder-decoder answer cannot follow a cut prompt
-            samples.extend(split_text_sample(sample, seq_len))
-        else:
-            dropped["too_long"] += 1
-    return samples, dropped
+    return summary, counts.mixture

@@ -2,25 +2,28 @@
 from __future__ import annotations
 
 import collections
-import contextlib
-import gc
 import os
 import time
 from pathlib import Path
 
-
 from jobs.config import ConfigError, require, section
-from pipelines.manifest import StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest
+from pipelines.manifest import (StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest,
+                                start_or_resume)
 from pipelines.mixture import draw
-from pipelines.render import render_table, write_table
+from pipelines.render import collector_paused, part_name, render_part
+from pipelines.render_pairs import part_rows, plan_parts, render_pairs_part, shard_rows
 from templates.library import TemplateError, template_by_id
 
+_collector_paused = collector_paused  # the name bench/render.py imports
+
 DEFAULTS = {"seed": 0, "datasets": [], "mixture": None, "part_records": 100_000, "ray": "auto"}
-# render.ray: "auto" renders on Ray when a cluster is named or several datasets are big enough to
+# render.ray: "auto" renders on Ray when a cluster is named or the work is several tasks big enough to
 # share out (RAY_AUTO_BYTES), in this process otherwise (a local Ray's start, seconds, would dwarf
-# rendering a few thousand records)
+# rendering a few thousand records). render.part_records: the records of one output file, and the most
+# pairs one task holds
 RAY_CHOICES = ("auto", "always", "never")
-# auto: Ray for several datasets whose annotation files add up to more than this (a task per dataset)
+# auto: Ray for several tasks (a task per dataset, or per part of a pairs entry) whose input files add up
+# to more than this
 RAY_AUTO_BYTES = 64 * 2**20
 # render.mixture: the training entries (split train, not caption pairs) reweighted as InstructBLIP mixes them
 MIXTURE_DEFAULTS = {"weighting": "sqrt", "adjustments": None, "total": None}
@@ -148,10 +151,10 @@ def read_records(entry: dict) -> list[dict]:
     if "card" in entry:
         _, reader, parameters = card_adapter(entry["card"], "render.datasets")
         records = reader(**{name: entry[name] for name in parameters if name in entry}, split=split)
-    elif entry["adapter"] == "pairs":
+    elif entry["adapter"] == "pairs":  # every record at once: `loom render` reads a pairs entry in parts instead
         from catalog.adapters.pairs import read_pairs
 
-        records = read_pairs(entry["path"], split)
+        records = read_pairs(entry["path"], split, limit=entry.get("limit") or None)
     elif entry["adapter"] == "coco_captions":
         from catalog.adapters.coco_captions import read_coco_captions
 
@@ -186,36 +189,14 @@ def _input_fingerprints(cfg: dict) -> dict[str, str]:
     return inputs
 
 
-@contextlib.contextmanager
-def _collector_paused():
-    """Python's cycle collector off while millions of small acyclic dicts are built: it would otherwise
-    scan them again and again (measured: half the time of reading a 200k-question VQAv2 file)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _source(entry: dict) -> str:
     """What an entry renders: its card, or its built-in adapter."""
     return entry.get("card") or entry["adapter"]
 
 
-def render_part(records: list[dict], seed: int, template: str | None, path: str) -> dict:
-    """Render one part's records into one instructions file; what it holds."""
-    with _collector_paused():
-        table = render_table(records, seed, template)
-    write_table(table, Path(path))
-    return {"rows": table.num_rows, "templates": _value_counts(table, "template_id"),
-            "languages": _value_counts(table, "lang")}
-
-
-def _value_counts(table, name: str) -> dict[str, int]:
-    counts = table.column(name).value_counts().flatten()
-    return dict(zip(counts[0].to_pylist(), counts[1].to_pylist()))
+def _stem(i: int, entry: dict) -> str:
+    """The name every file of entry `i` starts with: `03-vqav2-val`."""
+    return f"{i:02d}-{_source(entry)}-{entry.get('split', 'train')}"
 
 
 def render_entry(i: int, entry: dict, records: list[dict] | None, count: int | None, seed: int,
@@ -224,7 +205,7 @@ def render_entry(i: int, entry: dict, records: list[dict] | None, count: int | N
     `count` for the training mixture, rendered into parts of `part_records`; rows in and every part."""
     started = time.perf_counter()
     if records is None:
-        with _collector_paused():
+        with collector_paused():
             records = read_records(entry)
     read_seconds = time.perf_counter() - started
     if count is not None and records:
@@ -232,11 +213,10 @@ def render_entry(i: int, entry: dict, records: list[dict] | None, count: int | N
         drawn = [records[k] if rep == 0 else {**records[k], "id": f"{records[k]['id']}#{rep}"} for k, rep in picks]
     else:
         drawn = records
-    stem = f"{i:02d}-{_source(entry)}-{entry.get('split', 'train')}"
     chunks = [drawn[k:k + part_records] for k in range(0, len(drawn), part_records)] or [[]]
     parts = []
     for n, chunk in enumerate(chunks):
-        name = f"{stem}.parquet" if len(chunks) == 1 else f"{stem}-{n:05d}.parquet"
+        name = part_name(_stem(i, entry), n, len(chunks))
         parts.append((name, render_part(chunk, seed, entry.get("template"), str(Path(folder) / name))))
     return {"rows_in": len(records), "parts": parts,
             "seconds": {"read": read_seconds, "render_and_write": time.perf_counter() - started - read_seconds}}
@@ -244,7 +224,7 @@ def render_entry(i: int, entry: dict, records: list[dict] | None, count: int | N
 
 def entry_size(entry: dict) -> tuple[str | None, int]:
     """Ray task: the dataset an entry's records belong to, and how many there are (to plan the mixture)."""
-    with _collector_paused():
+    with collector_paused():
         records = read_records(entry)
     return (records[0]["dataset"] if records else None), len(records)
 
@@ -263,7 +243,7 @@ def _input_bytes(cfg: dict) -> int:
 
 
 def run_render(config: dict, out: str | Path, log=print, ray_address: str | None = None) -> dict:
-    """Run (or skip) the render stage into `out/render`; return its manifest."""
+    """Run (or skip, or resume) the render stage into `out/render`; return its manifest."""
     cfg = render_settings(config)
     stage_dir = Path(out) / "render"
     inputs = _input_fingerprints(cfg)
@@ -271,15 +251,19 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
         log(f"render: complete in {stage_dir} (same config and inputs); skipped")
         return read_manifest(stage_dir)
     record = StageRecord("render", cfg, inputs)
+    plans = _pairs_plans(cfg)
+    tasks = len(cfg["datasets"]) - len(plans) + sum(len(plan) for plan in plans.values())
     on_ray = cfg["ray"] == "always" or (cfg["ray"] == "auto" and bool(
-        ray_address or os.environ.get("RAY_ADDRESS")
-        or (len(cfg["datasets"]) > 1 and _input_bytes(cfg) > RAY_AUTO_BYTES)))
+        ray_address or os.environ.get("RAY_ADDRESS") or (tasks > 1 and _input_bytes(cfg) > RAY_AUTO_BYTES)))
+    # a killed run of this config on these inputs left whole parts behind: keep them (a pairs part found
+    # written is counted, not rendered again); any other run's files go
+    start_or_resume(stage_dir, {"config": cfg, "inputs": inputs})
     started = time.perf_counter()
     if on_ray:
-        results, mixture_report = _render_on_ray(cfg, stage_dir, ray_address, log)
+        results, mixture_report = _render_on_ray(cfg, plans, stage_dir, ray_address, log)
     else:
-        results, mixture_report = _render_here(cfg, stage_dir)
-    # seconds by phase, added up over the datasets (on Ray they overlap); "stage" is the wall time
+        results, mixture_report = _render_here(cfg, plans, stage_dir, log)
+    # seconds by phase, added up over the tasks (on Ray they overlap); "stage" is the wall time
     phases = {phase: round(sum(r["seconds"][phase] for r in results), 2) for phase in ("read", "render_and_write")}
     phases["stage"] = round(time.perf_counter() - started, 2)
 
@@ -304,27 +288,72 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
     return record.finish(stage_dir)
 
 
-def _render_here(cfg: dict, stage_dir: Path) -> tuple[list[dict], dict]:
-    """Every entry read, then drawn and rendered, in this process."""
-    read, seconds = [], []
-    for entry in cfg["datasets"]:
-        started = time.perf_counter()
-        with _collector_paused():
-            read.append(read_records(entry))
-        seconds.append(time.perf_counter() - started)
-    counts, report = _plan_mixture(cfg, [((r[0]["dataset"] if r else None), len(r)) for r in read])
+def _pairs_plans(cfg: dict) -> dict[int, list]:
+    """The parts of every pairs entry (by its index): slices of its shard indexes, planned from their
+    footers alone; `limit` cuts the plan, not a list of records."""
+    return {i: plan_parts(shard_rows(entry["path"]), cfg["part_records"], entry.get("limit") or None)
+            for i, entry in enumerate(cfg["datasets"]) if entry.get("adapter") == "pairs"}
+
+
+def _pairs_part_calls(i: int, entry: dict, plan: list, seed: int, folder: str) -> list[tuple[str, tuple]]:
+    """(file name, `render_pairs_part`'s arguments) of every part of pairs entry `i`, in shard order."""
+    calls = []
+    for n, part in enumerate(plan):
+        name = part_name(_stem(i, entry), n, len(plan))
+        calls.append((name, (part, entry.get("split", "train"), seed, entry.get("template"), str(Path(folder) / name))))
+    return calls
+
+
+def _log_part(log, entry: dict, done: int, summary: dict, parts: int) -> None:
+    if parts > 1:
+        kept = " (written by an earlier run; kept)" if summary["kept"] else ""
+        log(f"render: {_source(entry)} ({entry.get('split', 'train')}): part {done}/{parts}{kept}")
+
+
+def _pairs_result(plan: list, names: list[str], summaries: list[dict]) -> dict:
+    """What `render_entry` returns, for a pairs entry rendered part by part."""
+    return {"rows_in": sum(part_rows(part) for part in plan),
+            "parts": [(name, {k: summary[k] for k in ("rows", "templates", "languages")})
+                      for name, summary in zip(names, summaries)],
+            "seconds": {phase: sum(summary["seconds"][phase] for summary in summaries)
+                        for phase in ("read", "render_and_write")}}
+
+
+def _render_here(cfg: dict, plans: dict[int, list], stage_dir: Path, log) -> tuple[list[dict], dict]:
+    """Every entry but the pairs read, then drawn and rendered, in this process; a pairs entry part by part."""
+    read, seconds = {}, {}
+    for i, entry in enumerate(cfg["datasets"]):
+        if i not in plans:
+            started = time.perf_counter()
+            with collector_paused():
+                read[i] = read_records(entry)
+            seconds[i] = time.perf_counter() - started
+    sizes = [(None, 0) if i in plans else ((read[i][0]["dataset"] if read[i] else None), len(read[i]))
+             for i in range(len(cfg["datasets"]))]  # a pairs entry is never in the mixture
+    counts, report = _plan_mixture(cfg, sizes)
     folder = str(stage_dir / "instructions")
-    results = [render_entry(i, entry, records, counts.get(i), cfg["seed"], cfg["part_records"], folder)
-               for i, (entry, records) in enumerate(zip(cfg["datasets"], read))]
-    for result, read_seconds in zip(results, seconds):
-        result["seconds"]["read"] = read_seconds
+    results = []
+    for i, entry in enumerate(cfg["datasets"]):
+        if i in plans:
+            calls = _pairs_part_calls(i, entry, plans[i], cfg["seed"], folder)
+            summaries = []
+            for _, arguments in calls:
+                summaries.append(render_pairs_part(*arguments))
+                _log_part(log, entry, len(summaries), summaries[-1], len(calls))
+            results.append(_pairs_result(plans[i], [name for name, _ in calls], summaries))
+        else:
+            result = render_entry(i, entry, read.pop(i), counts.get(i), cfg["seed"], cfg["part_records"], folder)
+            result["seconds"]["read"] = seconds[i]
+            results.append(result)
     return results, report
 
 
-def _render_on_ray(cfg: dict, stage_dir: Path, ray_address: str | None, log) -> tuple[list[dict], dict]:
-    """A Ray task per entry reads, draws, renders and writes it: records never leave the worker that read
-    them (shipping them costs more than reading them). A mixture first sizes every entry in Ray tasks,
-    so its annotation files are read twice; the driver holds no records either way."""
+def _render_on_ray(cfg: dict, plans: dict[int, list], stage_dir: Path, ray_address: str | None,
+                   log) -> tuple[list[dict], dict]:
+    """A Ray task per entry reads, draws, renders and writes it, and a task per part of a pairs entry its
+    part: records never leave the worker that read them (shipping them costs more than reading them). A
+    mixture first sizes every entry in Ray tasks, so its annotation files are read twice; the driver holds
+    no records either way, only the pairs plans and what each part holds."""
     from jobs.ray_runtime import ray_session
 
     folder = str(stage_dir / "instructions")
@@ -338,11 +367,33 @@ def _render_on_ray(cfg: dict, stage_dir: Path, ray_address: str | None, log) -> 
             for i, size in zip(mixed, sized):
                 sizes[i] = size
             counts, report = _plan_mixture(cfg, sizes)
-        task = ray.remote(render_entry)
-        refs = [task.remote(i, entry, None, counts.get(i), cfg["seed"], cfg["part_records"], folder)
-                for i, entry in enumerate(cfg["datasets"])]
-        log(f"render: {len(refs)} dataset(s) on Ray")
-        return ray.get(refs), report
+        entry_task, part_task = ray.remote(render_entry), ray.remote(render_pairs_part)
+        entry_refs, part_of, calls = {}, {}, {}
+        for i, entry in enumerate(cfg["datasets"]):
+            if i in plans:
+                calls[i] = _pairs_part_calls(i, entry, plans[i], cfg["seed"], folder)
+                part_of.update({part_task.remote(*arguments): (i, n) for n, (_, arguments) in enumerate(calls[i])})
+            else:
+                entry_refs[i] = entry_task.remote(i, entry, None, counts.get(i), cfg["seed"], cfg["part_records"],
+                                                  folder)
+        log(f"render: {len(cfg['datasets'])} dataset(s) on Ray, {len(entry_refs) + len(part_of)} task(s)")
+        summaries = {i: [None] * len(plan) for i, plan in plans.items()}
+        done = collections.Counter()
+        pending = list(part_of)
+        while pending:  # the pairs parts, logged as they finish
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            for ref in ready:
+                i, n = part_of[ref]
+                summaries[i][n] = ray.get(ref)
+                done[i] += 1
+                _log_part(log, cfg["datasets"][i], done[i], summaries[i][n], len(plans[i]))
+        results = []
+        for i in range(len(cfg["datasets"])):
+            if i in plans:
+                results.append(_pairs_result(plans[i], [name for name, _ in calls[i]], summaries[i]))
+            else:
+                results.append(ray.get(entry_refs[i]))
+        return results, report
 
 
 def _plan_mixture(cfg: dict, sizes: list[tuple[str | None, int]]) -> tuple[dict[int, int], dict]:

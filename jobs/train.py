@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jobs.config import ConfigError, require, section
 from pipelines.manifest import StageRecord, is_complete, manifest_hash, read_manifest, start_or_resume
-from pipelines.render import read_render_output, selected
+from pipelines.render import read_render_output
 from pipelines.tokenize import Encoder, load_tokenizer
 from templates.chat import get_chat_format
 
@@ -86,7 +86,7 @@ def starting_model(preset, cfg: dict, pack_output: Path, log=print) -> tuple:
     """(model, encoder): the model a run's first stage starts from, built for a pack output's tokenizer and
     image token at the run's attention and seed, with train.init's pretrained parts loaded; and the encoder
     of its prompts."""
-    from jobs.pack import visual_token_counter
+    from pipelines.pack_window import visual_token_counter
     from vlm.model import build_model, count_parameters
 
     packed = json.loads((pack_output / "manifest.json").read_text())
@@ -230,7 +230,7 @@ def _generate_answers(model, preset, encoder: Encoder, items: list[dict], batch_
     processor = ImageProcessor(preset, image_size=image_size)
     instructions = None
     if preset.qformer_text == "instruction":  # InstructBLIP: the question in the Q-Former's vocabulary too
-        from jobs.pack import QFormerInstructions
+        from pipelines.qformer_text import QFormerInstructions
 
         instructions = QFormerInstructions(str(qformer_dir), min(128, preset.connector_config.get("max_position_embeddings", 512)))
     model.eval()
@@ -253,8 +253,8 @@ def evaluate_captions(model, preset, encoder: Encoder, render_dir: Path, setting
     """Greedy captions of held-out images, scored by CIDEr-D against every reference caption of the image."""
     from vlm.evaluate import cider_d
 
-    records = [r for r in read_render_output(render_dir) or []
-               if r["task"] == "captioning" and selected(r, settings["datasets"], settings["split"])]
+    records = read_render_output(render_dir, split=settings["split"], datasets=settings["datasets"],
+                                 task="captioning") or []
     by_image: dict[str, list[dict]] = collections.defaultdict(list)  # COCO has several captions per image
     for r in records:
         by_image[r["images"][0]["path"] or r["images"][0]["key"]].append(r)
@@ -285,7 +285,7 @@ def _image_inputs(preset, processor, images: list[dict], instructions, questions
     else:
         pixels = processor.stack(images)
     if instructions is not None:
-        from jobs.pack import _qformer_text
+        from pipelines.qformer_text import qformer_text as _qformer_text
 
         ids = [instructions(_qformer_text([message], "instruction")) for message in questions]
         width = max(len(row) for row in ids)
@@ -303,10 +303,11 @@ def _caption_score(model, preset, encoder, out: Path, cfg: dict, log, qformer_di
 
 
 def _vqa_records(render_dir: Path, settings: dict) -> tuple[list[dict], list[dict]]:
-    """(held-out questions to score, training questions for the baselines), read once from the render output."""
-    records = [r for r in read_render_output(render_dir) or [] if r["task"] == "vqa"]
-    heldout = [r for r in records if r["answers"] and selected(r, settings["datasets"], settings["split"])]
-    train = [r for r in records if r["split"] == "train"]
+    """(held-out questions to score, training questions for the baselines: their answers and question types),
+    read from the render output with only those rows and columns."""
+    heldout = [r for r in read_render_output(render_dir, split=settings["split"], datasets=settings["datasets"],
+                                             task="vqa") or [] if r["answers"]]
+    train = read_render_output(render_dir, split="train", task="vqa", columns=["messages", "question_type"]) or []
     return (heldout[: settings["limit"]] if settings["limit"] else heldout), train
 
 

@@ -1,6 +1,7 @@
 """Stage manifests: what a stage read, wrote and dropped, and whether a re-run may skip it."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,27 +39,45 @@ def input_fingerprint(path: str | os.PathLike) -> str | None:
     return str(fs.checksum(fs_path)) if fs.exists(fs_path) else None
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write a file so that a reader sees either the old file or the whole new one."""
+def temporary_name(path: str | os.PathLike) -> Path:
+    """Where a file is written until it is complete: `.{name}.tmp-{pid}` beside it (TEMPORARY_NAME)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """A temporary path beside `path` to write the whole file to; renamed onto `path` when the block
+    finishes, removed when it raises. Readers see either no file (or the old one) or the whole new one.
+
+        with atomic_path(out / "part-00001.parquet") as tmp:
+            pq.write_table(table, tmp)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write a file so that a reader sees either the old file or the whole new one."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
-def write_parquet_atomic(table, path: str | os.PathLike) -> None:
+def write_parquet_atomic(table, path: str | os.PathLike, **options) -> None:
     """A pyarrow table as parquet, written so that a reader sees either no file or the whole one."""
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **options)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -208,10 +208,13 @@ def split_text_sample(sample: dict, seq_len: int) -> list[dict]:
     return pieces
 
 
-def fill_stats(lengths: np.ndarray, sequences: int, seq_len: int) -> dict:
-    total = int(np.asarray(lengths).sum())
+def fill_stats(length_counts: np.ndarray, sequences: int, seq_len: int) -> dict:
+    """Samples, tokens and how full the sequences are, from the histogram of sample lengths
+    (length_counts[l]: the samples of l tokens, l in 0..seq_len)."""
+    length_counts = np.asarray(length_counts, dtype=np.int64)
+    total = int(np.arange(length_counts.size) @ length_counts)
     return {
-        "samples": int(len(lengths)),
+        "samples": int(length_counts.sum()),
         "tokens": total,
         "sequences": int(sequences),
         "lower_bound_sequences": int(-(-total // seq_len)),
@@ -219,24 +222,23 @@ def fill_stats(lengths: np.ndarray, sequences: int, seq_len: int) -> dict:
     }
 
 
-def pack_figures(lengths: np.ndarray, sequence_tokens: np.ndarray, tasks: list[str], seq_len: int,
-                 buckets: int = 16) -> dict:
-    """What a report shows of one packed output: sample lengths before packing, how full the sequences
-    are after (from each sequence's tokens), and each task's share of samples and tokens."""
-    lengths = np.asarray(lengths)
+def pack_figures(length_counts: np.ndarray, sequence_token_counts: np.ndarray, tasks: dict[str, tuple[int, int]],
+                 seq_len: int, buckets: int = 16) -> dict:
+    """What a report shows of one packed output, from histograms (so windows add theirs up): sample lengths
+    before packing (length_counts[l]: samples of l tokens), how full the sequences are after
+    (sequence_token_counts[t]: sequences holding t tokens, t in 0..seq_len), and each task's share of samples
+    and tokens (tasks: task -> (samples, tokens))."""
+    length_counts = np.asarray(length_counts, dtype=np.int64)
+    sequence_token_counts = np.asarray(sequence_token_counts, dtype=np.int64)
     width = -(-seq_len // buckets)
-    length_counts = np.bincount((lengths - 1) // width, minlength=buckets) if lengths.size else np.zeros(buckets, int)
-    fill = np.asarray(sequence_tokens) / seq_len
-    fill_counts = np.bincount(np.minimum((fill * 10).astype(int), 9), minlength=10) if fill.size else np.zeros(10, int)
-    by_task: dict[str, list[int]] = {}
-    for task, length in zip(tasks, lengths.tolist()):
-        entry = by_task.setdefault(task, [0, 0])
-        entry[0] += 1
-        entry[1] += length
-    total_tokens = max(int(lengths.sum()), 1)
+    lengths = np.arange(1, length_counts.size)  # a sample holds at least one token
+    length_bucket = np.bincount((lengths - 1) // width, weights=length_counts[1:], minlength=buckets).astype(np.int64)
+    fill_bucket = np.minimum(((np.arange(sequence_token_counts.size) / seq_len) * 10).astype(int), 9)
+    fill_counts = np.bincount(fill_bucket, weights=sequence_token_counts, minlength=10).astype(np.int64)
+    total_tokens = max(int(np.arange(length_counts.size) @ length_counts), 1)
     return {
-        "sample_length": {f"{k * width + 1}-{min((k + 1) * width, seq_len)}": int(c) for k, c in enumerate(length_counts)},
+        "sample_length": {f"{k * width + 1}-{min((k + 1) * width, seq_len)}": int(c) for k, c in enumerate(length_bucket)},
         "sequence_fill": {f"{k / 10:.1f}-{(k + 1) / 10:.1f}": int(c) for k, c in enumerate(fill_counts)},
-        "tasks": {task: {"samples": n, "tokens": t, "token_share": round(t / total_tokens, 4)}
-                  for task, (n, t) in sorted(by_task.items())},
+        "tasks": {task: {"samples": int(n), "tokens": int(t), "token_share": round(int(t) / total_tokens, 4)}
+                  for task, (n, t) in sorted(tasks.items())},
     }

@@ -33,6 +33,7 @@ def test_pipelines_import_without_torch():
     result = run_blocked({"torch"}, """
         import pipelines.manifest, pipelines.pack, pipelines.render, pipelines.tokenize
         import pipelines.tokenizer_training, pipelines.shapes_world
+        import pipelines.pack_selection, pipelines.pack_window, pipelines.qformer_text, pipelines.tokenizer_sample
         import pipelines.ingest.filters, pipelines.ingest.dedup, pipelines.ingest.mix, pipelines.ingest.shards
         import pipelines.ingest.sources, pipelines.ingest.outcomes
         import catalog.adapters.coco_captions, catalog.adapters.vqav2, templates.library, templates.chat

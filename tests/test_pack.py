@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.pack import assign_bins, build_sequences, fill_stats, plan_sequences
+from pipelines.pack import assign_bins, build_sequences, fill_stats, pack_figures, plan_sequences
 from pipelines.tokenize import IGNORE, Encoder
 from pipelines.tokenizer_training import train_bpe
 from templates.chat import get_chat_format
@@ -65,7 +65,7 @@ def test_assign_bins_is_deterministic_and_near_the_lower_bound():
     lengths = rng.integers(100, 400, size=10000)
     bins = assign_bins(lengths, 2048)
     assert np.array_equal(bins, assign_bins(lengths, 2048))
-    stats = fill_stats(lengths, bins.max() + 1, 2048)
+    stats = fill_stats(np.bincount(lengths, minlength=2049), bins.max() + 1, 2048)
     assert stats["sequences"] <= stats["lower_bound_sequences"] * 1.01
 
 
@@ -174,3 +174,44 @@ def test_the_stop_token_is_the_first_one_a_model_learns_after_its_answer(name, t
     learnt = [int(t) for t in labels if t != IGNORE]
     assert learnt[:len(answer)] == answer and learnt[len(answer)] == encoder.stop_id
     assert (encoder.stop_id == encoder.eos_id) == (chat_format.end_of_turn.startswith(chat_format.eos))
+
+
+def _figures_from_arrays(lengths, sequence_tokens, tasks, seq_len, buckets=16):
+    """The figures as they were computed from per-sample and per-sequence arrays, before windows returned
+    histograms: the oracle the histogram path must agree with."""
+    width = -(-seq_len // buckets)
+    length_counts = np.bincount((lengths - 1) // width, minlength=buckets) if lengths.size else np.zeros(buckets, int)
+    fill = np.asarray(sequence_tokens) / seq_len
+    fill_counts = np.bincount(np.minimum((fill * 10).astype(int), 9), minlength=10) if fill.size else np.zeros(10, int)
+    by_task = {}
+    for task, length in zip(tasks, lengths.tolist()):
+        entry = by_task.setdefault(task, [0, 0])
+        entry[0] += 1
+        entry[1] += length
+    total_tokens = max(int(lengths.sum()), 1)
+    total = int(lengths.sum())
+    stats = {"samples": int(len(lengths)), "tokens": total, "sequences": len(sequence_tokens),
+             "lower_bound_sequences": -(-total // seq_len),
+             "fill": total / (len(sequence_tokens) * seq_len) if len(sequence_tokens) else 0.0}
+    return stats, {
+        "sample_length": {f"{k * width + 1}-{min((k + 1) * width, seq_len)}": int(c) for k, c in enumerate(length_counts)},
+        "sequence_fill": {f"{k / 10:.1f}-{(k + 1) / 10:.1f}": int(c) for k, c in enumerate(fill_counts)},
+        "tasks": {task: {"samples": n, "tokens": t, "token_share": round(t / total_tokens, 4)}
+                  for task, (n, t) in sorted(by_task.items())},
+    }
+
+
+@pytest.mark.parametrize("seq_len, samples", [(2048, 5000), (100, 700), (333, 1), (512, 0)])
+def test_figures_from_histograms_equal_the_figures_from_per_sample_arrays(seq_len, samples):
+    rng = np.random.default_rng(seq_len + samples)
+    lengths = np.minimum(seq_len, rng.geometric(4 / seq_len, samples)).astype(np.int64)
+    tasks = rng.choice(["vqa", "captioning", "chat", "ocr"], samples).tolist()
+    bins = assign_bins(lengths, seq_len)
+    sequence_tokens = np.bincount(bins, weights=lengths).astype(np.int64) if samples else np.zeros(0, np.int64)
+    stats, figures = _figures_from_arrays(lengths, sequence_tokens, tasks, seq_len)
+
+    length_counts = np.bincount(lengths, minlength=seq_len + 1)
+    token_counts = np.bincount(sequence_tokens, minlength=seq_len + 1)
+    task_counts = {task: (tasks.count(task), int(lengths[[t == task for t in tasks]].sum())) for task in set(tasks)}
+    assert fill_stats(length_counts, len(sequence_tokens), seq_len) == stats
+    assert pack_figures(length_counts, token_counts, task_counts, seq_len) == figures
