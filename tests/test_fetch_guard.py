@@ -82,9 +82,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
 
 
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    # img2dataset opens `threads` connections at once: the default backlog of 5 drops SYNs, and a SYN
+    # sent again 1 s later would spend the whole max_seconds of a fetch before it began
+    request_queue_size = 64
+
+
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -187,7 +194,7 @@ def test_ingest_workers_apply_the_guard_on_every_hop(server, tmp_path):
         "filters": {"min_side": 16}, "image_size": 64, "timeout": 5, "retries": 0,
     }}
     manifest = run_ingest(config, tmp_path / "run", log=lambda *_: None)
-    dropped = {r["url"]: r["reason"] for r in pq.read_table(tmp_path / "run" / "ingest" / "dropped.parquet").to_pylist()}
+    dropped = {r["url"]: r["reason"] for r in pq.read_table(tmp_path / "run" / "ingest" / "dropped").to_pylist()}
     assert dropped == {url: reason for url, reason in urls.items() if reason != "kept"}
     assert manifest["rows_out"] == 1
 

@@ -35,7 +35,7 @@ def ingested(small_world, tmp_path_factory):
 
 
 def dropped_rows(out):
-    return pq.read_table(out / "ingest" / "dropped.parquet").to_pylist()
+    return pq.read_table(out / "ingest" / "dropped").to_pylist()
 
 
 def test_every_input_row_is_kept_or_dropped_exactly_once(ingested):
@@ -164,3 +164,45 @@ def test_an_unreadable_url_list_is_named_with_the_reason(tmp_path):
     config = {"ingest": {"sources": [{"path": str(tmp_path / "urls.jsonl"), "format": "jsonl"}]}}
     with pytest.raises(ConfigError, match=r"ingest.sources: source .*urls.jsonl: not readable as jsonl"):
         run_ingest(config, tmp_path / "run", log=lambda *_: None)
+
+
+def test_the_distributed_decisions_equal_the_global_algorithm_row_for_row(ingested):
+    from decision_oracle import distributed_decisions, oracle_decisions
+
+    _, _, out, manifest = ingested
+    oracle = oracle_decisions(out / "ingest", {"en": 0.773, "zh": 0.227}, seed=0)
+    assert distributed_decisions(out / "ingest") == oracle
+    assert sum(r is not None and r.startswith("duplicate_of") for r in oracle.values()) > 0
+    assert manifest["dedup"]["method"] == "bands" and manifest["dedup"]["recall"] == 1.0
+
+
+def test_every_shard_writes_its_kept_and_dropped_rows_and_they_add_up(ingested):
+    _, _, out, manifest = ingested
+    stage = out / "ingest"
+    inputs = sorted((stage / "_work" / "input").glob("s*.parquet"))
+    parts = sorted((stage / "dropped").glob("part-*.parquet"))
+    assert len(parts) == len(inputs)  # one dropped part per download shard, even where nothing was dropped
+    for shard, part in enumerate(parts):
+        rows_in = pq.read_metadata(inputs[shard]).num_rows
+        kept = pq.read_metadata(stage / "_work" / "kept" / part.name.removeprefix("part-")).num_rows
+        assert kept + pq.read_metadata(part).num_rows == rows_in
+    assert manifest["rows_in"] == manifest["rows_out"] + sum(manifest["dropped"].values())
+
+
+def test_the_dropped_rows_read_as_one_table_in_pyarrow_polars_datasets_and_ray_data(ingested):
+    import datasets
+    import polars as pl
+    import pyarrow.dataset as ds
+    import ray
+
+    _, _, out, manifest = ingested
+    folder = out / "ingest" / "dropped"
+    expected = sum(manifest["dropped"].values())
+    assert ds.dataset(folder).count_rows() == expected
+    assert pl.scan_parquet(folder / "*.parquet").select(pl.len()).collect().item() == expected
+    assert datasets.load_dataset("parquet", data_dir=str(folder), split="train").num_rows == expected
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        assert ray.data.read_parquet(str(folder)).count() == expected
+    finally:
+        ray.shutdown()

@@ -2,7 +2,7 @@
 
 A real job (`python -m jobs.cli ingest`) is killed three times, each re-run resuming the folder
 the killed one left: its driver alone while img2dataset downloads (some download shards finished,
-some half written) and while Ray Data streams shards through the filters (some shards' rows kept,
+some half written) and while shards go through the filters (some shards' rows kept,
 others still in flight); the driver and every process it started while the pairs shards are
 written (some finished, some not). The moments are found by watching
 what the job writes, not by guessing times. An uninterrupted run beside it is the reference.
@@ -155,10 +155,11 @@ class Ingest:
 
 
 def download_shards(stage: Path) -> tuple[set[str], set[str]]:
-    """(started, finished) img2dataset shards: a finished one has its `_stats.json`."""
+    """(started, finished) img2dataset shards: a started one has an attempt folder, a finished one its own
+    folder (the attempt renamed into place) with its `_stats.json`."""
     download = stage / "_work" / "download"
-    started = {p.stem for p in download.glob("*.tar")}
-    finished = {p.name.removesuffix("_stats.json") for p in download.glob("*_stats.json")}
+    finished = {p.parent.name for p in download.glob("*/*_stats.json") if p.parent.parent == download}
+    started = finished | {p.name.split("-")[0] for p in download.glob("attempts/*")}
     return started, finished
 
 
@@ -206,7 +207,7 @@ def runs(tmp_path_factory):
         seen["download"] = killed.kill_when(mid_download, "while img2dataset downloads",
                                             at_kill=lambda: download_shards(stage))
         shards_at_start["kept"] = len(list((stage / "_work" / "samples").glob("*.parquet")))
-        seen["filter"] = killed.kill_when(mid_stream, "while Ray Data streams shards through the filters",
+        seen["filter"] = killed.kill_when(mid_stream, "while shards go through the filters",
                                           at_kill=lambda: (stage / "shards").exists())
         seen["shards"] = killed.kill_when(
             lambda: bool(finished_pairs_shards(stage)), "while the pairs shards are written",
@@ -259,7 +260,7 @@ def test_the_resumed_run_keeps_the_same_pairs_as_an_uninterrupted_one(runs):
 def test_the_resumed_run_drops_the_same_rows_for_the_same_reasons(runs):
     reference, killed, _, _ = runs
     dropped = lambda run: sorted(
-        pq.read_table(run.stage / "dropped.parquet").to_pylist(), key=lambda row: row["row_id"])
+        pq.read_table(run.stage / "dropped").to_pylist(), key=lambda row: row["row_id"])
     assert dropped(killed) == dropped(reference)
 
 
@@ -278,7 +279,7 @@ def test_no_key_is_written_twice(runs):
         with tarfile.open(killed.stage / shard) as tar:
             members += tar.getnames()
     assert len(members) == len(set(members)) == 3 * len(keys)
-    dropped = pq.read_table(killed.stage / "dropped.parquet")["row_id"].to_pylist()
+    dropped = pq.read_table(killed.stage / "dropped")["row_id"].to_pylist()
     assert len(set(dropped)) == len(dropped) and not set(dropped) & set(
         read_pairs_index(killed.stage)["row_id"].to_pylist())
 
@@ -328,7 +329,7 @@ def test_a_resumed_run_clears_what_the_killed_one_was_still_writing(tmp_path, mo
     stage = tmp_path / "run" / "ingest"
     (stage / "shards").mkdir()
     finished = [stage / "shards" / "pairs-00000.tar", stage / "shards" / "pairs-00000.parquet",
-                stage / "_work" / "download" / "00000.tar"]
+                stage / "_work" / "download" / "00000" / "00000.tar"]
     half_written = [stage / "shards" / ".pairs-00001.tar.tmp-4242", stage / ".manifest.json.tmp-77"]
     for path in finished + half_written:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -346,7 +347,7 @@ def test_a_half_finished_run_is_not_resumed_on_a_changed_url_list(tmp_path, monk
     config = url_list(tmp_path / "urls.parquet", 10)
     with pytest.raises(Killed):
         run_ingest(config, tmp_path / "run", log=lambda *_: None)
-    progress = tmp_path / "run" / "ingest" / "_work" / "download" / "00000_stats.json"
+    progress = tmp_path / "run" / "ingest" / "_work" / "download" / "00000" / "00000_stats.json"
     progress.parent.mkdir(parents=True)
     progress.write_text("{}")
     with pytest.raises(Killed):  # the same URL list: the progress is kept, to resume from
@@ -358,10 +359,13 @@ def test_a_half_finished_run_is_not_resumed_on_a_changed_url_list(tmp_path, monk
     assert not progress.exists()
 
 
-def test_a_download_tar_without_its_stats_file_is_cleared_for_a_fresh_fetch(tmp_path):
+def test_unfinished_download_attempts_are_cleared_and_finished_shards_kept(tmp_path):
     from pipelines.ingest.download import clear_unfinished
 
-    for name in ("00000.tar", "00000_stats.json", "00000.parquet", "00001.tar", "00001.parquet"):
+    for name in ("00000/00000.tar", "00000/00000_stats.json", "00000/00000.parquet",
+                 "attempts/00001-1a2b3c/00001.tar", "attempts/00001-1a2b3c/00001.parquet"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    assert clear_unfinished(tmp_path) == ["00001.tar"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.parquet", "00000.tar", "00000_stats.json"]
+    assert clear_unfinished(tmp_path) == ["00001-1a2b3c"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "00000", "00000/00000.parquet", "00000/00000.tar", "00000/00000_stats.json"]

@@ -33,7 +33,7 @@ def messy_run(tmp_path_factory):
     config["ingest"].update(samples_per_shard=40, download_shard_size=40)
     run_stages(config, str(out), ["demo_data", "ingest"], log=lambda *_: None)
     world = __import__("json").loads((out / "demo" / "world.json").read_text())
-    dropped = pq.read_table(out / "ingest" / "dropped.parquet").to_pylist()
+    dropped = pq.read_table(out / "ingest" / "dropped").to_pylist()
     manifest = __import__("json").loads((out / "ingest" / "manifest.json").read_text())
     return world, out, dropped, manifest
 
@@ -71,3 +71,13 @@ def test_download_failures_keep_the_servers_words(messy_run):
     assert "HTTP Error 500" in details["http_500"]
     assert "127.0.0.2" in details["private_network"]
     assert details["too_large"] and details["too_many_pixels"] and details["timeout"]
+
+
+def test_the_distributed_decisions_equal_the_global_algorithm_row_for_row(messy_run):
+    from decision_oracle import distributed_decisions, oracle_decisions
+
+    world, out, _, manifest = messy_run
+    config = load_config(str(CONFIG), str(out))["ingest"]
+    oracle = oracle_decisions(out / "ingest", config.get("languages", {"en": 0.773, "zh": 0.227}),
+                              seed=config.get("seed", 0))
+    assert distributed_decisions(out / "ingest") == oracle and len(oracle) > 0

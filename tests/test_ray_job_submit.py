@@ -150,7 +150,7 @@ def manifest(out: Path) -> dict:
 
 
 def drops(out: Path) -> list[tuple[str, str]]:
-    table = pq.read_table(out / "ingest" / "dropped.parquet", columns=["row_id", "reason"])
+    table = pq.read_table(out / "ingest" / "dropped", columns=["row_id", "reason"])
     return sorted(zip(table["row_id"].to_pylist(), table["reason"].to_pylist()))
 
 
@@ -172,7 +172,7 @@ def test_every_row_is_kept_or_dropped_exactly_once(submitted, small_world):
     out = submitted["out"]
     written = manifest(out)
     kept = read_pairs_index(out / "ingest")["row_id"].to_pylist()
-    dropped = pq.read_table(out / "ingest" / "dropped.parquet")["row_id"].to_pylist()
+    dropped = pq.read_table(out / "ingest" / "dropped")["row_id"].to_pylist()
     assert written["rows_in"] == pq.read_table(world_dir / "urls.parquet").num_rows
     assert written["rows_in"] == written["rows_out"] + sum(written["dropped"].values())
     assert sorted(kept + dropped) == sorted(set(kept + dropped)) and len(kept) == written["rows_out"] > 0

@@ -188,7 +188,7 @@ def near_pairs(
         found = _all_pairs_within(words, radius)
     else:
         found = [pairs for start, width in zip(starts, widths)
-                 for pairs in _band_pairs_within(words, band_values(words, start, width), radius)]
+                 for pairs in band_pairs_within(words, band_values(words, start, width), radius)]
     flat = np.unique(np.concatenate([np.zeros(0, np.uint64), *(i.astype(np.uint64) * count + j for i, j in found)]))
     pairs = np.stack([flat // max(count, 1), flat % max(count, 1)], axis=1).astype(np.uint32)
     if counters is not None:
@@ -222,7 +222,7 @@ def _pairs_in_runs(order: np.ndarray, run_starts: np.ndarray, sizes: np.ndarray)
     return np.minimum(a, b), np.maximum(a, b)
 
 
-def _band_pairs_within(words: np.ndarray, values: np.ndarray, radius: int):
+def band_pairs_within(words: np.ndarray, values: np.ndarray, radius: int):
     """Pairs within `radius` among the hashes sharing a value of one band, in slices that bound memory."""
     (order, run_starts), sizes = _shared_buckets(values)
     pairs_per_run = sizes * (sizes - 1) // 2

@@ -3,14 +3,21 @@
 Loom schedules the shards itself (as Ray Data blocks, so the filters of a finished shard run
 while others download) and hands each one to img2dataset's `Downloader`: the same retries,
 timeouts, resize modes, hashing and webdataset output as `img2dataset.download`, without its
-shard reader and stats-logger process. A shard is finished once img2dataset has written its
-`{id:05d}_stats.json`, which it does after closing the tar; a shard without one is fetched
-again from the start.
+shard reader and stats-logger process.
+
+Each attempt writes into a folder of its own (`attempts/{id:05d}-<token>/`), renamed to
+`{id:05d}/` once img2dataset has written its `{id:05d}_stats.json` (after closing the tar).
+The rename is atomic and the first attempt to finish wins: a zombie attempt (a worker its
+driver gave up on) can never interleave its files with its retry's, and a reader sees a
+shard's folder whole or not at all.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tarfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,12 +50,17 @@ def shard_stem(shard_id: int) -> str:
     return f"{shard_id:0{SHARD_DIGITS}d}"
 
 
+def shard_folder(folder: str | Path, shard_id: int) -> Path:
+    """Where a finished shard's tar, parquet and stats are."""
+    return Path(folder) / shard_stem(shard_id)
+
+
 def is_finished(folder: str | Path, shard_id: int) -> bool:
-    return (Path(folder) / f"{shard_stem(shard_id)}_stats.json").exists()
+    return (shard_folder(folder, shard_id) / f"{shard_stem(shard_id)}_stats.json").exists()
 
 
 def download_shard(rows: pa.Table, shard_id: int, folder: str | Path, config: DownloadConfig) -> None:
-    """Fetch `rows` (KEPT_COLUMNS) into `folder/{id}.tar` + `.parquet` + `_stats.json`, unless finished."""
+    """Fetch `rows` (KEPT_COLUMNS) into `folder/{id}/`: `{id}.tar` + `.parquet` + `_stats.json`, unless finished."""
     from img2dataset.downloader import Downloader
     from img2dataset.resizer import Resizer
     from img2dataset.writer import WebDatasetSampleWriter
@@ -56,8 +68,9 @@ def download_shard(rows: pa.Table, shard_id: int, folder: str | Path, config: Do
     folder = Path(folder)
     if is_finished(folder, shard_id):
         return
-    inputs = folder / "_input"
-    inputs.mkdir(parents=True, exist_ok=True)
+    attempt = folder / "attempts" / f"{shard_stem(shard_id)}-{uuid.uuid4().hex[:12]}"
+    inputs = attempt / "_input"
+    inputs.mkdir(parents=True)
     shard_file = inputs / f"{shard_stem(shard_id)}.arrow"
     with pa.OSFile(str(shard_file), "wb") as sink, pa.ipc.new_file(sink, rows.select(KEPT_COLUMNS).schema) as out:
         out.write_table(rows.select(KEPT_COLUMNS))
@@ -65,19 +78,29 @@ def download_shard(rows: pa.Table, shard_id: int, folder: str | Path, config: Do
                       encode_quality=config.encode_quality, encode_format="jpg")
     downloader = Downloader(
         sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=config.threads,
-        save_caption=True, extract_exif=False, output_folder=str(folder), column_list=KEPT_COLUMNS,
+        save_caption=True, extract_exif=False, output_folder=str(attempt), column_list=KEPT_COLUMNS,
         timeout=config.timeout, number_sample_per_shard=config.samples_per_shard, oom_shard_count=SHARD_DIGITS,
         compute_hash="sha256", verify_hash_type=None, encode_format="jpg", retries=config.retries,
         user_agent_token=None, disallowed_header_directives=list(config.disallowed_header_directives) or None,
     )
     downloader.download_shard((shard_id, str(shard_file)))  # removes the input file when done
+    if not (attempt / f"{shard_stem(shard_id)}_stats.json").exists():
+        raise RuntimeError(f"img2dataset did not finish download shard {shard_stem(shard_id)} (no stats file in "
+                           f"{attempt}); the shard is fetched again")
+    shutil.rmtree(inputs, ignore_errors=True)
+    try:
+        os.rename(attempt, shard_folder(folder, shard_id))  # atomic: the shard appears whole
+    except OSError:
+        if not is_finished(folder, shard_id):
+            raise
+        shutil.rmtree(attempt, ignore_errors=True)  # another attempt finished first: its files stand
 
 
 def read_shard(folder: str | Path, shard_id: int) -> pa.Table:
     """A finished shard: one row per URL it was given (its status, sizes, hash) plus the image bytes
     (`jpg`, null where the fetch failed), the tar it is in and where in that tar the bytes lie
     (`jpg_offset`, `jpg_size`), so a later step reads them back without parsing the tar again."""
-    stem = Path(folder) / shard_stem(shard_id)
+    stem = shard_folder(folder, shard_id) / shard_stem(shard_id)
     statuses = pq.read_table(f"{stem}.parquet", columns=KEPT_COLUMNS + STATUS_COLUMNS)
     images: dict[str, tuple[bytes, int, int]] = {}
     with tarfile.open(f"{stem}.tar") as tar:
@@ -91,18 +114,18 @@ def read_shard(folder: str | Path, shard_id: int) -> pa.Table:
             .append_column("jpg_size", pa.array([f and f[2] for f in found], pa.int64())))
 
 
-def shard_stats(folder: str | Path, shard_id: int) -> dict:
-    return json.loads((Path(folder) / f"{shard_stem(shard_id)}_stats.json").read_text())
-
-
 def clear_unfinished(folder: str | Path) -> list[str]:
-    """Remove what a killed run left of shards it had not finished; return their names."""
-    folder = Path(folder)
-    removed = []
-    for path in sorted(folder.glob("*.tar")):
-        if not (folder / f"{path.stem}_stats.json").exists():
-            for leftover in (path, path.with_suffix(".parquet")):
-                leftover.unlink(missing_ok=True)
-            removed.append(path.name)
+    """Remove what earlier runs' attempts left unfinished (a killed job's, a lost worker's); return their names."""
+    attempts = Path(folder) / "attempts"
+    removed = sorted(path.name for path in attempts.iterdir()) if attempts.exists() else []
+    shutil.rmtree(attempts, ignore_errors=True)
     return removed
 
+
+def finished_stats(folder: str | Path, shard_id: int) -> dict | None:
+    """img2dataset's stats of a finished shard (start and end time, URL count, duration), or None."""
+    path = shard_folder(folder, shard_id) / f"{shard_stem(shard_id)}_stats.json"
+    if not path.exists():
+        return None
+    stats = json.loads(path.read_text())
+    return {key: stats[key] for key in ("start_time", "end_time", "count", "duration")}

@@ -35,6 +35,11 @@ class FilterConfig:
     foreign_min_confidence: float = 0.5
     uncertain_min_confidence: float = 0.05
     near_duplicate_radius: int = 16  # Hamming bits of the 256-bit perceptual hash (pipelines/ingest/dedup.py)
+    # exact: banded search that finds every pair within the radius; lsh: sampled bit tables whose recall at
+    # the radius is near_duplicate_recall (written to the manifest); auto: exact while it stays affordable
+    # (pipelines/ingest/partitioned_dedup.py plan_bands)
+    near_duplicate_search: str = "auto"
+    near_duplicate_recall: float = 0.99
 
     @classmethod
     def from_config(cls, section: dict, languages: list[str]) -> FilterConfig:

@@ -31,8 +31,21 @@ def plan_mix(available: dict[str, int], ratios: dict[str, float]) -> dict[str, i
     return {lang: min(present[lang], math.floor(total * ratios[lang] + 0.5)) for lang in ratios}
 
 
-def _rank(seed: int, key: str) -> str:
+def rank_hex(seed: int, key: str) -> str:
+    """A row's place in the mix's random order: the lowest ranks of each language are kept."""
     return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+
+
+def mix_report(ratios: dict[str, float], available: dict[str, int], quota: dict[str, int]) -> dict:
+    """The target shares, the rows available and kept per language, and the kept shares."""
+    kept_total = sum(quota.values())
+    return {
+        "target": ratios,
+        "available": dict(sorted(available.items())),
+        "kept": dict(sorted(quota.items())),
+        "kept_share": {lang: (count / kept_total if kept_total else 0.0) for lang, count in sorted(quota.items())},
+        "reachable": all(available.get(lang, 0) > 0 for lang in ratios),
+    }
 
 
 def apply_mix(samples: pl.DataFrame, ratios: dict[str, float], seed: int) -> tuple[pl.DataFrame, dict]:
@@ -41,7 +54,7 @@ def apply_mix(samples: pl.DataFrame, ratios: dict[str, float], seed: int) -> tup
     available = {row["lang"]: row["len"] for row in kept.group_by("lang").len().iter_rows(named=True)}
     quota = plan_mix(available, ratios)
     ranked = kept.select("key", "lang").with_columns(
-        pl.col("key").map_elements(lambda k: _rank(seed, k), return_dtype=pl.String).alias("rank")
+        pl.col("key").map_elements(lambda k: rank_hex(seed, k), return_dtype=pl.String).alias("rank")
     )
     ranked = ranked.sort("rank").with_columns(pl.int_range(pl.len()).over("lang").alias("position"))
     quotas = pl.DataFrame({"lang": list(quota), "quota": list(quota.values())}, schema={"lang": pl.String, "quota": pl.Int64})
@@ -55,12 +68,4 @@ def apply_mix(samples: pl.DataFrame, ratios: dict[str, float], seed: int) -> tup
         .with_columns(pl.coalesce("drop_reason", "mix_reason").alias("drop_reason"))
         .drop("mix_reason")
     )
-    kept_total = sum(quota.values())
-    report = {
-        "target": ratios,
-        "available": dict(sorted(available.items())),
-        "kept": dict(sorted(quota.items())),
-        "kept_share": {lang: (count / kept_total if kept_total else 0.0) for lang, count in sorted(quota.items())},
-        "reachable": all(available.get(lang, 0) > 0 for lang in ratios),
-    }
-    return marked, report
+    return marked, mix_report(ratios, available, quota)

@@ -1,14 +1,13 @@
 """The pairs contract on disk: webdataset tars with a parquet index each, written atomically."""
 from __future__ import annotations
 
-import io
 import json
-import os
-import tarfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipelines.manifest import write_atomic, write_parquet_atomic
 
 PAIRS_INDEX_SCHEMA = pa.schema(
     [
@@ -48,11 +47,34 @@ def read_tar_spans(tar_path: str, spans: dict[str, tuple[int, int]]) -> dict[str
     return found
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # identical inputs give byte-identical shards
-    tar.addfile(info, io.BytesIO(data))
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tarfile's RECORDSIZE: an archive ends padded to a whole record
+
+
+def ustar_member(name: str, data: bytes) -> bytes:
+    """One regular file as a ustar archive member (header + data padded to 512 bytes), byte for byte what
+    `tarfile` writes for a TarInfo with mode 0o644, mtime 0 and no owner (so identical inputs give
+    identical shards), built directly: tarfile's header code is most of the time of writing a shard."""
+    encoded = name.encode()
+    if len(encoded) > 100:
+        raise ValueError(f"pairs shard member name {name!r} is longer than ustar's 100 bytes")
+    header = bytearray(_BLOCK)
+    header[0:len(encoded)] = encoded
+    header[100:108] = b"0000644\0"
+    header[108:116] = header[116:124] = b"0000000\0"  # uid, gid
+    header[124:136] = b"%011o\0" % len(data)
+    header[136:148] = b"00000000000\0"  # mtime 0
+    header[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    header[156:157] = b"0"  # a regular file
+    header[257:265] = b"ustar\x0000"
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + data + b"\0" * (-len(data) % _BLOCK)
+
+
+def ustar_archive(members: list[bytes]) -> bytes:
+    """Members joined and closed as tarfile closes an archive: two zero blocks, then padding to a record."""
+    body = b"".join(members) + b"\0" * (2 * _BLOCK)
+    return body + b"\0" * (-len(body) % _RECORD)
 
 
 def write_pairs_shard(out_dir: str, index: int, rows: list[dict], images: dict[str, bytes]) -> str:
@@ -61,24 +83,19 @@ def write_pairs_shard(out_dir: str, index: int, rows: list[dict], images: dict[s
     The parquet index is renamed into place last, so its presence marks a finished shard.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     name = shard_name(index)
     tar_path, index_path = out / f"{name}.tar", out / f"{name}.parquet"
     if tar_path.exists() and index_path.exists():
         return str(tar_path)
-    tmp_tar = out / f".{name}.tar.tmp-{os.getpid()}"
-    with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar:  # short names: no pax headers to build
-        for row in rows:
-            key = row["key"]
-            meta = {field: row[field] for field in SAMPLE_JSON_FIELDS}
-            _add(tar, f"{key}.jpg", images[key])
-            _add(tar, f"{key}.txt", row["caption"].encode())
-            _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
-    os.replace(tmp_tar, tar_path)
+    members = []
+    for row in rows:
+        key = row["key"]
+        meta = {field: row[field] for field in SAMPLE_JSON_FIELDS}
+        members += [ustar_member(f"{key}.jpg", images[key]), ustar_member(f"{key}.txt", row["caption"].encode()),
+                    ustar_member(f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())]
+    write_atomic(tar_path, ustar_archive(members))
     table = pa.Table.from_pylist([{f: row[f] for f in PAIRS_INDEX_SCHEMA.names} for row in rows], schema=PAIRS_INDEX_SCHEMA)
-    tmp_index = out / f".{name}.parquet.tmp-{os.getpid()}"
-    pq.write_table(table, tmp_index)
-    os.replace(tmp_index, index_path)
+    write_parquet_atomic(table, index_path)
     return str(tar_path)
 
 
