@@ -46,7 +46,7 @@ def child_ledger(out: Path, rows: int) -> dict:
 
 def child_ingest(out: Path, partitions: int | None) -> dict:
     from jobs.ray_runtime import ray_session
-    from pipelines.ingest.decide import decide
+    from pipelines.ingest.decide import clear_shuffles, decide
     from pipelines.ingest.figures import download_throughput
     from pipelines.ingest.finalize import finalize_run
     from pipelines.manifest import StageRecord
@@ -64,6 +64,7 @@ def child_ingest(out: Path, partitions: int | None) -> dict:
         seconds["decisions"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
         totals, shard_paths = finalize_run(ray, work, stage, decided, 1000, log=lambda *_: None)
+        clear_shuffles(work)
         seconds["finalize_and_pairs_shards"] = round(time.perf_counter() - started, 2)
     for reason, count in totals["dropped"].items():
         record.drop(reason, count)

@@ -150,7 +150,7 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
                                      tuple(cfg["robots_directives"]))
 
     from jobs.ray_runtime import ray_session
-    from pipelines.ingest.decide import decide
+    from pipelines.ingest.decide import clear_shuffles, decide
     from pipelines.ingest.finalize import finalize_run
     from pipelines.ingest.figures import download_throughput
     from pipelines.ingest.shard_steps import plan_shards, run_shards
@@ -182,6 +182,7 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
                          filter_config.near_duplicate_recall, cfg["partitions"], log=log)
         lap("dedup_and_mix")
         totals, shard_paths = finalize_run(ray, work, stage_dir, decided, cfg["samples_per_shard"], log)
+        clear_shuffles(work)
         lap("finalize_and_write_shards")
 
     dropped = sum(totals["dropped"].values())

@@ -145,21 +145,26 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
     selections = {name: Selection(tuple(spec["datasets"]), spec.get("split", "train"))
                   for name, spec in cfg["outputs"].items()}
     files = render_files(render_dir, render_manifest)
-    file_counts = [count_selected(path, selections) for path in files]  # the dataset and split columns only
-    rows_in = sum(sum(counts["rows"]) for counts in file_counts)
-    _refuse_empty_selections(selections, file_counts, render_dir)
-    plans = {name: plan_windows(name, selected_counts(file_counts, name),
-                                records_per_window(cfg["window"], spec.get("weights") or {}))
-             for name, spec in cfg["outputs"].items()}
+    # auto: Ray when a cluster is named or the render output holds more records than one window
     on_ray = cfg["ray"] == "always" or (cfg["ray"] == "auto" and bool(
-        ray_address or os.environ.get("RAY_ADDRESS") or any(len(windows) > 1 for windows in plans.values())))
-    # a killed run of the same config on the same inputs resumes: its tokenizers and finished windows are kept
-    start_or_resume(stage_dir, {"config": cfg, "inputs": inputs})
-
+        ray_address or os.environ.get("RAY_ADDRESS") or render_manifest.get("rows_out", 0) > cfg["window"]))
     record = StageRecord("pack", cfg, inputs)
-    record.rows_in = rows_in
     chat_format = get_chat_format(preset.chat_format)
     with (ray_session(ray_address) if on_ray else contextlib.nullcontext()) as ray:
+        # the dataset and split columns only, a file per Ray task on Ray
+        if ray is None:
+            file_counts = [count_selected(path, selections) for path in files]
+        else:
+            task = ray.remote(count_selected)
+            file_counts = ray.get([task.remote(path, selections) for path in files])
+        rows_in = sum(sum(counts["rows"]) for counts in file_counts)
+        _refuse_empty_selections(selections, file_counts, render_dir)
+        plans = {name: plan_windows(name, selected_counts(file_counts, name),
+                                    records_per_window(cfg["window"], spec.get("weights") or {}))
+                 for name, spec in cfg["outputs"].items()}
+        # a killed run of the same config on the same inputs resumes: its tokenizers and finished windows are kept
+        start_or_resume(stage_dir, {"config": cfg, "inputs": inputs})
+        record.rows_in = rows_in
         tokenizer_dir, qformer_dir, sampled = _tokenizers(cfg, preset, chat_format, stage_dir, files, rows_in, ray, log)
         encoder = Encoder(load_tokenizer(tokenizer_dir), chat_format, visual_token_counter(preset), cfg["loss_on"])
         qformer_max_length = min(128, preset.connector_config.get("max_position_embeddings", 512)) if qformer_dir else None

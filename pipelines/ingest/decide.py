@@ -49,6 +49,7 @@ LEDGER_SCHEMA = pa.schema([("key", pa.int64()), ("shard", pa.int32()), ("lang", 
 GROUP_ROWS = 1_000_000
 PARTITION_ROWS = 1_000_000
 BAND_RECORDS_PER_PARTITION = 4_000_000
+SHUFFLES = ("exact_in", "hashed", "bands_in")  # files read only by the next phase's tasks
 TASK_RETRIES = 3  # system failures (a worker or node lost) of a decision task; they are deterministic
 
 
@@ -359,8 +360,10 @@ def load_plan(work: str | Path) -> DecisionPlan:
     return DecisionPlan(**{**saved, "group_starts": tuple(saved["group_starts"])})
 
 
-def clear(work: str | Path) -> None:
-    """Forget every decision (after the per-shard outputs they were made on changed)."""
+def clear_shuffles(work: str | Path) -> None:
+    """Remove the rows the phases handed each other (most of the decision phase's disk: a band record per
+    table and distinct hash), once finalize is done; the summaries and decisions stay."""
     import shutil
 
-    shutil.rmtree(Decisions(work).root, ignore_errors=True)
+    for phase in SHUFFLES:
+        shutil.rmtree(Decisions(work).root / phase, ignore_errors=True)

@@ -57,7 +57,8 @@ def _fixed_bytes(digests: pa.Array, size: int) -> np.ndarray:
 def write_partitioned(table: pa.Table, partition: np.ndarray, partitions: int, path: str | os.PathLike) -> list[int]:
     """`table` split by `partition` (an int per row, in [0, partitions)) into one IPC file, batch p = rows of
     partition p in their order in `table`; written atomically. Returns the rows in each partition."""
-    order = np.argsort(partition, kind="stable")
+    # a stable sort of small integers is a radix sort in numpy: linear, several times faster than int32's
+    order = np.argsort(partition.astype(np.int16 if partitions <= np.iinfo(np.int16).max else np.int32), kind="stable")
     counts = np.bincount(partition, minlength=partitions)
     ordered = table.take(pa.array(order)) if len(order) else table
     starts = np.concatenate(([0], np.cumsum(counts)))

@@ -26,8 +26,9 @@ import socket
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
+
+from pipelines.manifest import atomic_path, write_parquet_atomic
 
 from .draw import draw_scene, encode_jpeg
 from .faults import corrupt_jpeg
@@ -108,10 +109,8 @@ _VQA_LICENSE = {
 
 def _write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary name and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _write_json(path: Path, obj: object, indent: int | None = None) -> None:
@@ -120,10 +119,7 @@ def _write_json(path: Path, obj: object, indent: int | None = None) -> None:
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_parquet_atomic(table, path)
 
 
 def pick_free_port() -> int:
