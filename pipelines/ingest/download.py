@@ -122,10 +122,10 @@ def clear_unfinished(folder: str | Path) -> list[str]:
     return removed
 
 
-def finished_stats(folder: str | Path, shard_id: int) -> dict | None:
-    """img2dataset's stats of a finished shard (start and end time, URL count, duration), or None."""
+def finished_stats(folder: str | Path, shard_id: int) -> list[float] | None:
+    """img2dataset's stats of a finished shard: [start time, end time, URL count, seconds], or None."""
     path = shard_folder(folder, shard_id) / f"{shard_stem(shard_id)}_stats.json"
     if not path.exists():
         return None
     stats = json.loads(path.read_text())
-    return {key: stats[key] for key in ("start_time", "end_time", "count", "duration")}
+    return [stats[key] for key in ("start_time", "end_time", "count", "duration")]
