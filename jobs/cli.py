@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     from catalog.adapters import AnnotationError
     from catalog.cards import UnknownCardError
     from jobs.config import ConfigError
+    from jobs.out_lock import OutInUse
     from pipelines.shapes_world import PortInUseError
     from templates.library import TemplateError
 
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"loom: config error: {err}", file=sys.stderr)
         return 2
-    except (UnknownCardError, AnnotationError, TemplateError, PortInUseError, FileNotFoundError) as err:
+    except (UnknownCardError, AnnotationError, TemplateError, PortInUseError, FileNotFoundError, OutInUse) as err:
         print(f"loom: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
 

@@ -58,6 +58,21 @@ DEFAULTS = {
 }
 
 
+# key, lowest, highest, what it is: checked before any work, so a zero or negative size never loops or drops silently
+INTEGER_RANGES = (
+    ("image_size", 1, 65_536, "pixels of the resized images' side"),
+    ("encode_quality", 1, 100, "JPEG quality of the resized images"),
+    ("samples_per_shard", 1, 10_000_000, "kept pairs per output shard"),
+    ("download_shard_size", 1, 10_000_000, "URL rows per download shard"),
+    ("threads", 1, 4_096, "download threads per shard"),
+    ("retries", 0, 100, "extra tries of a failed URL"),
+    ("max_bytes", 1, 2**40, "bytes of one image body"),
+    ("max_pixels", 1, 2**40, "pixels an image header may claim"),
+)
+POSITIVE_SECONDS = (("timeout", "without a byte before a fetch gives up"),
+                    ("max_seconds", "for a whole fetch: connect, headers, body and redirects"))
+
+
 def ingest_settings(config: dict) -> dict:
     cfg = section(config, "ingest", DEFAULTS)
     require(bool(cfg["sources"]), "ingest.sources: empty; name at least one URL list, e.g. "
@@ -82,6 +97,14 @@ def ingest_settings(config: dict) -> dict:
             f"ingest.resize_mode: {cfg['resize_mode']!r}; expected one of no, keep_ratio, "
             "keep_ratio_largest, center_crop, border (img2dataset's modes)")
     normalise_ratios(cfg["languages"])
+    for key, low, high, what in INTEGER_RANGES:
+        value = cfg[key]
+        require(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+                f"ingest.{key}: {value!r}; expected a whole number from {low:,} to {high:,} ({what})")
+    for key, what in POSITIVE_SECONDS:
+        value = cfg[key]
+        require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+                f"ingest.{key}: {value!r}; expected a number of seconds above 0 ({what})")
     attempts = cfg["max_shard_attempts"]
     require(isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 1,
             f"ingest.max_shard_attempts: {attempts!r}; expected a whole number >= 1 (a download shard whose task "

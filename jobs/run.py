@@ -35,8 +35,15 @@ def run_demo_data(config: dict, out: str, log=print) -> dict:
 
 
 def run_stages(config: dict, out: str, stages: list[str], ray_address: str | None = None, log=print) -> dict:
-    """Run the named stages in order, then write the run report."""
-    Path(out).mkdir(parents=True, exist_ok=True)
+    """Run the named stages in order, then write the run report; the run folder is this process's meanwhile
+    (a second command on it is refused, jobs/out_lock.py)."""
+    from jobs.out_lock import out_lock
+
+    with out_lock(out, log):
+        return _run_stages(config, out, stages, ray_address, log)
+
+
+def _run_stages(config: dict, out: str, stages: list[str], ray_address: str | None, log) -> dict:
     timings = {}
     for name in stages:
         started = time.time()

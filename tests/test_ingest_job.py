@@ -159,6 +159,21 @@ def test_a_bad_config_is_refused_before_any_work(small_world, tmp_path):
     assert not (tmp_path / "ingest").exists()
 
 
+@pytest.mark.parametrize("key, value, expected", [
+    ("samples_per_shard", 0, "from 1 to"), ("download_shard_size", -5, "from 1 to"), ("retries", -3, "from 0 to"),
+    ("threads", 0, "from 1 to"), ("image_size", 0, "from 1 to"), ("encode_quality", 500, "from 1 to 100"),
+    ("max_bytes", -1, "from 1 to"), ("timeout", -1, "above 0"), ("max_seconds", 0, "above 0"),
+    ("max_shard_attempts", 0, ">= 1"), ("partitions", 0, "null"), ("robots_directives", "noai", "a list"),
+    ("filters", {"near_duplicate_search": "fuzzy"}, "auto, exact, lsh"),
+    ("filters", {"near_duplicate_recall": 1.5}, "0 < recall < 1"),
+])
+def test_sizes_counts_and_seconds_out_of_range_are_refused_with_the_key(small_world, tmp_path, key, value, expected):
+    world_dir, _ = small_world
+    with pytest.raises(ConfigError, match=f"ingest.{key}.*{expected}" if key != "filters" else expected):
+        run_ingest(config_for(world_dir, **{key: value}), tmp_path)
+    assert not (tmp_path / "ingest").exists()
+
+
 def test_an_unreadable_url_list_is_named_with_the_reason(tmp_path):
     (tmp_path / "urls.jsonl").write_text("not json at all\n")
     config = {"ingest": {"sources": [{"path": str(tmp_path / "urls.jsonl"), "format": "jsonl"}]}}
