@@ -16,24 +16,35 @@ from jobs.ingest import run_ingest
 from pipelines.ingest.shard_steps import CRASH_ENV
 
 REPO = Path(__file__).resolve().parents[1]
-# messy: some rows are served a byte every 0.1 s until max_seconds, so a shard takes seconds to fetch and a
-# node can be killed in the middle of one
 WORLD = dict(seed=11, pair_scenes=90, train_scenes=1, val_scenes=1, messy=True)
+SHARD_ROWS = 20
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    """The messy shapes world, its URL list with one slow URL (a byte every 0.1 s, cut at max_seconds) at the
+    head of every download shard: each shard takes seconds, so a node can be killed in the middle of one."""
+    import pyarrow as pa
+
     from pipelines.shapes_world import write_demo_data
 
     folder = tmp_path_factory.mktemp("faults") / "world"
-    write_demo_data(str(folder), **WORLD)
+    summary = write_demo_data(str(folder), **WORLD)
+    rows = pq.read_table(folder / "urls.parquet").to_pylist()
+    slowed = []
+    for k, start in enumerate(range(0, len(rows), SHARD_ROWS - 1)):
+        slowed.append({"url": f"{summary['base_url']}/faults/slow/every_shard_{k:03d}.jpg",
+                       "caption": "a red circle above a blue square on a white background"})
+        slowed.extend(rows[start:start + SHARD_ROWS - 1])
+    pq.write_table(pa.Table.from_pylist(slowed), folder / "urls_slowed.parquet")
     return folder
 
 
 def config_for(world: Path, **overrides) -> dict:
-    return {"ingest": {"sources": [{"path": str(world / "urls.parquet"), "url_col": "url", "caption_col": "caption"}],
+    return {"ingest": {"sources": [{"path": str(world / "urls_slowed.parquet"), "url_col": "url",
+                                    "caption_col": "caption"}],
                        "serve": str(world), "allowed_networks": ["127.0.0.1/32"], "image_size": 64,
-                       "max_seconds": 3.0, "timeout": 3, "download_shard_size": 20, "samples_per_shard": 25,
+                       "max_seconds": 3.0, "timeout": 3, "download_shard_size": SHARD_ROWS, "samples_per_shard": 25,
                        **overrides}}
 
 

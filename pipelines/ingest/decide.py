@@ -248,9 +248,9 @@ def quota_histogram(work: str, plan: DecisionPlan, group: int) -> dict:
 def quota_boundary(work: str, plan: DecisionPlan, group: int, key_digits: int, boundaries: dict) -> dict:
     """Ray task: one group's ranks (hex) inside each language's boundary bin."""
     survivors = _survivors(work, plan, group)
-    keys = [f"{k:0{key_digits}d}" for k in survivors["key"].to_pylist()]
-    return quota.boundary_ranks(plan.seed, keys, survivors["lang"].to_pylist(), survivors["rank"].to_numpy(),
-                                boundaries)
+    return quota.boundary_ranks(plan.seed, survivors["key"].to_numpy(),
+                                survivors["lang"].to_numpy(zero_copy_only=False), survivors["rank"].to_numpy(),
+                                key_digits, boundaries)
 
 
 def quota_cut(quotas: dict, available: dict, boundaries: dict, *ranks: dict) -> dict:

@@ -46,15 +46,15 @@ def plan_boundaries(histograms: dict[str, np.ndarray], ratios: dict[str, float])
     return quota, boundaries
 
 
-def boundary_ranks(seed: int, keys: list[str], langs: list[str], prefixes: np.ndarray,
+def boundary_ranks(seed: int, keys: np.ndarray, langs: np.ndarray, prefixes: np.ndarray, key_digits: int,
                    boundaries: dict[str, dict]) -> dict[str, list[str]]:
-    """One partition's ranks (hex) inside each language's boundary bin."""
+    """One partition's ranks (hex) inside each language's boundary bin; `keys` are the rows' integer keys,
+    written back as their `key_digits`-digit strings to be ranked."""
     bins = (prefixes >> np.uint64(48)).astype(np.int64)
-    out: dict[str, list[str]] = {lang: [] for lang in boundaries}
-    for k, (key, lang) in enumerate(zip(keys, langs)):
-        boundary = boundaries.get(lang)
-        if boundary is not None and bins[k] == boundary["bin"]:
-            out[lang].append(rank_hex(seed, key))
+    out: dict[str, list[str]] = {}
+    for lang, boundary in boundaries.items():
+        inside = keys[(langs == lang) & (bins == boundary["bin"])]
+        out[lang] = [rank_hex(seed, f"{key:0{key_digits}d}") for key in inside.tolist()]
     return out
 
 
