@@ -83,6 +83,14 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+        elif self.path == "/opt-out.jpg":  # the publisher opts the image out of AI training
+            body = jpeg()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("X-Robots-Tag", "noai, noimageai")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif self.path == "/to-ftp":
             self.redirect(f"ftp://127.0.0.1:{self.server.ftp_port}/image.jpg")
         elif self.path == "/to-file":
@@ -350,12 +358,10 @@ def test_an_https_redirect_to_ftp_is_refused(tls_server, listener):
 # --- through `loom ingest`: the refusals reach the dropped rows ---
 
 def dropped_reasons(run) -> dict[str, str]:
-    import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    folder = run / "ingest" / "dropped"
-    table = ds.dataset(folder).to_table() if folder.is_dir() else pq.read_table(run / "ingest" / "dropped.parquet")
-    return {row["url"]: row["reason"] for row in table.select(["url", "reason"]).to_pylist()}
+    table = pq.read_table(run / "ingest" / "dropped", columns=["url", "reason"])
+    return {row["url"]: row["reason"] for row in table.to_pylist()}
 
 
 def test_loom_ingest_drops_hostile_rows_with_their_reasons(server, listener, tmp_path):
@@ -366,7 +372,8 @@ def test_loom_ingest_drops_hostile_rows_with_their_reasons(server, listener, tmp
     from jobs.cli import main
 
     expected = {url(server, "/to-ftp"): "unsupported_scheme", url(server, "/to-file"): "unsupported_scheme",
-                url(server, "/drip-headers"): "timeout", url(server, "/huge-error"): "http_404"}
+                url(server, "/drip-headers"): "timeout", url(server, "/huge-error"): "http_404",
+                url(server, "/opt-out.jpg"): "robots_opt_out"}
     urls = [url(server, "/ok.jpg"), *expected]
     pq.write_table(pa.table({"url": urls, "caption": ["A red rectangle on a plain white background."] * len(urls)}),
                    tmp_path / "urls.parquet")
