@@ -144,7 +144,10 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
     qformer_reads = {name: _qformer_reads(name, spec, preset) for name, spec in cfg["outputs"].items()}
     selections = {name: Selection(tuple(spec["datasets"]), spec.get("split", "train"))
                   for name, spec in cfg["outputs"].items()}
-    files = render_files(render_dir, render_manifest)
+    try:
+        files = render_files(render_dir, render_manifest)
+    except ValueError as err:
+        raise ConfigError(f"pack.input: {err}") from err
     # auto: Ray when a cluster is named or the render output holds more records than one window
     on_ray = cfg["ray"] == "always" or (cfg["ray"] == "auto" and bool(
         ray_address or os.environ.get("RAY_ADDRESS") or render_manifest.get("rows_out", 0) > cfg["window"]))

@@ -175,8 +175,28 @@ def weigh(records: list[dict], selection: Selection, weights: dict[str, float], 
 
 
 def render_files(render_dir: str | Path, manifest: dict) -> list[str]:
-    """The instructions files of a finished render stage, in its manifest's order."""
-    return [str(Path(render_dir) / f) for f in manifest["files"]]
+    """The instructions files of a finished render stage, in its manifest's order, each checked against the
+    manifest before any work: present, a readable parquet footer, and the rows the manifest counts.
+    A missing, truncated or foreign file raises ValueError naming it."""
+    paths = [str(Path(render_dir) / f) for f in manifest["files"]]
+    rows = 0
+    for path in paths:
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: listed in {Path(render_dir) / 'manifest.json'} but missing; "
+                             "re-run `loom render` for this output folder")
+        try:
+            metadata = pq.read_metadata(path)
+        except (OSError, pa.ArrowException) as err:
+            raise ValueError(f"{path}: not a readable parquet file ({err}); it was damaged after render wrote it: "
+                             "re-run `loom render` for this output folder") from err
+        missing = {"id", "dataset", "split", "messages"} - set(metadata.schema.to_arrow_schema().names)
+        if missing:
+            raise ValueError(f"{path}: not an instructions file (no {sorted(missing)} column); re-run `loom render`")
+        rows += metadata.num_rows
+    if manifest.get("rows_out") and rows != manifest["rows_out"]:
+        raise ValueError(f"{render_dir}: its files hold {rows} records, its manifest {manifest['rows_out']}; the folder "
+                         "changed after render finished: re-run `loom render`")
+    return paths
 
 
 def selected_counts(file_counts: list[dict], output: str) -> Iterator[tuple[str, int, int]]:
