@@ -63,13 +63,15 @@ def child_ingest(out: Path, partitions: int | None) -> dict:
         seconds.update({f"decisions.{k}": v for k, v in decided["dedup"]["seconds"].items()})
         seconds["decisions"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
-        totals, shard_paths = finalize_run(ray, work, stage, decided, 1000, log=lambda *_: None)
+        totals, written = finalize_run(ray, work, stage, decided, 1000, log=lambda *_: None)
         clear_shuffles(work)
         seconds["finalize_and_pairs_shards"] = round(time.perf_counter() - started, 2)
     for reason, count in totals["dropped"].items():
         record.drop(reason, count)
     record.rows_out = totals["kept"]
-    record.extra.update(shards=[os.path.relpath(p, stage) for p in shard_paths], dropped_parts="dropped",
+    record.extra.update(shards=[os.path.relpath(shard["path"], stage) for shard in written],
+                        shard_rows=[shard["rows"] for shard in written], shard_bytes=[shard["bytes"] for shard in written],
+                        dropped_parts="dropped",
                         languages=decided["mix"], dedup=decided["dedup"],
                         figures={**totals["figures"], "download_throughput": download_throughput(totals["download"])})
     record.finish(stage)

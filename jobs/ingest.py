@@ -204,7 +204,7 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
                          filter_config.near_duplicate_radius, filter_config.near_duplicate_search,
                          filter_config.near_duplicate_recall, cfg["partitions"], log=log)
         lap("dedup_and_mix")
-        totals, shard_paths = finalize_run(ray, work, stage_dir, decided, cfg["samples_per_shard"], log)
+        totals, written = finalize_run(ray, work, stage_dir, decided, cfg["samples_per_shard"], log)
         clear_shuffles(work)
         lap("finalize_and_write_shards")
 
@@ -216,7 +216,10 @@ def run_ingest(config: dict, out: str | Path, ray_address: str | None = None, lo
         record.drop(reason, count)
     record.rows_out = totals["kept"]
     record.extra.update(
-        shards=[os.path.relpath(p, stage_dir) for p in shard_paths],
+        # each pairs shard with its rows and tar bytes: the next stage checks what it reads against them
+        shards=[os.path.relpath(shard["path"], stage_dir) for shard in written],
+        shard_rows=[shard["rows"] for shard in written],
+        shard_bytes=[shard["bytes"] for shard in written],
         dropped_parts="dropped",  # one parquet part per download shard: one table to pyarrow, polars, datasets, Ray
         languages=decided["mix"],
         kept_by_source=dict(sorted(totals["kept_by_source"].items())),

@@ -1,17 +1,20 @@
-"""A pairs entry rendered in parts: the plan (slices of shard indexes, from parquet footers) and one part's render.
+"""A pairs entry rendered in parts: the plan (slices of shard indexes, from the ingest manifest) and one part's render.
 
-At 10^8-10^9 pairs no process may hold every record. The plan is made from the shard indexes' footers
-alone (file names and row counts); each part, `part_records` consecutive pairs in shard order (it may
-span shard boundaries), is then read, rendered and written by a task of its own. Parts are cut from the
+At 10^8-10^9 pairs no process may hold every record. The plan is made from the ingest manifest's list
+of shards with their rows and bytes (for outputs without it, from the shard indexes' footers); each part,
+`part_records` consecutive pairs in shard order (it may span shard boundaries), is then read, rendered
+and written by a task of its own. Parts are cut from the
 stream of pairs exactly as one list of every record would be cut, so their names and contents do not
 depend on where they ran, nor on how many ran at once.
 """
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from catalog.adapters import AnnotationError
 from catalog.adapters.pairs import index_rows, pairs_records, read_shard_index, shard_indexes
 from pipelines.render import collector_paused, render_part, written_part_summary
 
@@ -23,11 +26,30 @@ FOOTER_READERS = 16
 
 
 def shard_rows(ingest_dir: str | Path) -> list[tuple[str, int]]:
-    """Every shard index of an ingest output, in shard order, with its row count (read from its footer)."""
-    indexes = shard_indexes(ingest_dir)
-    with ThreadPoolExecutor(min(FOOTER_READERS, len(indexes))) as pool:
-        counts = list(pool.map(index_rows, indexes))
-    return [(str(path), rows) for path, rows in zip(indexes, counts)]
+    """Every shard index of an ingest output, in shard order, with its row count.
+
+    An ingest manifest that lists each shard's rows and tar bytes (`shard_rows`, `shard_bytes`) is the
+    plan: every shard it lists is checked to be there whole (its index, its tar of the bytes listed) and
+    nothing else is read. Older outputs are planned from their indexes' footers."""
+    manifest_path = Path(ingest_dir) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    if "shard_rows" not in manifest:
+        indexes = shard_indexes(ingest_dir)
+        with ThreadPoolExecutor(min(FOOTER_READERS, len(indexes))) as pool:
+            counts = list(pool.map(index_rows, indexes))
+        return [(str(path), rows) for path, rows in zip(indexes, counts)]
+    planned = []
+    for tar, rows, size in zip(manifest["shards"], manifest["shard_rows"], manifest["shard_bytes"]):
+        tar_path = Path(ingest_dir) / tar
+        index_path = tar_path.with_suffix(".parquet")
+        found = tar_path.stat().st_size if tar_path.is_file() else None
+        if found != size or not index_path.is_file():
+            what = ("missing" if found is None else f"{found} bytes, {size} when ingest wrote it") if found != size \
+                else f"its index {index_path.name} is missing"
+            raise AnnotationError(f"pairs shard {tar_path}: {what}; the ingest output changed after it finished: "
+                                  "re-run `loom ingest` into a fresh folder")
+        planned.append((str(index_path), rows))
+    return planned
 
 
 def plan_parts(shards: list[tuple[str, int]], part_records: int, limit: int | None = None) -> list[list[Slice]]:

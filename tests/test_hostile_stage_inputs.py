@@ -72,3 +72,53 @@ def test_records_missing_from_what_the_manifest_counts_are_refused(run, capsys):
     write_instructions([], out / "render" / "instructions" / "01.parquet")
     code, error = pack(out, config, capsys)
     assert code == 2 and "hold 20 records, its manifest 40" in error
+
+
+@pytest.fixture(scope="module")
+def ingested(small_world, tmp_path_factory):
+    """A real ingest output of the small shapes world."""
+    from jobs.ingest import run_ingest
+
+    world_dir, _ = small_world
+    out = tmp_path_factory.mktemp("ingested")
+    run_ingest({"ingest": {"sources": [{"path": str(world_dir / "urls.parquet"), "url_col": "url",
+                                        "caption_col": "caption"}], "serve": str(world_dir),
+                           "allow_private_network": True, "image_size": 64, "samples_per_shard": 30,
+                           "download_shard_size": 50}}, out, log=lambda *_: None)
+    return out
+
+
+def render_pairs(ingest_copy, tmp_path, capsys) -> tuple[int, str]:
+    config = tmp_path / "render.yaml"
+    config.write_text(f"render:\n  datasets: [{{adapter: pairs, path: '{ingest_copy}'}}]\n  ray: never\n")
+    code = main(["render", str(config), "--out", str(tmp_path / "run")])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "index deleted"])
+def test_render_refuses_a_pairs_shard_that_changed_after_ingest_naming_it(ingested, tmp_path, capsys, damage):
+    import json
+    import shutil
+
+    copy = tmp_path / "ingest"
+    shutil.copytree(ingested / "ingest", copy)
+    shards = json.loads((copy / "manifest.json").read_text())["shards"]
+    assert len(shards) >= 2
+    tar = copy / shards[1]
+    if damage == "deleted":
+        tar.unlink()
+    elif damage == "truncated":
+        tar.write_bytes(tar.read_bytes()[:1000])
+    else:
+        tar.with_suffix(".parquet").unlink()
+    code, error = render_pairs(copy, tmp_path, capsys)
+    assert code == 2 and f"pairs shard {tar}" in error and "re-run `loom ingest`" in error
+    assert not list((tmp_path / "run").glob("render/instructions/*.parquet"))
+
+
+def test_an_intact_pairs_output_renders_every_pair_the_manifest_counts(ingested, tmp_path, capsys):
+    import json
+
+    code, _ = render_pairs(ingested / "ingest", tmp_path, capsys)
+    manifest = json.loads((tmp_path / "run" / "render" / "manifest.json").read_text())
+    assert code == 0 and manifest["rows_out"] == json.loads((ingested / "ingest" / "manifest.json").read_text())["rows_out"]

@@ -150,8 +150,9 @@ def plan_pieces(kept_per_shard: list[list[int]], per_shard: int) -> Iterator[lis
         yield piece
 
 
-def write_pairs_piece(out_dir: str, index: int, work: str, pieces: list[tuple[int, int, int]]) -> str:
-    """Ray task: pairs shard `index` from (download shard, first, end) slices of each shard's kept rows."""
+def write_pairs_piece(out_dir: str, index: int, work: str, pieces: list[tuple[int, int, int]]) -> dict:
+    """Ray task: pairs shard `index` from (download shard, first, end) slices of each shard's kept rows; its
+    tar's path, rows and bytes (the manifest lists them, so the next stage can check what it reads)."""
     rows: list[dict] = []
     for shard, first, end in pieces:
         rows.extend(pq.read_table(kept_path(work, shard)).slice(first, end - first).to_pylist())
@@ -161,13 +162,14 @@ def write_pairs_piece(out_dir: str, index: int, work: str, pieces: list[tuple[in
     images: dict[str, bytes] = {}
     for tar_path, spans in wanted.items():
         images.update(read_tar_spans(tar_path, spans))
-    return write_pairs_shard(out_dir, index, rows, images)
+    tar = write_pairs_shard(out_dir, index, rows, images)
+    return {"path": tar, "rows": len(rows), "bytes": Path(tar).stat().st_size}
 
 
 def finalize_run(ray, work: str | Path, stage_dir: str | Path, decided: dict, samples_per_shard: int,
-                 log=print) -> tuple[dict, list[str]]:
+                 log=print) -> tuple[dict, list[dict]]:
     """Finalize every group (Ray tasks), then write the pairs shards from the kept rows; the counts added
-    up and the pairs shards' tar paths. The driver holds per-group counts and per-shard kept counts."""
+    up and each pairs shard's tar (path, rows, bytes). The driver holds per-group counts and per-shard ones."""
     from pipelines.ray_tasks import progress, run_bounded
 
     plan = decided["plan"]
@@ -181,6 +183,6 @@ def finalize_run(ray, work: str | Path, stage_dir: str | Path, decided: dict, sa
     write = ray.remote(max_retries=3)(write_pairs_piece)
     arguments = ((str(Path(stage_dir) / "shards"), i, str(work), piece)
                  for i, piece in enumerate(plan_pieces(totals["kept_per_shard"], samples_per_shard)))
-    shard_paths = sorted(path for _, path in run_bounded(ray, write, arguments))
-    log(f"ingest: wrote {len(shard_paths)} pairs shard(s) to {Path(stage_dir) / 'shards'}")
-    return totals, shard_paths
+    written = sorted((shard for _, shard in run_bounded(ray, write, arguments)), key=lambda shard: shard["path"])
+    log(f"ingest: wrote {len(written)} pairs shard(s) to {Path(stage_dir) / 'shards'}")
+    return totals, written
