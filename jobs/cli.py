@@ -230,9 +230,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"loom: config error: {err}", file=sys.stderr)
         return 2
-    except (UnknownCardError, AnnotationError, TemplateError, PortInUseError, FileNotFoundError, OutInUse) as err:
+    except (UnknownCardError, AnnotationError, TemplateError, PortInUseError, OutInUse) as err:
         print(f"loom: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a missing file, a full disk, a folder without write permission: say which path
+        print(f"loom: {_os_error(err)}", file=sys.stderr)
+        return 2
+
+
+def _os_error(err: OSError) -> str:
+    """An OSError as one line with its path, not its errno alone (str(FileNotFoundError(2)) is '2')."""
+    import errno
+
+    if err.strerror is None:
+        return str(err.args[0] if err.args else err)
+    where = f"{err.filename}: " if err.filename else ""
+    hint = {errno.ENOSPC: "; free space there (or point --out elsewhere) and run the same command again: it resumes",
+            errno.EACCES: "; check the folder's permissions",
+            errno.EROFS: "; the file system is read-only: point --out elsewhere"}.get(err.errno, "")
+    return f"{where}{err.strerror}{hint}"
 
 
 if __name__ == "__main__":

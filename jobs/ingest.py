@@ -39,6 +39,7 @@ DEFAULTS = {
     "resize_mode": "keep_ratio",
     "encode_quality": 90,
     "languages": {"en": 0.773, "zh": 0.227},
+    "normalise_languages": False,  # true: shares that do not add up to 1 are rescaled instead of refused
     "filters": {},
     "allow_private_network": False,
     "allowed_networks": [],  # CIDRs fetched even though private, e.g. an internal mirror
@@ -96,7 +97,10 @@ def ingest_settings(config: dict) -> dict:
     require(cfg["resize_mode"] in ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"),
             f"ingest.resize_mode: {cfg['resize_mode']!r}; expected one of no, keep_ratio, "
             "keep_ratio_largest, center_crop, border (img2dataset's modes)")
-    normalise_ratios(cfg["languages"])
+    try:
+        normalise_ratios(cfg["languages"], cfg["normalise_languages"])
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     for key, low, high, what in INTEGER_RANGES:
         value = cfg[key]
         require(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,

@@ -7,13 +7,19 @@ import math
 import polars as pl
 
 
-def normalise_ratios(languages: dict[str, float]) -> dict[str, float]:
-    if not languages or any(not isinstance(v, (int, float)) or v <= 0 for v in languages.values()):
+def normalise_ratios(languages: dict[str, float], normalise: bool = True) -> dict[str, float]:
+    """The target shares, summing to 1. With `normalise` False, shares that do not already sum to 1 (within
+    1e-6) are refused rather than rescaled without a word."""
+    if not isinstance(languages, dict) or not languages or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in languages.values()):
         raise ValueError(
             f"ingest.languages: {languages!r}: expected a mapping of language code to a positive share, "
             "e.g. {en: 0.773, zh: 0.227}"
         )
     total = float(sum(languages.values()))
+    if not normalise and abs(total - 1.0) > 1e-6:
+        raise ValueError(f"ingest.languages: {languages!r}: the shares add up to {total:g}, not 1; correct them, "
+                         "or set ingest.normalise_languages: true to have them rescaled")
     return {lang: share / total for lang, share in languages.items()}
 
 
