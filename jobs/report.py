@@ -44,6 +44,9 @@ def write_report(run_dir: str | Path, timings: dict | None = None) -> dict:
     if not run.exists():
         raise FileNotFoundError(f"{run}: no such run folder")
     report = collect(run, timings)
+    if not report["stages"]:
+        raise FileNotFoundError(f"{run}: no finished stage here (no manifest.json in {', '.join(s + '/' for s in STAGES)}); "
+                                "give a run folder, the --out of `loom run` or of a stage")
     write_json_atomic(run / "report.json", report)
     write_atomic(run / "report.html", render_html(report))
     return {"json": str(run / "report.json"), "html": str(run / "report.html")}

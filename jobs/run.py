@@ -67,8 +67,9 @@ def _run_stages(config: dict, out: str, stages: list[str], ray_address: str | No
             run_train(config, out, log, ray_address)
         timings[name] = round(time.time() - started, 2)
         log(f"{name}: {timings[name]:.1f}s")
-    from jobs.report import write_report
+    from jobs.report import STAGES, write_report
 
-    paths = write_report(out, timings)
-    log(f"report: {paths['html']}")
+    if any(name in STAGES for name in stages):  # demo data alone has nothing to report
+        paths = write_report(out, timings)
+        log(f"report: {paths['html']}")
     return timings

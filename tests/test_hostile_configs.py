@@ -55,3 +55,10 @@ def test_an_unusable_out_folder_is_named_not_an_errno(tmp_path, capsys):
     config.write_text("pack:\n  outputs: {instruct: {datasets: [vqav2]}}\n")
     code, error = run_cli(capsys, "pack", str(config), "--out", str(blocker / "run"))
     assert code == 2 and error.strip() == f"loom: {blocker / 'run'}: Not a directory"
+
+
+def test_loom_report_of_a_folder_without_any_stage_output_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a run")
+    code, error = run_cli(capsys, "report", str(tmp_path))
+    assert code == 2 and "no finished stage here" in error
+    assert not (tmp_path / "report.html").exists()
