@@ -68,6 +68,13 @@ def _check_card_entry(entry: dict, where: str) -> None:
     unknown = set(entry) - set(parameters) - ENTRY_OPTIONS - {"card"}
     require(not unknown, f"{where}: unknown key(s) {sorted(unknown)}; card {entry['card']} takes "
             f"{sorted(parameters)} and {sorted(ENTRY_OPTIONS)}")
+    # A card whose records fit only one template (VSR's statements) says so; without it the entry would
+    # fail record by record, deep in rendering, on a field the drawn templates ask for
+    required = card.get("requires_template")
+    require(not required or entry.get("template") == required,
+            f"{where}: card {entry['card']} renders only through template {required} "
+            f"(its records fit no other); give the entry `template: {required}`"
+            + (f", not {entry['template']!r}" if entry.get("template") else ""))
     from templates.library import CONVERSATION_TASKS, load_task_templates
 
     for task in set(card["tasks"]) - set(CONVERSATION_TASKS):

@@ -107,6 +107,31 @@ def test_gqa_questions_without_answers_give_none(gqa, tmp_path):
     assert records and all(r["answer"] is None and r["answers"] is None and r["full_answer"] is None for r in records)
 
 
+def test_gqa_test_file_entries_of_image_question_and_balance_only_are_read(gqa, tmp_path):
+    # The published test and challenge files keep, per question, only these three fields.
+    native = json.loads(questions_file(gqa).read_text())
+    test_file = tmp_path / "test_balanced_questions.json"
+    test_file.write_text(json.dumps({qid: {"imageId": q["imageId"], "question": q["question"], "isBalanced": True}
+                                     for qid, q in native.items()}))
+    records = read_gqa(test_file, gqa / "images", "test")
+    assert [r["id"] for r in records] == [f"gqa:test:{qid}" for qid in native]
+    for record, question in zip(records, native.values()):
+        assert record["question"] == question["question"]
+        assert Path(record["image"]["path"]).name == f"{question['imageId']}.jpg"
+        assert (record["answer"], record["answers"], record["full_answer"], record["question_type"]) == (None,) * 4
+
+
+def test_gqa_answered_question_without_types_is_named(gqa, tmp_path):
+    third = list(json.loads(questions_file(gqa).read_text()))[3]
+
+    def drop_types(data):
+        del data[third]["types"]
+
+    broken = broken_copy(questions_file(gqa), tmp_path, drop_types)
+    with pytest.raises(AnnotationError, match=rf'val_balanced_questions\.json: \["{third}"\]: missing field \'types\''):
+        read_gqa(broken, gqa / "images", "val")
+
+
 def test_gqa_question_type_falls_back_to_structural(gqa, tmp_path):
     first = next(iter(json.loads(questions_file(gqa).read_text())))
 

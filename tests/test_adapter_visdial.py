@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,27 @@ def test_image_name_overrides_the_default_folder(visdial, tmp_path):
     assert {Path(r["image"]["path"]).parent for r in records} == {flat}
     with pytest.raises(ValueError, match=r"split 'dev' has no default image folder"):
         read_visdial(visdial["val"], visdial["root"], "dev")
+
+
+def split_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "split" in r.getMessage()]
+
+
+@pytest.mark.parametrize("split, says", [("train", "train"), ("val", "val2018"), ("test", "test2018")])
+def test_the_split_the_v1_files_name_is_no_cause_for_a_warning(visdial, tmp_path, caplog, split, says):
+    # The published files say "train", "val2018" and "test2018" at the top level.
+    named = broken_copy(visdial[split], tmp_path, lambda d: d.update({"split": says}))
+    with caplog.at_level(logging.WARNING, logger="catalog.adapters.visdial"):
+        assert read_visdial(named, visdial["root"], split)
+    assert split_warnings(caplog) == []
+
+
+def test_a_file_of_another_split_read_as_this_one_is_warned_about(visdial, tmp_path, caplog):
+    test_file = broken_copy(visdial["val"], tmp_path, lambda d: d.update({"split": "test2018"}))
+    with caplog.at_level(logging.WARNING, logger="catalog.adapters.visdial"):
+        records = read_visdial(test_file, visdial["root"], "val")
+    assert {r["split"] for r in records} == {"val"}
+    assert split_warnings(caplog) == [f"{test_file}: the file says split 'test2018'; its records are labelled 'val' as asked"]
 
 
 DIALOG_0 = r"data\.dialogs\[0\] \(image_id 1001\)"

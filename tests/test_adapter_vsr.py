@@ -110,3 +110,11 @@ def test_a_line_that_is_not_json_names_the_file_and_line(vsr, tmp_path):
 def test_the_vsr_card_names_the_reader():
     module, _, attribute = get_card("vsr")["adapter"].rpartition(".")
     assert getattr(importlib.import_module(module), attribute) is read_vsr
+
+
+def test_the_vsr_card_sizes_are_the_lines_of_the_zero_shot_files_it_names():
+    # Counted in cambridgeltl/visual-spatial-reasoning data/splits/zeroshot/ (b27a0af); the README's
+    # 4,713 / 231 / 616 for the zero-shot split matches no published version of these files.
+    card = get_card("vsr")
+    assert all(f.startswith("data/splits/zeroshot/") for f in card["native_format"]["files"])
+    assert {split: s["size"] for split, s in card["splits"].items()} == {"train": 3489, "dev": 340, "test": 1222}

@@ -129,6 +129,26 @@ def test_vqav2_without_annotations_has_no_answers(world):
     assert records and all(r["answer"] is None and r["answers"] is None for r in records)
 
 
+def test_vqav2_test_dev_questions_are_read_on_the_test2015_images(world, tmp_path):
+    # The published test-dev file names its subtype test-dev2015, but test-dev is a subset of the test
+    # questions: its images are test2015/COCO_test2015_<id>.jpg, and there is no test-dev2015 folder.
+    questions, _ = vqa_files(world)
+    native = json.loads(questions.read_text())
+    native["data_subtype"] = "test-dev2015"
+    test_dev = tmp_path / "v2_OpenEnded_mscoco_test-dev2015_questions.json"
+    test_dev.write_text(json.dumps(native))
+    images = tmp_path / "test2015"
+    images.mkdir()
+    for path in (world / "coco" / "val2014").glob("*.jpg"):
+        shutil.copy(path, images / path.name.replace("COCO_val2014_", "COCO_test2015_"))
+
+    records = read_vqav2(test_dev, None, images, "test-dev")
+    assert len(records) == len(native["questions"]) > 0
+    for record, question in zip(records, native["questions"]):
+        assert record["image"]["path"] == str(images / f"COCO_test2015_{question['image_id']:012d}.jpg")
+        assert record["id"] == f"vqav2:test-dev:{question['question_id']}" and record["answers"] is None
+
+
 def test_vqav2_missing_answers_field_is_named(world, tmp_path):
     questions, annotations = vqa_files(world)
 

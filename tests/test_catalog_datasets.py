@@ -78,3 +78,12 @@ def test_a_malformed_dataset_card_is_refused_naming_the_file_and_field(tmp_path,
     with pytest.raises(CardError, match="vqav2.yaml") as refused:
         load_cards(tmp_path)
     assert message in str(refused.value)
+
+
+def test_a_template_a_card_requires_is_one_of_its_tasks(datasets):
+    from templates.library import template_by_id
+
+    required = {name: card["requires_template"] for name, card in datasets.items() if card.get("requires_template")}
+    assert required == {"vsr": "vr_eval_statement"}
+    for name, template_id in required.items():
+        assert template_by_id(template_id).task in datasets[name]["tasks"], name

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.config import ConfigError
-from jobs.render import run_render
+from jobs.render import render_settings, run_render
 from pipelines.shapes_world.formats.vizwiz import write_vizwiz
 
 
@@ -64,6 +64,17 @@ def test_a_card_whose_task_has_no_templates_is_refused_before_any_work(tmp_path,
     with pytest.raises(ConfigError, match=r"render.datasets\[0\].card: no dataset card named 'vizwizz'"):
         run_render({"render": {"datasets": [{"card": "vizwizz"}]}}, tmp_path)
     assert not (tmp_path / "render").exists()
+
+
+@pytest.mark.parametrize("pinned", [{}, {"template": "vr_en_01"}])
+def test_a_vsr_entry_must_pin_the_statement_template_it_alone_renders_through(pinned):
+    # VSR records are statements, not questions: without the pin every record would fail late, in
+    # rendering, with 'question' is undefined.
+    vsr = {"card": "vsr", "annotation_file": "test.jsonl", "image_root": "images", "split": "test", **pinned}
+    with pytest.raises(ConfigError, match=r"render.datasets\[0\]: card vsr renders only through template "
+                                          r"vr_eval_statement .*give the entry `template: vr_eval_statement`"):
+        render_settings({"render": {"datasets": [vsr]}})
+    assert render_settings({"render": {"datasets": [{**vsr, "template": "vr_eval_statement"}]}})["datasets"]
 
 
 def test_a_split_without_answers_is_refused_rather_than_trained_on_the_word_none(vizwiz, tmp_path):

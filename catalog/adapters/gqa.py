@@ -18,14 +18,17 @@ def read_gqa(questions_file: str | os.PathLike, image_root: str | os.PathLike, s
     The file is a dict keyed by question id; `image_root` is the folder of
     images/{imageId}.jpg. question_type is types.detailed (e.g. "relVerify"),
     or types.structural when detailed is empty; full_answer is fullAnswer.
-    When the first question has no 'answer' (the test and challenge files),
-    answer, answers and full_answer are None for all; otherwise every question
-    must have them.
+    The test and challenge files give each question only imageId, question
+    and isBalanced: when the first question has no 'answer', answer, answers
+    and full_answer are None for all, and when it has no 'types',
+    question_type is None for all. Otherwise every question must have them.
     """
     path = Path(questions_file)
     data = load_annotation_json(path)
     root = Path(os.path.abspath(image_root))
-    has_answers = not data or "answer" in next(iter(data.values()), {})
+    first = next(iter(data.values()), {})
+    has_answers = not data or "answer" in first
+    has_types = not data or "types" in first
 
     images: dict[str, dict] = {}
     records = []
@@ -33,10 +36,7 @@ def read_gqa(questions_file: str | os.PathLike, image_root: str | os.PathLike, s
         where = f'["{question_id}"]'
         image_id = field(question, "imageId", str, path, where)
         text = field(question, "question", str, path, where)
-        types = field(question, "types", dict, path, where)
-        question_type = types.get("detailed") or field(types, "structural", str, path, f"{where}.types")
-        if not isinstance(question_type, str):
-            raise AnnotationError(f"{path}: {where}.types: field 'detailed' is {question_type!r:.60}; expected a string")
+        question_type = _question_type(question, path, where) if has_types else None
         if image_id not in images:
             image_path = root / f"{image_id}.jpg"
             if not image_path.is_file():
@@ -64,3 +64,12 @@ def read_gqa(questions_file: str | os.PathLike, image_root: str | os.PathLike, s
             }
         )
     return records
+
+
+def _question_type(question: dict, path: Path, where: str) -> str:
+    """types.detailed, or types.structural when detailed is empty."""
+    types = field(question, "types", dict, path, where)
+    question_type = types.get("detailed") or field(types, "structural", str, path, f"{where}.types")
+    if not isinstance(question_type, str):
+        raise AnnotationError(f"{path}: {where}.types: field 'detailed' is {question_type!r:.60}; expected a string")
+    return question_type

@@ -18,6 +18,9 @@ IMAGE_NAMES = {
     "val": ("VisualDialog_val2018/VisualDialog_val2018_{image_id:012d}.jpg",),
     "test": ("VisualDialog_test2018/VisualDialog_test2018_{image_id:012d}.jpg",),
 }
+# The top-level `split` of the v1.0 files, where it is not the split's own name: the val and test
+# files say val2018 and test2018 (after their image folders), the train file plain train.
+FILE_SPLITS = {"val2018": "val", "test2018": "test"}
 log = logging.getLogger(__name__)
 
 
@@ -72,7 +75,7 @@ def read_visdial(
     questions = _Pool(data, "questions", path)
     answers = _Pool(data, "answers", path)
     dialogs = field(data, "dialogs", list, path, "data")
-    if isinstance(top.get("split"), str) and top["split"] != split:
+    if isinstance(top.get("split"), str) and FILE_SPLITS.get(top["split"], top["split"]) != split:
         log.warning("%s: the file says split %r; its records are labelled %r as asked", path, top["split"], split)
     if image_name is None:
         if split not in IMAGE_NAMES:

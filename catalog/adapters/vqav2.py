@@ -13,6 +13,9 @@ from .fields import columns, decode_typed, field, first_repeat, image_entry, loa
 DATASET = "vqav2"
 TASK = "vqa"
 DEFAULT_IMAGE_NAME = "COCO_{subtype}_{image_id:012d}.jpg"
+# The COCO image set of a questions file's data_subtype where the two differ: test-dev is a subset of
+# the test questions, on the test2015 images (test2015/COCO_test2015_<id>.jpg; there is no test-dev folder).
+IMAGE_SUBTYPE = {"test-dev2015": "test2015"}
 
 
 # What a reader takes from an annotations file: question_id -> row index, and per row the columns
@@ -88,7 +91,9 @@ def read_vqav2(
     """One canonical record per question, in question-file order.
 
     `image_name` names an image file under `image_root` from `{subtype}` (the
-    questions file's data_subtype, e.g. train2014), `{image_id}` and `{split}`.
+    COCO image set of the questions file's data_subtype, e.g. train2014;
+    test2015 for test-dev2015, whose images are the test set's), `{image_id}`
+    and `{split}`.
     Without an annotations file (the test splits) answer, answers,
     answer_type and question_type are None. Every question's image must exist:
     its width and height are read from it.
@@ -130,6 +135,7 @@ def join_questions(
         raise AnnotationError(
             f"{questions_path}: top level: missing field 'data_subtype' (needed to name images by {image_name!r})"
         )
+    subtype = IMAGE_SUBTYPE.get(subtype, subtype)
     root = Path(os.path.abspath(image_root))
     images: dict[int, dict] = {}
     for index, image_id in enumerate(image_ids):
