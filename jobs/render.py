@@ -33,6 +33,8 @@ ADAPTERS = {
     "pairs": ({"path"}, {"split", "limit", "template"}),
     "coco_captions": ({"annotations", "images"}, {"split", "limit", "template"}),
     "vqav2": ({"questions", "images"}, {"annotations", "split", "limit", "template"}),
+    # your own table (catalog/adapters/generic.py): jsonl, json, parquet, csv or a datasets folder
+    "generic": ({"path", "task"}, {"columns", "name", "image_root", "lang", "format", "split", "limit", "template"}),
 }
 
 
@@ -162,6 +164,11 @@ def read_records(entry: dict) -> list[dict]:
         from catalog.adapters.pairs import read_pairs
 
         records = read_pairs(entry["path"], split, limit=entry.get("limit") or None)
+    elif entry["adapter"] == "generic":
+        from catalog.adapters.generic import read_generic
+
+        records = read_generic(entry["path"], entry["task"], entry.get("columns"), entry.get("name"),
+                               entry.get("image_root"), entry.get("lang"), entry.get("format"), split)
     elif entry["adapter"] == "coco_captions":
         from catalog.adapters.coco_captions import read_coco_captions
 
@@ -187,12 +194,16 @@ def _input_fingerprints(cfg: dict) -> dict[str, str]:
                                   "(manifest.json missing); run `loom ingest` first")
             inputs[entry["path"]] = manifest_hash(entry["path"])
         else:
-            for key in ("annotations", "questions"):
-                if entry.get(key):
-                    fingerprint = input_fingerprint(entry[key])
+            for key in ("annotations", "questions", "path"):
+                value = entry.get(key)
+                if value and Path(value).is_dir():  # a datasets folder: every file in it
+                    for file in sorted(p for p in Path(value).rglob("*") if p.is_file()):
+                        inputs[str(file)] = input_fingerprint(file)
+                elif value:
+                    fingerprint = input_fingerprint(value)
                     if fingerprint is None:
-                        raise ConfigError(f"render.datasets: {entry[key]}: no such file")
-                    inputs[entry[key]] = fingerprint
+                        raise ConfigError(f"render.datasets: {value}: no such file")
+                    inputs[value] = fingerprint
     return inputs
 
 

@@ -1,0 +1,161 @@
+"""Your own dataset: any table of image references and text (jsonl, json, parquet, csv, a Hugging Face
+`datasets` folder) read into Loom's canonical records through a column mapping, in the spirit of
+LLaMA-Factory's dataset_info.
+
+A render entry names the file, the task and which column holds what:
+
+    - adapter: generic
+      path: /data/mine/train.jsonl          # .jsonl .json .parquet .csv, or a folder saved by datasets
+      task: vqa                             # captioning, vqa, ... (a task with templates), or conversation
+      name: mine                            # the records' dataset (default: the file's stem)
+      image_root: /data/mine/images         # image paths in the table are relative to it
+      lang: en                              # or columns.lang, one language per row
+      columns: {image: img, question: q, answers: a}
+
+Columns a task needs: `caption` (captioning); `question` and `answer` or `answers` (the VQA tasks);
+`messages` (conversation: a list of {role, content} or ShareGPT's {from, value}, the image marked
+`<image>` in the first user turn). `id` and `lang` are optional. A missing column is named with the
+columns the table has.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+
+from . import AnnotationError
+from .fields import image_entry
+
+FORMATS = ("jsonl", "json", "parquet", "csv", "hf")
+# what each kind of task reads of a row, beside the image
+TASK_COLUMNS = {"captioning": ("caption",), "conversation": ("messages",)}
+QUESTION_TASKS = ("vqa", "knowledge_vqa", "reading_vqa", "visual_reasoning", "video_qa", "classification")
+COLUMN_NAMES = ("id", "image", "question", "answer", "answers", "caption", "messages", "lang")
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def table_format(path: Path, format: str | None) -> str:
+    if format:
+        if format not in FORMATS:
+            raise AnnotationError(f"{path}: format {format!r}; expected one of {', '.join(FORMATS)}")
+        return format
+    if path.is_dir():
+        return "hf"
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in ("jsonl", "json", "parquet", "csv"):
+        return suffix
+    raise AnnotationError(f"{path}: cannot tell the format from the name; give `format:` ({', '.join(FORMATS)})")
+
+
+def read_table(path: str | Path, format: str | None = None) -> pa.Table:
+    """The whole table, as pyarrow reads it (a `datasets` folder through `datasets.load_from_disk`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    kind = table_format(path, format)
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path)
+        if kind == "csv":
+            import pyarrow.csv as pcsv
+
+            return pcsv.read_csv(path)
+        if kind == "jsonl":
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return pa.Table.from_pylist(rows)
+        if kind == "json":
+            rows = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(rows, list):
+                raise AnnotationError(f"{path}: top level is not a list of rows; expected [{{...}}, ...]")
+            return pa.Table.from_pylist(rows)
+        import datasets
+
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            raise AnnotationError(f"{path}: a DatasetDict of splits {sorted(loaded)}; point `path` at one split's "
+                                  "folder")
+        return loaded.data.table
+    except AnnotationError:
+        raise
+    except (ValueError, OSError, pa.ArrowException, UnicodeDecodeError) as err:
+        raise AnnotationError(f"{path}: not a readable {kind} table ({type(err).__name__}: {err})") from err
+
+
+def _needed(task: str) -> tuple[str, ...]:
+    if task in TASK_COLUMNS:
+        return TASK_COLUMNS[task]
+    if task in QUESTION_TASKS:
+        return ("question",)
+    raise AnnotationError(f"task {task!r}: the generic reader reads captioning, conversation and "
+                          f"{', '.join(QUESTION_TASKS)}")
+
+
+def _messages(value, path: Path, row: int) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise AnnotationError(f"{path}: row {row}: messages is {type(value).__name__}; expected a list of turns")
+    out = []
+    for turn in value:
+        role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
+        content = turn.get("content", turn.get("value")) if isinstance(turn, dict) else None
+        if role not in ROLES or not isinstance(content, str):
+            raise AnnotationError(f"{path}: row {row}: turn {turn!r}; expected {{role: user|assistant, content: "
+                                  "text}} or ShareGPT's {from: human|gpt, value: text}")
+        out.append({"role": ROLES[role], "content": content})
+    return out
+
+
+def read_generic(path: str, task: str, columns: dict | None = None, name: str | None = None,
+                 image_root: str | None = None, lang: str | None = None, format: str | None = None,
+                 split: str = "train") -> list[dict]:
+    """Canonical records of a user's table: one per row, in table order."""
+    path = Path(path)
+    columns = {key: key for key in COLUMN_NAMES} | dict(columns or {})
+    unknown = set(columns) - set(COLUMN_NAMES)
+    if unknown:
+        raise AnnotationError(f"{path}: columns: unknown role(s) {sorted(unknown)}; map some of {list(COLUMN_NAMES)}")
+    table = read_table(path, format)
+    have = set(table.column_names)
+    needed = ["image", *_needed(task)]
+    if task in QUESTION_TASKS and not ({columns["answer"], columns["answers"]} & have):
+        needed.append("answer")
+    if lang is None:
+        needed.append("lang")
+    missing = [role for role in needed if columns[role] not in have]
+    if missing:
+        named = ", ".join(f"{role} (column {columns[role]!r})" for role in missing)
+        hint = " or give `lang:` for the whole file" if "lang" in missing else ""
+        raise AnnotationError(f"{path}: no column for {named}; the table has {sorted(have)}: map them with "
+                              f"`columns: {{{', '.join(f'{role}: <column>' for role in missing)}}}`{hint}")
+    dataset = name or path.stem
+    root = Path(image_root) if image_root else path.parent
+    rows = table.to_pylist()
+    images: dict[str, dict] = {}
+    records = []
+    for row_number, row in enumerate(rows):
+        image_name = row[columns["image"]]
+        if not isinstance(image_name, str) or not image_name:
+            raise AnnotationError(f"{path}: row {row_number}: image is {image_name!r}; expected a path relative to "
+                                  f"{root}")
+        if image_name not in images:
+            images[image_name] = image_entry(root / image_name, path, f"row {row_number}",
+                                             f"column {columns['image']!r} names {image_name!r}")
+        record_id = row.get(columns["id"], row_number) if columns["id"] in have else row_number
+        # a conversation passes through untemplated, as LLaVA-Instruct's do (chat formats know that task)
+        record = {"id": f"{dataset}:{split}:{record_id}", "dataset": dataset,
+                  "task": "llava_instruct" if task == "conversation" else task, "split": split,
+                  "lang": row[columns["lang"]] if lang is None else lang, "image": dict(images[image_name])}
+        if task == "captioning":
+            record["caption"] = row[columns["caption"]]
+        elif task == "conversation":
+            record["messages"] = _messages(row[columns["messages"]], path, row_number)
+        else:
+            answers = row.get(columns["answers"]) if columns["answers"] in have else None
+            answer = row.get(columns["answer"]) if columns["answer"] in have else None
+            answers = answers if isinstance(answers, list) else [answer] if answer is not None else [answers]
+            record.update(question=row[columns["question"]], answers=[str(a) for a in answers],
+                          answer=str(answer if answer is not None else answers[0]))
+        records.append(record)
+    return records
