@@ -31,15 +31,15 @@ MIXTURE_DEFAULTS = {"weighting": "sqrt", "adjustments": None, "total": None}
 # adapter name -> (the keys an entry must give, the keys it may give)
 ADAPTERS = {
     "pairs": ({"path"}, {"split", "limit", "template"}),
-    "coco_captions": ({"annotations", "images"}, {"split", "limit", "template"}),
-    "vqav2": ({"questions", "images"}, {"annotations", "split", "limit", "template"}),
+    "coco_captions": ({"annotations", "images"}, {"split", "limit", "template", "lang"}),
+    "vqav2": ({"questions", "images"}, {"annotations", "split", "limit", "template", "lang"}),
     # your own table (catalog/adapters/generic.py): jsonl, json, parquet, csv or a datasets folder
     "generic": ({"path", "task"}, {"columns", "name", "image_root", "lang", "format", "split", "limit", "template"}),
 }
 
 
 # keys every entry may give besides its adapter's own
-ENTRY_OPTIONS = {"split", "limit", "template"}
+ENTRY_OPTIONS = {"split", "limit", "template", "lang"}  # lang: the language of a file's text (default en)
 
 
 def card_adapter(name: str, where: str):
@@ -79,11 +79,16 @@ def _check_card_entry(entry: dict, where: str) -> None:
             + (f", not {entry['template']!r}" if entry.get("template") else ""))
     from templates.library import CONVERSATION_TASKS, load_task_templates
 
+    lang = entry.get("lang", "en")
     for task in set(card["tasks"]) - set(CONVERSATION_TASKS):
         try:
-            load_task_templates(task)
+            templates = load_task_templates(task)
         except TemplateError as err:
             raise ConfigError(f"{where}: card {entry['card']} is a {task} dataset: {err}") from err
+        languages = sorted({t.lang for t in templates if t.draw})
+        require(entry.get("template") or lang in languages,
+                f"{where}.lang: {lang!r}; task {task} has templates in {languages} only: render this file in one "
+                "of them, or pin a template")
 
 
 def _check_mixture(cfg: dict) -> None:
@@ -177,7 +182,11 @@ def read_records(entry: dict) -> list[dict]:
         from catalog.adapters.vqav2 import read_vqav2
 
         records = read_vqav2(entry["questions"], entry.get("annotations"), entry["images"], split)
-    return records[: entry["limit"]] if entry.get("limit") else records
+    records = records[: entry["limit"]] if entry.get("limit") else records
+    if entry.get("lang"):  # a file in another language than its card's (a Chinese VQAv2-format file)
+        for record in records:
+            record["lang"] = entry["lang"]
+    return records
 
 
 def _input_fingerprints(cfg: dict) -> dict[str, str]:

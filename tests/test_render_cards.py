@@ -109,3 +109,16 @@ def test_auto_takes_ray_only_for_several_datasets_past_the_size_threshold(vizwiz
     assert not run_render({"render": {"datasets": [entry(vizwiz)]}}, tmp_path / "one", log=lambda *_: None)["on_ray"]
     big = run_render(two, tmp_path / "big", log=lambda *_: None)
     assert big["on_ray"] and big["rows_out"] == 12
+
+
+def test_an_entry_in_another_language_draws_that_languages_templates(vizwiz, tmp_path):
+    """A file in the card's format but in Chinese (`lang: zh`) is labelled Chinese and asked in Chinese."""
+    manifest = run_render({"render": {"datasets": [entry(vizwiz, lang="zh")]}}, tmp_path, log=lambda *_: None)
+    rows = pq.read_table(tmp_path / "render" / manifest["files"][0]).to_pylist()
+    assert {row["lang"] for row in rows} == {"zh"} and all(row["template_id"].startswith("vqa_zh_") for row in rows)
+    assert manifest["datasets"]["00-vizwiz-train.parquet"]["languages"] == {"zh": 6}
+
+
+def test_an_entry_in_a_language_its_task_has_no_templates_for_is_refused(vizwiz):
+    with pytest.raises(ConfigError, match=r"render.datasets\[0\].lang: 'fr'; task vqa has templates in \['en', 'zh'\]"):
+        render_settings({"render": {"datasets": [entry(vizwiz, lang="fr")]}})
