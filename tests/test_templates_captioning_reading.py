@@ -13,6 +13,11 @@ from pipelines.shapes_world.formats.textcaps import write_textcaps
 from templates.library import TemplateError, choose_template, load_task_templates, template_by_id
 
 TASK = "captioning_reading"
+
+
+def english_templates(task: str) -> tuple:
+    """The task's English templates: these tests hold the English wording (tests/test_templates_chinese.py the Chinese)."""
+    return tuple(t for t in load_task_templates(task) if t.lang == "en")
 SEED = 8
 SHORT_WORDING = ("short", "brief", "concise", "succinct", "single word", "one word", "few words", "three words")
 # The caption must mention the image's text, so every prompt asks for it.
@@ -22,7 +27,7 @@ PAPER_SENTENCES = ("a short image caption", "a short image description", "a phot
                    "write a short description for the image", "write a description for the photo",
                    "provide a description of what is presented in the photo", "briefly describe the content of the image")
 OCR = "ocr_tokens | ocr"
-TEMPLATES = load_task_templates(TASK)
+TEMPLATES = english_templates(TASK)
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,16 @@ from pipelines.shapes_world.formats.hateful_memes import write_hateful_memes
 from templates.library import TemplateError, choose_template, load_task_templates, template_by_id
 
 TASK = "classification"
+
+
+def english_templates(task: str) -> tuple:
+    """The task's English templates: these tests hold the English wording (tests/test_templates_chinese.py the Chinese)."""
+    return tuple(t for t in load_task_templates(task) if t.lang == "en")
 LABELLED = ("train", "dev_seen", "dev_unseen")
 
 
 def drawable() -> list:
-    return [t for t in load_task_templates(TASK) if t.lang == "en" and t.draw]
+    return [t for t in english_templates(TASK) if t.lang == "en" and t.draw]
 
 
 def wording(prompt: str) -> str:
@@ -42,19 +47,19 @@ def test_ten_to_fifteen_drawable_english_templates_and_the_eval_prompt():
     templates = drawable()
     assert 10 <= len(templates) <= 15
     assert [t.id for t in templates] == [f"cls_en_{n:02d}" for n in range(1, len(templates) + 1)]
-    assert [t.id for t in load_task_templates(TASK) if not t.draw] == ["cls_eval_hateful"]
-    assert all(t.response == "{{ answer }}" for t in load_task_templates(TASK))
+    assert [t.id for t in english_templates(TASK) if not t.draw] == ["cls_eval_hateful"]
+    assert all(t.response == "{{ answer }}" for t in english_templates(TASK))
 
 
 def test_every_prompt_opens_with_the_image_and_shows_the_meme_text():
-    for template in load_task_templates(TASK):
+    for template in english_templates(TASK):
         assert template.prompt.startswith("<image>\n") and template.prompt.count("<image>") == 1, template.id
         assert "{{ text }}" in template.prompt and "hate" in template.prompt.lower(), template.id
 
 
 def test_about_a_third_of_the_drawn_templates_ask_for_a_short_answer():
     templates = drawable()
-    for template in load_task_templates(TASK):
+    for template in english_templates(TASK):
         says_short = any(word in template.prompt.lower() for word in BREVITY_WORDS)
         assert says_short == (template.brevity == "short"), template.id
     shorts = sum(t.brevity == "short" for t in templates)
@@ -71,7 +76,7 @@ def test_no_two_templates_are_nearly_the_same():
 
 def test_every_labelled_meme_renders_with_every_template(records):
     for record in records:
-        for template in load_task_templates(TASK):
+        for template in english_templates(TASK):
             user, assistant = template.render(record)
             where = (template.id, record["id"])
             assert record["text"] in user["content"], where

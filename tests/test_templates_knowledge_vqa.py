@@ -17,6 +17,11 @@ from pipelines.shapes_world.formats.scienceqa import write_scienceqa
 from templates.library import TemplateError, choose_template, load_task_templates, template_by_id
 
 TASK = "knowledge_vqa"
+
+
+def english_templates(task: str) -> tuple:
+    """The task's English templates: these tests hold the English wording (tests/test_templates_chinese.py the Chinese)."""
+    return tuple(t for t in load_task_templates(task) if t.lang == "en")
 SEED = 5
 SHORT_WORDING = ("short", "brief", "concise", "succinct", "single word", "one word", "few words", "three words")
 # The skill this task teaches: every drawable prompt says outside knowledge is wanted.
@@ -25,8 +30,8 @@ KNOWLEDGE_WORDING = ("know", "fact", "common sense", "beyond what is visible", "
 PAPER_SENTENCES = ("a short answer to the question is", "respond to this question with a short answer",
                    "provide your answer as short as possible", "what is the answer to the following question",
                    "can be answered using the image")
-DRAWABLE = [t for t in load_task_templates(TASK) if t.draw]
-EVAL = [t for t in load_task_templates(TASK) if not t.draw]
+DRAWABLE = [t for t in english_templates(TASK) if t.draw]
+EVAL = [t for t in english_templates(TASK) if not t.draw]
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +73,17 @@ def assert_clean_layout(text: str, template_id: str):
 
 def test_ten_to_fifteen_drawable_english_templates_with_numbered_ids():
     assert 10 <= len(DRAWABLE) <= 15
-    assert all(t.lang == "en" and t.task == TASK for t in load_task_templates(TASK))
+    assert all(t.lang == "en" and t.task == TASK for t in english_templates(TASK))
     assert [t.id for t in DRAWABLE] == [f"kvqa_en_{i:02d}" for i in range(1, len(DRAWABLE) + 1)]
 
 
 def test_each_prompt_opens_with_the_image_on_its_own_line():
-    for t in load_task_templates(TASK):
+    for t in english_templates(TASK):
         assert t.prompt.startswith("<image>\n") and t.prompt.count("<image>") == 1, t.id
 
 
 def test_brevity_is_short_exactly_where_the_wording_asks_for_it():
-    for t in load_task_templates(TASK):
+    for t in english_templates(TASK):
         says_short = any(w in wording(t.prompt) for w in SHORT_WORDING)
         assert says_short == (t.brevity == "short"), t.id
 
@@ -95,9 +100,9 @@ def test_every_drawable_prompt_asks_for_outside_knowledge():
 
 
 def test_no_two_templates_are_nearly_the_same_nor_copied_from_the_paper():
-    for a, b in itertools.combinations(load_task_templates(TASK), 2):
+    for a, b in itertools.combinations(english_templates(TASK), 2):
         assert difflib.SequenceMatcher(None, wording(a.prompt), wording(b.prompt)).ratio() < 0.75, (a.id, b.id)
-    for t in load_task_templates(TASK):
+    for t in english_templates(TASK):
         assert not any(s in wording(t.prompt) for s in PAPER_SENTENCES), t.id
 
 
@@ -107,7 +112,7 @@ def test_some_drawable_templates_show_options_and_some_do_not():
 
 
 def test_ids_resolve_to_this_task_and_the_draw_never_picks_an_eval_template():
-    for t in load_task_templates(TASK):
+    for t in english_templates(TASK):
         assert template_by_id(t.id) == t
     drawn = collections.Counter(choose_template(TASK, "en", f"okvqa:train:{i}", seed=0).id for i in range(1500))
     assert set(drawn) == {t.id for t in DRAWABLE}

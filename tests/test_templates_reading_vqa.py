@@ -15,6 +15,11 @@ from pipelines.shapes_world.formats.textvqa import write_textvqa
 from templates.library import OCR_TOKENS_SHOWN, TemplateError, choose_template, load_task_templates, template_by_id
 
 TASK = "reading_vqa"
+
+
+def english_templates(task: str) -> tuple:
+    """The task's English templates: these tests hold the English wording (tests/test_templates_chinese.py the Chinese)."""
+    return tuple(t for t in load_task_templates(task) if t.lang == "en")
 SEED = 6
 SHORT_WORDING = ("short", "brief", "concise", "succinct", "single word", "one word", "few words", "three words")
 # The skill this task teaches: every drawable prompt points at the text in the image.
@@ -23,8 +28,8 @@ PAPER_SENTENCES = ("a short answer to the question is", "respond to this questio
                    "provide your answer as short as possible", "what is the answer to the following question",
                    "can be answered using the image")
 OCR = "ocr_tokens | ocr"
-DRAWABLE = [t for t in load_task_templates(TASK) if t.draw]
-EVAL = [t for t in load_task_templates(TASK) if not t.draw]
+DRAWABLE = [t for t in english_templates(TASK) if t.draw]
+EVAL = [t for t in english_templates(TASK) if not t.draw]
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +67,17 @@ def ocr_line(record: dict) -> str:
 
 def test_ten_to_fifteen_drawable_english_templates_with_numbered_ids():
     assert 10 <= len(DRAWABLE) <= 15
-    assert all(t.lang == "en" and t.task == TASK for t in load_task_templates(TASK))
+    assert all(t.lang == "en" and t.task == TASK for t in english_templates(TASK))
     assert [t.id for t in DRAWABLE] == [f"rvqa_en_{i:02d}" for i in range(1, len(DRAWABLE) + 1)]
 
 
 def test_each_prompt_opens_with_the_image_on_its_own_line():
-    for t in load_task_templates(TASK):
+    for t in english_templates(TASK):
         assert t.prompt.startswith("<image>\n") and t.prompt.count("<image>") == 1, t.id
 
 
 def test_brevity_is_short_exactly_where_the_wording_asks_for_it():
-    for t in load_task_templates(TASK):
+    for t in english_templates(TASK):
         says_short = any(w in wording(t.prompt) for w in SHORT_WORDING)
         assert says_short == (t.brevity == "short"), t.id
 
@@ -94,14 +99,14 @@ def test_every_drawable_prompt_is_about_reading_the_image():
 
 
 def test_no_two_templates_are_nearly_the_same_nor_copied_from_the_paper():
-    for a, b in itertools.combinations(load_task_templates(TASK), 2):
+    for a, b in itertools.combinations(english_templates(TASK), 2):
         assert difflib.SequenceMatcher(None, wording(a.prompt), wording(b.prompt)).ratio() < 0.75, (a.id, b.id)
-    for t in load_task_templates(TASK):
+    for t in english_templates(TASK):
         assert not any(s in wording(t.prompt) for s in PAPER_SENTENCES), t.id
 
 
 def test_ids_resolve_to_this_task_and_the_draw_never_picks_an_eval_template():
-    for t in load_task_templates(TASK):
+    for t in english_templates(TASK):
         assert template_by_id(t.id) == t
     drawn = collections.Counter(choose_template(TASK, "en", f"ocrvqa:train:{i}", seed=0).id for i in range(1500))
     assert set(drawn) == {t.id for t in DRAWABLE}
@@ -165,6 +170,6 @@ def test_every_textvqa_val_record_renders_with_the_eval_prompt(records):
 
 def test_textvqa_test_records_have_no_answer_to_train_on(records):
     assert records["textvqa:test"]
-    for template in load_task_templates(TASK):
+    for template in english_templates(TASK):
         with pytest.raises(TemplateError, match=f"{template.id}.*'answer'"):
             template.render(records["textvqa:test"][0])

@@ -14,8 +14,13 @@ from templates.library import TemplateError, choose_template, load_task_template
 TASK = "visual_dialog"
 
 
+def english_templates(task: str) -> tuple:
+    """The task's English templates: these tests hold the English wording (tests/test_templates_chinese.py the Chinese)."""
+    return tuple(t for t in load_task_templates(task) if t.lang == "en")
+
+
 def drawable() -> list:
-    return [t for t in load_task_templates(TASK) if t.lang == "en" and t.draw]
+    return [t for t in english_templates(TASK) if t.lang == "en" and t.draw]
 
 
 def wording(prompt: str) -> str:
@@ -43,12 +48,12 @@ def test_ten_to_fifteen_drawable_english_templates_and_the_eval_prompt():
     templates = drawable()
     assert 10 <= len(templates) <= 15
     assert [t.id for t in templates] == [f"vd_en_{n:02d}" for n in range(1, len(templates) + 1)]
-    assert [t.id for t in load_task_templates(TASK) if not t.draw] == ["vd_eval_short_answer"]
-    assert all(t.response == "{{ answer }}" for t in load_task_templates(TASK))
+    assert [t.id for t in english_templates(TASK) if not t.draw] == ["vd_eval_short_answer"]
+    assert all(t.response == "{{ answer }}" for t in english_templates(TASK))
 
 
 def test_every_prompt_opens_with_the_image_and_shows_caption_history_and_question():
-    for template in load_task_templates(TASK):
+    for template in english_templates(TASK):
         assert template.prompt.startswith("<image>\n") and template.prompt.count("<image>") == 1, template.id
         for field in ("{{ caption }}", "{{ history | history }}", "{{ question }}"):
             assert field in template.prompt, (template.id, field)
@@ -56,7 +61,7 @@ def test_every_prompt_opens_with_the_image_and_shows_caption_history_and_questio
 
 def test_about_a_third_of_the_drawn_templates_ask_for_a_short_answer():
     templates = drawable()
-    for template in load_task_templates(TASK):
+    for template in english_templates(TASK):
         says_short = any(word in template.prompt.lower() for word in BREVITY_WORDS)
         assert says_short == (template.brevity == "short"), template.id
     shorts = sum(t.brevity == "short" for t in templates)
@@ -73,7 +78,7 @@ def test_no_two_templates_are_nearly_the_same():
 
 def test_every_answered_round_renders_with_every_template(records):
     for record in records:
-        for template in load_task_templates(TASK):
+        for template in english_templates(TASK):
             user, assistant = template.render(record)
             where = (template.id, record["id"])
             content = user["content"]

@@ -19,8 +19,13 @@ from templates.library import TemplateError, choose_template, load_task_template
 TASK = "visual_reasoning"
 
 
+def english_templates(task: str) -> tuple:
+    """The task's English templates: these tests hold the English wording (tests/test_templates_chinese.py the Chinese)."""
+    return tuple(t for t in load_task_templates(task) if t.lang == "en")
+
+
 def drawable() -> list:
-    return [t for t in load_task_templates(TASK) if t.lang == "en" and t.draw]
+    return [t for t in english_templates(TASK) if t.lang == "en" and t.draw]
 
 
 def wording(prompt: str) -> str:
@@ -56,19 +61,19 @@ def test_ten_to_fifteen_drawable_english_templates_and_two_eval_prompts():
     templates = drawable()
     assert 10 <= len(templates) <= 15
     assert [t.id for t in templates] == [f"vr_en_{n:02d}" for n in range(1, len(templates) + 1)]
-    evals = [t for t in load_task_templates(TASK) if not t.draw]
+    evals = [t for t in english_templates(TASK) if not t.draw]
     assert sorted(t.id for t in evals) == ["vr_eval_multiple_choice", "vr_eval_statement"]
-    assert all(t.response == "{{ answer }}" for t in load_task_templates(TASK))
+    assert all(t.response == "{{ answer }}" for t in english_templates(TASK))
 
 
 def test_every_prompt_opens_with_the_image():
-    for template in load_task_templates(TASK):
+    for template in english_templates(TASK):
         assert template.prompt.startswith("<image>\n") and template.prompt.count("<image>") == 1, template.id
 
 
 def test_about_a_third_of_the_drawn_templates_ask_for_a_short_answer():
     templates = drawable()
-    for template in load_task_templates(TASK):
+    for template in english_templates(TASK):
         says_short = any(word in template.prompt.lower() for word in BREVITY_WORDS)
         assert says_short == (template.brevity == "short"), template.id
     shorts = sum(t.brevity == "short" for t in templates)
