@@ -62,7 +62,7 @@ def test_packed_logits_equal_each_sample_run_alone(packed_batch, attn):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch's flex_attention
-def test_flex_attention_mask_gives_the_same_logits_as_sdpa(packed_batch, fresh_compiler):
+def test_flex_attention_mask_gives_the_same_logits_as_sdpa(packed_batch):
     # CPU flex_attention has no backward; forward equality is what proves the BlockMask right.
     dataset, batch, _ = packed_batch
     sdpa, flex = tiny_model(dataset, "sdpa"), tiny_model(dataset, "flex_attention")

@@ -68,14 +68,16 @@ def tiny_model(attn: str = "sdpa", seed: int = 0) -> Qwen2VLM:
                        seed=seed)
 
 
-def hf_model(seed: int = 0):
-    """transformers' Qwen2VLForConditionalGeneration with the tiny preset's shapes."""
+def hf_model(seed: int = 0, tie_word_embeddings: bool = False):
+    """transformers' Qwen2VLForConditionalGeneration with the tiny preset's shapes; with tie_word_embeddings
+    its LM head is the input embeddings, as in Qwen2-VL-2B."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
+    text = {k: v for k, v in PRESET.llm.items() if k != "tie_word_embeddings"}  # transformers reads the outer one
     config = Qwen2VLConfig(
-        text_config=dict(PRESET.llm, pad_token_id=PAD, bos_token_id=1, eos_token_id=2),
+        text_config=dict(text, pad_token_id=PAD, bos_token_id=1, eos_token_id=2),
         vision_config=dict(PRESET.vision), image_token_id=IMAGE, video_token_id=6, vision_start_token_id=7,
-        vision_end_token_id=8,
+        vision_end_token_id=8, tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
     return Qwen2VLForConditionalGeneration(config).eval()
@@ -183,6 +185,22 @@ def test_frozen_groups_receive_no_gradient_in_each_paper_stage():
                 assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), (stage.name, group)
             else:
                 assert all(p.grad is None for p in module.parameters()), (stage.name, group)
+
+
+def test_the_instruct_stage_fine_tunes_the_llm_alone_with_the_vit_and_its_merger_locked():
+    """arXiv 2409.12191 section 2.2: stage 1 trains the ViT, stage 3 "lock[s] the ViT parameters and perform[s]
+    exclusive fine-tuning of the LLM". The 2x2 merger (the connector slot) is part of the ViT in both."""
+    for preset in (PRESET, get_preset("qwen2-vl")):
+        assert preset.stage("vision").trainable == ("vision", "connector")
+        assert preset.stage("instruct").trainable == ("llm",)
+    model = tiny_model()
+    model.set_trainable(PRESET.stage("instruct").trainable)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameter_groups(), lr=1e-2)
+    model(**packed([samples(0), samples(1)])).loss.backward()
+    optimizer.step()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(name.startswith("language_model.") for name in changed)  # ViT and merger bit-identical
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager", "segment_sdpa"])
@@ -335,6 +353,46 @@ def test_an_official_checkpoint_folder_loads_through_from_pretrained_and_saves_b
     again = Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "exported").eval()
     with torch.no_grad():
         assert torch.equal(again(**hf_inputs(batch)).logits, theirs)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied_like_2b", "untied_like_7b"])
+def test_a_checkpoint_with_or_without_tied_embeddings_loads_saves_and_exports_with_the_same_logits(tied, tmp_path):
+    """Qwen2-VL-2B ties its LM head to the input embeddings (7B does not): Loom keeps the tie, one parameter
+    as in transformers, through its own format and back out to transformers' with tie_word_embeddings."""
+    import json
+
+    import vlm
+    from safetensors import safe_open
+    from transformers import Qwen2VLForConditionalGeneration
+
+    hf = hf_model(tie_word_embeddings=tied)
+    hf.save_pretrained(tmp_path / "official")
+    batch = packed([[s] for s in samples()])
+    with torch.no_grad():
+        theirs = hf(**hf_inputs(batch)).logits
+
+    model = vlm.from_pretrained(tmp_path / "official").eval()
+    lm = model.language_model
+    assert (lm.lm_head.weight is lm.get_input_embeddings().weight) == tied
+    assert (lm.lm_head.weight.data_ptr() == lm.get_input_embeddings().weight.data_ptr()) == tied  # no storage shared untied
+    assert count_parameters(model)["total"] == sum(p.numel() for p in hf.parameters())
+    with torch.no_grad():
+        ours = model(**batch).logits
+    assert max((a - b).abs().max().item() for a, b in zip(real_logits(ours, batch), real_logits(theirs, batch))) <= 1e-5
+
+    model.save_pretrained(tmp_path / "loom")
+    with safe_open(tmp_path / "loom" / "model.safetensors", "pt") as weights:
+        assert ("language_model.lm_head.weight" in weights.keys()) != tied  # a tied head is written once
+    again = vlm.from_pretrained(tmp_path / "loom").eval()
+    assert (again.language_model.lm_head.weight is again.language_model.get_input_embeddings().weight) == tied
+    with torch.no_grad():
+        assert torch.equal(again(**batch).logits, ours)
+
+    model.save_pretrained(tmp_path / "exported", format="hf")
+    assert json.loads((tmp_path / "exported" / "config.json").read_text())["tie_word_embeddings"] == tied
+    exported = Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "exported").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**hf_inputs(batch)).logits, theirs, atol=1e-5, rtol=0)
 
 
 def test_beam_search_and_greedy_decode_as_transformers_does_on_the_same_weights():

@@ -18,16 +18,21 @@ FORMATS = ("loom", "hf")
 
 
 def weights_to_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict as safetensors can hold it: a tensor shared by two names (an LM head tied to
-    the input embeddings) is written once, under its first name."""
-    seen: dict[tuple, str] = {}
-    weights = {}
+    """The state dict as safetensors can hold it: a parameter the model ties under two names (an LM head
+    that is the input embeddings) is written once, under its first name, and a model rebuilt from the
+    config ties it again; two parameters that merely share storage are written apart, each its own copy,
+    so that a file never lacks a tensor its model holds on its own."""
+    every = [name for name, _ in model.named_parameters(remove_duplicate=False)]
+    tied = set(every) - {name for name, _ in model.named_parameters()}  # the second names of tied parameters
+    weights, written = {}, set()
     for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tensor.shape, tensor.dtype, tensor.device) if tensor.numel() else (name,)
-        if key in seen:
+        if name in tied:
             continue
-        seen[key] = name
-        weights[name] = tensor.detach().contiguous().cpu()
+        tensor = tensor.detach().contiguous().cpu()
+        if tensor.numel() and tensor.data_ptr() in written:
+            tensor = tensor.clone()  # safetensors refuses shared storage
+        written.add(tensor.data_ptr())
+        weights[name] = tensor
     return weights
 
 

@@ -3,7 +3,7 @@
 Each format says which transformers class holds it, which Loom preset its config maps to, and how
 parameter names translate. Loading goes through transformers' own class (so sharded files, dtype and
 its renaming of older checkpoint layouts are handled there) and hands the tensors to Loom's model
-without copying them; exporting builds the transformers class on the meta device and assigns Loom's
+without copying them (ties follow the model: see `_assign`); exporting builds the transformers class on the meta device and assigns Loom's
 tensors to it, so neither direction holds two copies of the weights.
 """
 
@@ -194,18 +194,18 @@ def _qwen2_vl_preset(config) -> tuple[Preset, int, int]:
     vision, text = config.vision_config, config.text_config
     base = get_preset("qwen2-vl")
     image = base.image_size  # the reference size visual_tokens is quoted for; real images keep their own
+    # transformers keeps tie_word_embeddings on the outer config (Qwen2-VL-2B ties, 7B does not); Loom's LLM
+    # reads it from its own config and ties its head as the checkpoint does (see vlm.language.Qwen2VLCausalLM)
+    llm = dict(config_kwargs(text), tie_word_embeddings=bool(config.tie_word_embeddings))
     preset = dataclasses.replace(
-        base, patch_size=vision.patch_size, vision=config_kwargs(vision), llm=config_kwargs(text),
+        base, patch_size=vision.patch_size, vision=config_kwargs(vision), llm=llm,
         visual_tokens=(image // vision.patch_size) ** 2 // vision.spatial_merge_size ** 2)
     pad = text.pad_token_id if getattr(text, "pad_token_id", None) is not None else 0
     return preset, config.image_token_id, pad
 
 
 def _qwen2_vl_hf_config(model):
-    from transformers import Qwen2VLConfig
-
-    return Qwen2VLConfig(vision_config=dict(model.vision_config), text_config=dict(model.llm_config),
-                         image_token_id=model.image_token_id)
+    return model.transformers_config()
 
 
 def _qwen2_vl_from_hf(state: dict, preset: Preset) -> dict:
@@ -287,8 +287,36 @@ def save_hf(model, path) -> None:
 
 
 def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Put `state`'s tensors into `module` (no copy); every parameter must be given, and nothing else."""
+    """Put `state`'s tensors into `module` (no copy); every parameter must be given, and nothing else.
+
+    Ties follow `module`, not the checkpoint: parameters the module ties (an LM head that is the input
+    embeddings) are one parameter again afterwards, given once or twice; names it keeps apart never share
+    storage, even where the checkpoint's did (they get a copy). Assigning alone would leave either kind as
+    two parameters over one storage, which an optimizer updates twice and a save writes once."""
+    names_of: dict[int, list[str]] = {}
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(parameter), []).append(name)
+    ties = {other: names[0] for names in names_of.values() for other in names[1:]}  # tied name -> its first name
+    state = dict(state)
+    for name, first in ties.items():
+        if name not in state:
+            continue
+        tensor = state.pop(name)
+        given = state.setdefault(first, tensor)
+        if given.data_ptr() != tensor.data_ptr() and not torch.equal(given, tensor):
+            raise ValueError(f"{what}: {name} and {first} are one parameter in the model but differ in the "
+                             "checkpoint; its config's tie_word_embeddings does not describe its weights")
+    owner_of = {}
+    for name, tensor in state.items():
+        if tensor.numel() and tensor.data_ptr() in owner_of:
+            state[name] = tensor.clone()  # one tensor in the checkpoint, two parameters in the model
+        else:
+            owner_of[tensor.data_ptr()] = name
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    missing = [name for name in missing if name not in ties]
     if missing or unexpected:
         raise ValueError(f"{what}: the weights do not fit; missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
                          f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+    for name, first in ties.items():
+        owner, _, attribute = name.rpartition(".")
+        setattr(module.get_submodule(owner), attribute, module.get_parameter(first))

@@ -23,9 +23,9 @@ PADDING, PROMPT = 0, 1  # document ids during generation
 
 @contextmanager
 def _dense_attention(model: VisionLanguageModel):
-    """sdpa for the duration: one-token decode steps gain nothing from flex attention (torch 2.13's CPU
-    kernel fails to compile them) and segment_sdpa works on whole samples, not a cache; sdpa computes
-    the same attention from the same document ids."""
+    """sdpa for the duration: one-token decode steps gain nothing from flex attention (each would run
+    padded to a 128-query bucket, vlm.flex) and segment_sdpa works on whole samples, not a cache; sdpa
+    computes the same attention from the same document ids."""
     mode = model.attn_implementation
     if mode in ("flex_attention", "segment_sdpa", "flash_attention_2"):
         model.set_attention("sdpa")

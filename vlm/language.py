@@ -34,13 +34,20 @@ def build_language_model(kind: str, config: dict) -> nn.Module:
 
 
 class Qwen2VLCausalLM(nn.Module):
-    """Qwen2-VL's text model with an LM head: the causal-LM shape the other LLMs have (`.model`, `.lm_head`)."""
+    """Qwen2-VL's text model with an LM head: the causal-LM shape the other LLMs have (`.model`, `.lm_head`).
+
+    The head is tied to the input embeddings when the config says `tie_word_embeddings` (Qwen2-VL-2B's
+    checkpoint, whose transformers model holds the two as one parameter), else its own (7B, 72B)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
         self.config = model.config
         self.lm_head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
+        # Kept tied, not untied by a copy: fine-tuning trains the one matrix the checkpoint was trained with (a copy
+        # would make a different model of it, 233M more parameters at 2B) and the export is the official layout again.
+        if getattr(model.config, "tie_word_embeddings", False):
+            self.lm_head.weight = model.get_input_embeddings().weight
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()

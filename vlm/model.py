@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
 
+from .flex import ATTENTION_NAME as BUCKETED_FLEX, bucketed_flex_attention, document_block_mask
 from .language import build_language_model, decoder_stack
 from .preset import Preset, get_preset
 from .vision import build_vision_tower, image_features
@@ -58,6 +59,9 @@ def segment_sdpa_attention(module, query, key, value, attention_mask, scaling=No
 
 
 AttentionInterface.register("segment_sdpa", segment_sdpa_attention)
+# "flex_attention" runs Loom's bucketed kernel (vlm.flex), not transformers' own, whose automatic dynamic
+# shapes crash torch 2.13's CPU compiler at the second row length
+AttentionInterface.register(BUCKETED_FLEX, bucketed_flex_attention)
 
 
 def varlen_kwargs(document_ids: torch.Tensor) -> dict[str, Any]:
@@ -122,18 +126,13 @@ def build_attention_mask(
     in the same document and j <= i. Every query sees at least itself, so no row is
     fully masked (which would give NaNs). sdpa gets a (B, 1, Lq, Lk) bool tensor, eager
     an additive float tensor (eager *adds* the mask, so a bool one would be silently
-    wrong), flex_attention a BlockMask built once per batch and shared by all layers.
+    wrong), flex_attention a BlockMask built once per batch and shared by all layers, at the
+    lengths padded to a bucket (vlm.flex).
     """
-    batch, q_len = query_document_ids.shape
-    k_len = key_document_ids.shape[1]
-    device = query_document_ids.device
     if mode == "flex_attention":
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def document_causal(b, h, q, k):
-            return (query_document_ids[b, q] == key_document_ids[b, k]) & (k <= q + query_offset)
-
-        return create_block_mask(document_causal, batch, None, q_len, k_len, device=device)
+        return document_block_mask(query_document_ids, key_document_ids, query_offset)
+    q_len, k_len = query_document_ids.shape[1], key_document_ids.shape[1]
+    device = query_document_ids.device
     q_index = torch.arange(q_len, device=device) + query_offset
     k_index = torch.arange(k_len, device=device)
     allowed = (query_document_ids[:, :, None] == key_document_ids[:, None, :]) & (
@@ -247,7 +246,7 @@ class VisionLanguageModel(nn.Module):
         """Selects the LLM's attention kernel; the mask form follows (see build_attention_mask)."""
         if mode not in ATTENTION_MODES:
             raise ValueError(f"attention mode {mode!r} is not one of {ATTENTION_MODES}")
-        self.language_model.set_attn_implementation(mode)
+        self.language_model.set_attn_implementation(BUCKETED_FLEX if mode == "flex_attention" else mode)
         self.attn_implementation = mode
 
     @property

@@ -321,10 +321,16 @@ def _published() -> list[Preset]:
                                           rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
                                           tie_word_embeddings=False),
             stages=(
-                # the merger sits inside Qwen's `visual` module, so "train the ViT" trains it too
+                # arXiv 2409.12191 section 2.2: "In the first stage, we focus exclusively on training the Vision
+                # Transformer (ViT) component [...] In the second stage, we unfreeze all parameters [...] In the
+                # final stage, we lock the ViT parameters and perform exclusive fine-tuning of the LLM using
+                # instructional datasets." The paper never says on which side of that line the 2x2 merger falls
+                # (section 2.1 describes it after the ViT as an MLP layer). Loom counts it as part of the ViT in
+                # every stage, as the official code does (it is `visual.merger`, inside the ViT module) and as
+                # Table 1's 675M ViT does: stage 1 trains it with the ViT, stage 3 locks it with the ViT.
                 Stage("vision", trainable=("vision", "connector"), data="pretrain", lr=1e-4),
                 Stage("all", trainable=("vision", "connector", "llm"), data="multitask", lr=2e-5),
-                Stage("instruct", trainable=("connector", "llm"), data="instruct", lr=1e-5),
+                Stage("instruct", trainable=("llm",), data="instruct", lr=1e-5),
             ),
             sources=("arXiv 2409.12191", "huggingface.co/Qwen/Qwen2-VL-7B-Instruct config.json"),
         ),

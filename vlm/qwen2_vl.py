@@ -243,16 +243,24 @@ class Qwen2VLM(VisionLanguageModel):
         return pixel_values, {**image_inputs, "image_grid_thw": grid}
 
 
+    def transformers_config(self):
+        """transformers' Qwen2VLConfig of this model: what `save_pretrained(format="hf")` writes and what
+        `as_transformers` builds. transformers reads `tie_word_embeddings` from the outer config only."""
+        from transformers import Qwen2VLConfig
+
+        text = {k: v for k, v in self.llm_config.items() if k != "tie_word_embeddings"}
+        tied = self.language_model.lm_head.weight is self.language_model.get_input_embeddings().weight
+        return Qwen2VLConfig(vision_config=dict(self.vision_config), text_config=text, image_token_id=self.image_token_id,
+                             tie_word_embeddings=tied)
+
     @contextmanager
     def as_transformers(self):
         """transformers' Qwen2VLForConditionalGeneration made of this model's own modules, nothing copied:
         its `generate` (beam search with M-RoPE's rope deltas) then runs on Loom's weights."""
-        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+        from transformers import Qwen2VLForConditionalGeneration
 
-        config = Qwen2VLConfig(vision_config=dict(self.vision_config), text_config=dict(self.llm_config),
-                               image_token_id=self.image_token_id)
         with torch.device("meta"):  # every parameter is replaced by Loom's below
-            view = Qwen2VLForConditionalGeneration(config)
+            view = Qwen2VLForConditionalGeneration(self.transformers_config())
         self.vision_tower.merger = self.connector
         view.model.visual = self.vision_tower
         view.model.language_model = self.language_model.model
@@ -299,8 +307,9 @@ def _rename(key: str, rules: Sequence[tuple[str, str]]) -> str | None:
 def from_hf_qwen2_vl_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Qwen2VLM weights from a transformers Qwen2VLForConditionalGeneration state dict or a Hub checkpoint.
 
-    Either layout is read (see HF_PREFIXES). A checkpoint with tied embeddings and no lm_head
-    (Qwen2-VL-2B) gets the input embeddings copied into Loom's untied LM head.
+    Either layout is read (see HF_PREFIXES). A checkpoint file with tied embeddings holds no lm_head
+    (Qwen2-VL-2B's): the LM head gets a copy of the input embeddings, which a tied Loom model (its LLM
+    config says tie_word_embeddings, as `vlm.convert` sets it) holds as one parameter again on loading.
     """
     layout = "transformers" if any(k.startswith(("model.visual.", "model.language_model.")) for k in state_dict) \
         else "checkpoint"
