@@ -294,20 +294,28 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
     phases = {phase: round(sum(r["seconds"][phase] for r in results), 2) for phase in ("read", "render_and_write")}
     phases["stage"] = round(time.perf_counter() - started, 2)
 
-    files, per_dataset, templates_used = [], {}, collections.Counter()
+    files, per_dataset, templates_used, dropped_examples = [], {}, collections.Counter(), {}
     for i, (entry, result) in enumerate(zip(cfg["datasets"], results)):
         record.rows_in += result["rows_in"]
-        rows = 0
+        rows, dropped = 0, collections.Counter()
         for name, summary in result["parts"]:
             files.append(f"instructions/{name}")
             rows += summary["rows"]
             templates_used.update(summary["templates"])
+            dropped.update(summary["dropped"])  # records a template refused: left out, never the stage
+            for reason, message in summary["dropped_examples"].items():
+                dropped_examples.setdefault(reason, message)
             per_dataset[name] = {"adapter": _source(entry), "split": entry.get("split", "train"),
                                  "records": summary["rows"], "languages": dict(sorted(summary["languages"].items()))}
         record.rows_out += rows
-        log(f"render: {_source(entry)} ({entry.get('split', 'train')}): {rows} instruction records")
+        for reason, count in dropped.items():
+            record.drop(reason, count)
+        refused = "; dropped " + ", ".join(f"{n} as {reason}" for reason, n in sorted(dropped.items())) if dropped else ""
+        log(f"render: {_source(entry)} ({entry.get('split', 'train')}): {rows} instruction records{refused}")
     record.extra.update(files=files, datasets=per_dataset, templates=dict(sorted(templates_used.items())),
                         phase_seconds=phases, on_ray=on_ray)
+    if dropped_examples:  # the first refusal of each reason, naming its template and record
+        record.extra["dropped_examples"] = dict(sorted(dropped_examples.items()))
     if mixture_report:
         record.extra["mixture"] = mixture_report
         log("render: mixture " + ", ".join(f"{d} {m['realised_share']:.3f} (target {m['target_share']:.3f})"
@@ -340,7 +348,7 @@ def _log_part(log, entry: dict, done: int, summary: dict, parts: int) -> None:
 def _pairs_result(plan: list, names: list[str], summaries: list[dict]) -> dict:
     """What `render_entry` returns, for a pairs entry rendered part by part."""
     return {"rows_in": sum(part_rows(part) for part in plan),
-            "parts": [(name, {k: summary[k] for k in ("rows", "templates", "languages")})
+            "parts": [(name, {k: summary[k] for k in ("rows", "templates", "languages", "dropped", "dropped_examples")})
                       for name, summary in zip(names, summaries)],
             "seconds": {phase: sum(summary["seconds"][phase] for summary in summaries)
                         for phase in ("read", "render_and_write")}}

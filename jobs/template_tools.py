@@ -118,13 +118,15 @@ def lint_templates(log=print) -> list[str]:
     datasets has both short and open wording; no two prompts of a task are near copies; and every
     dataset of the task, sampled from its shapes-world fixture through its adapter, renders with
     every drawable template, or (an evaluation-only dataset such as VSR's statements) with at least
-    one pinned template."""
+    one pinned template. Every template, pinned ones included, is rendered under render's bounds
+    (templates/sandbox.py): one that crosses a bound on any record is a problem, and so is a pinned
+    template that renders no dataset of its task."""
     from collections import defaultdict
 
     from catalog.cards import TASKS, load_cards, select_cards
     from pipelines.render import render_record
     from pipelines.shapes_world.formats.samples import sample_records
-    from templates.library import CONVERSATION_TASKS, TemplateError, load_task_templates
+    from templates.library import CONVERSATION_TASKS, TemplateError, TemplateRefused, load_task_templates
 
     problems: list[str] = []
     cards = select_cards(load_cards(), kind="dataset")
@@ -148,21 +150,36 @@ def lint_templates(log=print) -> list[str]:
                 problems.append(f"{task}: {err}")
                 continue
             problems += _lint_wording(task, templates, cards, datasets[task])
+            rendered = {t.id: [] for t in templates}  # the datasets each template renders
+            first_error = {}
             for name, records in samples.items():
-                outcome = {}
+                outcome, over_limits = {}, set()
                 for template in templates:
                     try:
                         for record in records:
                             render_record(record, seed=0, template_id=template.id)
                         outcome[template.id] = None
+                        rendered[template.id].append(name)
+                    except TemplateRefused as err:
+                        outcome[template.id] = str(err)
+                        if err.over_limits:  # hostile or runaway whatever the dataset: never a fit question
+                            over_limits.add(template.id)
+                            problems.append(f"{task}: template {template.id} crosses render's bounds on {name}: {err}")
                     except (TemplateError, KeyError, TypeError) as err:
                         outcome[template.id] = str(err)
+                    if outcome[template.id]:
+                        first_error.setdefault(template.id, f"on {name}: {outcome[template.id]}")
                 drawable = [t.id for t in templates if t.draw]
                 failing = [t for t in drawable if outcome[t]]
                 if len(failing) < len(drawable):  # the drawn templates serve this dataset: all of them must
-                    problems += [f"{task}: template {t} fails on {name}: {outcome[t]}" for t in failing]
+                    problems += [f"{task}: template {t} fails on {name}: {outcome[t]}" for t in failing
+                                 if t not in over_limits]
                 elif not any(error is None for error in outcome.values()):
                     problems.append(f"{task}: no template renders {name} (first error: {outcome[drawable[0]]})")
+            if samples:  # a pinned template is used only where a render entry names it: it must fit some dataset
+                problems += [f"{task}: pinned template {t.id} renders no dataset of its task "
+                             f"({', '.join(samples)}); first error {first_error.get(t.id)}"
+                             for t in templates if not t.draw and not rendered[t.id]]
             langs = sorted({t.lang for t in templates})
             log(f"{task}: {len(templates)} templates ({', '.join(langs)}; {sum(not t.draw for t in templates)} "
                 f"pinned for evaluation), rendered on {', '.join(samples) or 'no dataset'}")

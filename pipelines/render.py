@@ -1,9 +1,11 @@
 """Canonical dataset records → instruction records (the instructions contract) through templates."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import gc
+import json
 import operator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.manifest import read_manifest, write_parquet_atomic
-from templates.library import render_for_record
+from templates.library import TemplateRefused, render_for_record
 
 IMAGE_REF = pa.struct([
     ("shard", pa.string()), ("key", pa.string()), ("path", pa.string()), ("url", pa.string()),
@@ -60,18 +62,48 @@ def write_table(table: pa.Table, path: Path) -> None:
     write_parquet_atomic(table, path)
 
 
+# the table's schema metadata key under which render_table says what it dropped (kept in the parquet file)
+DROPPED_KEY = b"loom.dropped"
+
+
 def render_table(records: list[dict], seed: int, template_id: str | None = None) -> pa.Table:
     """The instruction records of many canonical records, built column by column: pyarrow converts
     each column's Python values in one call (a row dict per record and pyarrow's row conversion cost
-    as much again as the rendering)."""
-    rendered = [render_for_record(record, seed, template_id) for record in records]
+    as much again as the rendering).
+
+    A record its template refuses (a bound crossed, an error on its values: TemplateRefused) is left
+    out, never the whole table: `dropped_counts(table)` gives the reasons and a message for each."""
+    rendered, refused = [], []
+    for record in records:
+        try:
+            rendered.append(render_for_record(record, seed, template_id))
+        except TemplateRefused as err:
+            rendered.append(None)
+            refused.append(err)
+    if refused:
+        records = [record for record, done in zip(records, rendered) if done is not None]
+        rendered = [done for done in rendered if done is not None]
     columns = {name: [record.get(name) for record in records]
                for name in ("id", "dataset", "task", "split", "lang", "answers", "question_type")}
     columns["template_id"] = [template.id for template, _ in rendered]
     columns["brevity"] = [template.brevity for template, _ in rendered]
     columns["images"] = [record.get("frames") or [record["image"]] for record in records]
     columns["messages"] = [messages for _, messages in rendered]
-    return pa.Table.from_arrays([pa.array(columns[f.name], f.type) for f in INSTRUCTIONS_SCHEMA], schema=INSTRUCTIONS_SCHEMA)
+    table = pa.Table.from_arrays([pa.array(columns[f.name], f.type) for f in INSTRUCTIONS_SCHEMA],
+                                 schema=INSTRUCTIONS_SCHEMA)
+    counts = collections.Counter(err.reason for err in refused)
+    examples = {}
+    for err in refused:
+        examples.setdefault(err.reason, str(err))
+    return table.replace_schema_metadata({DROPPED_KEY: json.dumps({"counts": counts, "examples": examples})})
+
+
+def dropped_counts(table: pa.Table) -> tuple[dict[str, int], dict[str, str]]:
+    """What `render_table` left out of `table` (or of the file it was written to): records by reason, and
+    the first refusal's message for each reason."""
+    metadata = (table.schema.metadata or {}).get(DROPPED_KEY)
+    dropped = json.loads(metadata) if metadata else {}
+    return dropped.get("counts", {}), dropped.get("examples", {})
 
 
 @contextlib.contextmanager
@@ -101,9 +133,11 @@ def render_part(records: list[dict], seed: int, template: str | None, path: str 
 
 
 def part_summary(table: pa.Table) -> dict:
-    """What one instructions file holds: rows, and rows by template and by language (the manifest's counts)."""
+    """What one instructions file holds: rows, and rows by template and by language (the manifest's counts);
+    and the records left out of it, by reason, with an example message for each."""
+    dropped, examples = dropped_counts(table)
     return {"rows": table.num_rows, "templates": _value_counts(table, "template_id"),
-            "languages": _value_counts(table, "lang")}
+            "languages": _value_counts(table, "lang"), "dropped": dropped, "dropped_examples": examples}
 
 
 def written_part_summary(path: str | Path) -> dict:

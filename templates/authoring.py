@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Callable
 
 from templates.chat import ChatFormat
-from templates.library import TASKS_DIR, load_task_templates, render_for_record
+from templates.library import TASKS_DIR, TemplateRefused, load_task_templates, render_for_record
 
 # the part of a rendered example the model is trained to produce is shown between these marks
 TARGET_OPEN, TARGET_CLOSE = "\u25b6", "\u25c0"
@@ -40,10 +40,15 @@ def template_stats(count_tokens: Callable[[str], int] | None = None) -> list[dic
 
 def preview(records: list[dict], chat: ChatFormat, seed: int = 0) -> list[str]:
     """Each record as the model sees it: its template (drawn as render draws it) laid out in `chat`,
-    the trained-on text between TARGET_OPEN and TARGET_CLOSE."""
+    the trained-on text between TARGET_OPEN and TARGET_CLOSE. A record its template refuses (render
+    would drop it) is shown with the refusal."""
     shown = []
     for record in records:
-        template, messages = render_for_record(record, seed)
+        try:
+            template, messages = render_for_record(record, seed)
+        except TemplateRefused as err:
+            shown.append(f"── {record['id']}: render drops it as '{err.reason}': {err}")
+            continue
         text = "".join(f"{TARGET_OPEN}{piece}{TARGET_CLOSE}" if target else piece
                        for piece, target in chat.pieces(messages))
         images = record.get("frames") or [record.get("image") or {}]

@@ -9,7 +9,10 @@ from pathlib import Path
 import jinja2
 import jinja2.meta
 import yaml
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import SecurityError
+
+from templates.sandbox import (LIMITS, MAX_MESSAGE_CHARS, MAX_TEMPLATE_CHARS, OVER_LIMITS, BoundedEnvironment,
+                               OverLimit, start_record)
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 BREVITY = ("short", "long", "none")
@@ -19,17 +22,12 @@ class _EmptyField(ValueError):
     """A template printed a record field that is None (e.g. the answer of a split without answers)."""
 
 
-def _refuse_none(value):
-    if value is None:
-        raise _EmptyField()
-    return value
-
-
-# StrictUndefined refuses a field the record lacks; finalize refuses one it has as None, which would
+# StrictUndefined refuses a field the record lacks; printing_none refuses one it has as None, which would
 # otherwise print as the word "None" (a test split's missing answer becoming a training target).
-# Templates are user-written and so untrusted: the sandbox keeps them from reaching Python internals.
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False,
-                            finalize=_refuse_none)
+# Templates are user-written and so untrusted: the sandbox keeps them from reaching Python internals,
+# and bounds what they may build and spend (templates/sandbox.py).
+_ENV = BoundedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False,
+                          printing_none=_EmptyField)
 # InstructBLIP appends the first 30 OCR tokens to the instruction of scene-text datasets.
 OCR_TOKENS_SHOWN = 30
 # Fields only some datasets of a task carry; a record without one renders as if it were None, so one
@@ -59,6 +57,21 @@ class TemplateError(ValueError):
     """A template file or a record that a template cannot render."""
 
 
+class TemplateRefused(TemplateError):
+    """One record a template cannot render (a bound crossed, the sandbox refusing, an error on this record's
+    values): render drops the record with `reason` and goes on. A field missing or None, which fails every
+    record of a dataset alike, stays a plain TemplateError that stops the stage."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+    @property
+    def over_limits(self) -> bool:
+        """Whether a bound was crossed (or the sandbox refused), rather than an error on this record's values."""
+        return self.reason in OVER_LIMITS
+
+
 @dataclass(frozen=True)
 class InstructionTemplate:
     """One way of asking for a task: a user prompt and the response built from the record."""
@@ -74,11 +87,13 @@ class InstructionTemplate:
     def render(self, record: dict) -> list[dict]:
         """The conversation for one record: a user turn (with `<image>`) and an assistant turn."""
         fields = {**dict.fromkeys(OPTIONAL_FIELDS), **record}
+        start_record()
         try:
-            template, names = _compiled(self.prompt, self.response)
+            template, names, used_globals = _compiled(self.prompt, self.response)
             # shared=True: the record's fields are the whole namespace (no copy merged with Jinja's
-            # globals per render, which cost as much as the render itself)
-            context = template.new_context({name: fields[name] for name in names if name in fields}, shared=True)
+            # globals per render, which cost as much as the render itself), with the few globals it uses
+            values = {name: fields[name] for name in names if name in fields}
+            context = template.new_context({**used_globals, **values} if used_globals else values, shared=True)
             text = _ENV.concat(template.root_render_func(context))
         except jinja2.UndefinedError as err:
             raise TemplateError(f"template {self.id}: record {record.get('id')!r}: {err.message}") from err
@@ -87,11 +102,28 @@ class InstructionTemplate:
             raise TemplateError(f"template {self.id}: record {record.get('id')!r}: a field it uses is empty "
                                 f"(None fields: {empty}); a split without answers cannot be rendered as "
                                 "training conversations") from err
+        except OverLimit as err:
+            raise self._refused(record, err.reason, err.detail) from None
+        except SecurityError as err:
+            raise self._refused(record, "template_unsafe", f"the sandbox refused: {err}") from None
+        except RecursionError:
+            raise self._refused(record, "template_too_slow", "calls nested deeper than Python allows") from None
+        except MemoryError:
+            raise self._refused(record, "template_too_big", "ran out of memory") from None
+        except Exception as err:  # noqa: BLE001 - any other error of a template on this record's values
+            raise self._refused(record, "template_failed", f"{type(err).__name__}: {err}") from err
         if text.count(_TURN_MARK) != 1:
-            raise TemplateError(f"template {self.id}: record {record.get('id')!r}: its text holds U+E000, which "
-                                "Loom reserves to split prompt from response; remove it from the record")
+            raise self._refused(record, "reserved_mark", "its text holds U+E000, which Loom reserves to split "
+                                "prompt from response; remove it from the record")
         prompt, _, response = text.partition(_TURN_MARK)
+        if len(prompt) > MAX_MESSAGE_CHARS or len(response) > MAX_MESSAGE_CHARS:
+            raise self._refused(record, "text_too_long", f"rendered text over {MAX_MESSAGE_CHARS:,} characters "
+                                f"(prompt {len(prompt):,}, response {len(response):,})")
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+    def _refused(self, record: dict, reason: str, detail: str) -> TemplateRefused:
+        hint = f"; {LIMITS}" if reason in OVER_LIMITS else ""
+        return TemplateRefused(f"template {self.id}, record {record.get('id')}: {detail}{hint}", reason)
 
 
 @lru_cache(maxsize=None)
@@ -110,9 +142,17 @@ def load_task_templates(task: str) -> tuple[InstructionTemplate, ...]:
             raise TemplateError(f"{path}: templates[{i}] ({t['id']}): brevity {t['brevity']!r}; expected one of {BREVITY}")
         if t["prompt"].count("<image>") != 1:
             raise TemplateError(f"{path}: templates[{i}] ({t['id']}): the prompt must hold <image> exactly once")
+        response = t.get("response", spec["response"])
+        if len(t["prompt"]) + len(response) > MAX_TEMPLATE_CHARS:
+            raise TemplateError(f"{path}: templates[{i}] ({t['id']}): prompt and response are "
+                                f"{len(t['prompt']) + len(response):,} characters; at most {MAX_TEMPLATE_CHARS:,}")
         _ENV.parse(t["prompt"])  # a syntax error surfaces here, with the file named by the caller
+        try:
+            _compiled(t["prompt"], response)
+        except jinja2.TemplateAssertionError as err:  # a filter or test that does not exist (or is left out)
+            raise TemplateError(f"{path}: templates[{i}] ({t['id']}): {err.message}") from err
         templates.append(InstructionTemplate(t["id"], spec["task"], t["lang"], t["brevity"], t["prompt"],
-                                             t.get("response", spec["response"]), bool(t.get("draw", True))))
+                                             response, bool(t.get("draw", True))))
     return tuple(templates)
 
 
@@ -129,11 +169,14 @@ _TURN_MARK = "\ue000"  # private use: no dataset text carries it, and Jinja's wh
 
 
 @lru_cache(maxsize=4096)
-def _compiled(prompt: str, response: str) -> tuple[jinja2.Template, tuple[str, ...]]:
-    """A prompt and response compiled once (compiling costs a hundred times what rendering does), and
-    the record fields they read (Jinja is handed only those)."""
+def _compiled(prompt: str, response: str) -> tuple[jinja2.Template, tuple[str, ...], dict]:
+    """A prompt and response compiled once (compiling costs a hundred times what rendering does), the
+    record fields they read (Jinja is handed only those) and the globals they use (`range`, `dict`)."""
     source = prompt + _TURN_MARK + response
-    return _ENV.from_string(source), tuple(sorted(jinja2.meta.find_undeclared_variables(_ENV.parse(source))))
+    tree = _ENV.parse(source)
+    names = jinja2.meta.find_undeclared_variables(tree)  # leaves out the environment's globals
+    used_globals = {node.name for node in tree.find_all(jinja2.nodes.Name) if node.name in _ENV.globals}
+    return (_ENV.from_string(source), tuple(sorted(names)), {name: _ENV.globals[name] for name in used_globals})
 
 
 @lru_cache(maxsize=None)

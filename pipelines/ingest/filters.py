@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.ingest.fetch_guard import FetchPolicy
-from pipelines.ingest.sources import caption_problem, url_problem
+from pipelines.ingest.sources import caption_problem, clean_caption, url_problem
 
 _URL = re.compile(r"https?://|www\.", re.IGNORECASE)
 _HTML = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>|&[a-z]+;")
@@ -122,12 +122,16 @@ def caption_quality(batch: pa.Table, config: FilterConfig) -> pa.Table:
 
 def screen_rows(batch: pa.Table, policy: FetchPolicy, config: FilterConfig) -> pa.Table:
     """Everything decidable from an input row alone, before anything is downloaded: a value that
-    is not text, the URL (malformed, private network), the caption's presence, language, junk
-    and length. Adds
-    `drop_reason`, `lang` and `lang_confidence`; the rows still kept are the ones to fetch."""
+    is not text, the URL (malformed, private network), the caption's presence, characters (control,
+    bidi, private use), language, junk and length. Adds `drop_reason`, `lang` and `lang_confidence`;
+    the rows still kept are the ones to fetch, their captions cleaned (`clean_caption`: what goes on into
+    the pairs); a dropped row keeps its caption as it came."""
     problems = batch["problem"].to_pylist() if "problem" in batch.column_names else [None] * batch.num_rows
+    captions = batch["caption"].to_pylist()
     reasons = [problem or url_problem(url, policy) or caption_problem(caption) for problem, url, caption
-               in zip(problems, batch["url"].to_pylist(), batch["caption"].to_pylist())]
+               in zip(problems, batch["url"].to_pylist(), captions)]
+    cleaned = [caption if reason else clean_caption(caption) for caption, reason in zip(captions, reasons)]
+    batch = batch.set_column(batch.schema.get_field_index("caption"), "caption", pa.array(cleaned, pa.string()))
     batch = batch.append_column("drop_reason", pa.array(reasons, pa.string()))
     return caption_quality(LanguageId(config)(batch), config)
 

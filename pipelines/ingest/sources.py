@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -270,9 +272,46 @@ def url_problem(url: str | None, policy: "FetchPolicy") -> str | None:
     return "private_network" if policy.refusal(host) else None
 
 
+# C0 and C1 control characters but the whitespace ones (tab, line and form feeds, carriage return), which
+# clean_caption turns into spaces: NUL, the ESC that starts an ANSI escape sequence, backspace, DEL...
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+# bidi embeddings and overrides (LRE, RLE, PDF, LRO, RLO) and isolates (LRI, RLI, FSI, PDI): they reorder what
+# a reader sees against what a model reads ("Trojan Source"); the plain marks LRM and RLM are kept
+_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+# the private use areas: no shared meaning, and U+E000 is the mark render splits a prompt from its response at
+_PRIVATE_USE = re.compile(r"[\ue000-\uf8ff\U000f0000-\U0010ffff]")
+# invisible and meaningless in a caption: byte order marks (zero-width no-break spaces), zero-width spaces,
+# word joiners
+_INVISIBLE = re.compile(r"[\ufeff\u200b\u2060]")
+# zero-width non-joiners and joiners shape emoji sequences and Arabic-script and Indic words: kept between
+# two characters that are neither ASCII nor spaces, removed anywhere else
+_JOINERS = re.compile(r"(?<=[^\x00-\x7f\s])([\u200c\u200d]+)(?=[^\x00-\x7f\s])|[\u200c\u200d]+")
+_BLANK = re.compile(r"[\s\ufeff\u200b\u2060\u200c\u200d]*")
+
+
 def caption_problem(caption: str | None) -> str | None:
+    """Why a caption cannot become training text, or None: 'caption_missing' (null), 'caption_control'
+    (a control character: NUL, an ANSI escape sequence's ESC...), 'caption_bidi' (a bidi override, embedding
+    or isolate), 'caption_private_use' (a private use code point), 'caption_empty' (nothing but spaces and
+    invisible characters). What is harmless is cleaned instead (`clean_caption`)."""
     if caption is None:
         return "caption_missing"
-    if not caption.strip():
+    if _CONTROL.search(caption):
+        return "caption_control"
+    if not caption.isascii():
+        if _BIDI.search(caption):
+            return "caption_bidi"
+        if _PRIVATE_USE.search(caption):
+            return "caption_private_use"
+    if _BLANK.fullmatch(caption):
         return "caption_empty"
     return None
+
+
+def clean_caption(caption: str) -> str:
+    """A caption without `caption_problem` as training text: without byte order marks, zero-width spaces and
+    stray joiners, NFC-normalised, every run of whitespace one space, none at either end."""
+    if not caption.isascii():
+        caption = _JOINERS.sub(lambda joiners: joiners.group(1) or "", _INVISIBLE.sub("", caption))
+        caption = unicodedata.normalize("NFC", caption)
+    return " ".join(caption.split())
