@@ -16,7 +16,9 @@ from templates.library import TemplateError, template_by_id
 
 _collector_paused = collector_paused  # the name bench/render.py imports
 
-DEFAULTS = {"seed": 0, "datasets": [], "mixture": None, "part_records": 100_000, "ray": "auto"}
+DEFAULTS = {"seed": 0, "datasets": [], "mixture": None, "part_records": 100_000, "ray": "auto",
+            # default: Loom's own templates; instructblip_paper: InstructBLIP's Table 5 where it covers the task
+            "template_set": "default"}
 # render.ray: "auto" renders on Ray when a cluster is named or the work is several tasks big enough to
 # share out (RAY_AUTO_BYTES), in this process otherwise (a local Ray's start, seconds, would dwarf
 # rendering a few thousand records). render.part_records: the records of one output file, and the most
@@ -153,6 +155,11 @@ def render_settings(config: dict) -> dict:
             except TemplateError as err:
                 raise ConfigError(f"{where}.template: {err}") from err
     _check_mixture(cfg)
+    from templates.library import template_sets
+
+    require(cfg["template_set"] in template_sets(),
+            f"render.template_set: {cfg['template_set']!r}; expected one of {', '.join(template_sets())} "
+            "(templates/sets/ holds each named set)")
     require(cfg["ray"] in RAY_CHOICES, f"render.ray: {cfg['ray']!r}; expected one of {', '.join(RAY_CHOICES)}")
     require(isinstance(cfg["part_records"], int) and cfg["part_records"] > 0,
             f"render.part_records: {cfg['part_records']!r}; expected a positive number of records per output file")
@@ -224,6 +231,15 @@ def _source(entry: dict) -> str:
 def _stem(i: int, entry: dict) -> str:
     """The name every file of entry `i` starts with: `03-vqav2-val`."""
     return f"{i:02d}-{_source(entry)}-{entry.get('split', 'train')}"
+
+
+def drawing(entry: dict, cfg: dict) -> dict:
+    """The entry as render draws its records: its pinned template, else from render.template_set."""
+    from templates.library import DEFAULT_SET, SET_MARK
+
+    if entry.get("template") or cfg["template_set"] == DEFAULT_SET:
+        return entry
+    return {**entry, "template": SET_MARK + cfg["template_set"]}
 
 
 def render_entry(i: int, entry: dict, records: list[dict] | None, count: int | None, seed: int,
@@ -370,14 +386,15 @@ def _render_here(cfg: dict, plans: dict[int, list], stage_dir: Path, log) -> tup
     results = []
     for i, entry in enumerate(cfg["datasets"]):
         if i in plans:
-            calls = _pairs_part_calls(i, entry, plans[i], cfg["seed"], folder)
+            calls = _pairs_part_calls(i, drawing(entry, cfg), plans[i], cfg["seed"], folder)
             summaries = []
             for _, arguments in calls:
                 summaries.append(render_pairs_part(*arguments))
                 _log_part(log, entry, len(summaries), summaries[-1], len(calls))
             results.append(_pairs_result(plans[i], [name for name, _ in calls], summaries))
         else:
-            result = render_entry(i, entry, read.pop(i), counts.get(i), cfg["seed"], cfg["part_records"], folder)
+            result = render_entry(i, drawing(entry, cfg), read.pop(i), counts.get(i), cfg["seed"], cfg["part_records"],
+                                  folder)
             result["seconds"]["read"] = seconds[i]
             results.append(result)
     return results, report
@@ -406,11 +423,11 @@ def _render_on_ray(cfg: dict, plans: dict[int, list], stage_dir: Path, ray_addre
         entry_refs, part_of, calls = {}, {}, {}
         for i, entry in enumerate(cfg["datasets"]):
             if i in plans:
-                calls[i] = _pairs_part_calls(i, entry, plans[i], cfg["seed"], folder)
+                calls[i] = _pairs_part_calls(i, drawing(entry, cfg), plans[i], cfg["seed"], folder)
                 part_of.update({part_task.remote(*arguments): (i, n) for n, (_, arguments) in enumerate(calls[i])})
             else:
-                entry_refs[i] = entry_task.remote(i, entry, None, counts.get(i), cfg["seed"], cfg["part_records"],
-                                                  folder)
+                entry_refs[i] = entry_task.remote(i, drawing(entry, cfg), None, counts.get(i), cfg["seed"],
+                                                  cfg["part_records"], folder)
         log(f"render: {len(cfg['datasets'])} dataset(s) on Ray, {len(entry_refs) + len(part_of)} task(s)")
         summaries = {i: [None] * len(plan) for i, plan in plans.items()}
         done = collections.Counter()

@@ -15,6 +15,7 @@ from templates.sandbox import (LIMITS, MAX_MESSAGE_CHARS, MAX_TEMPLATE_CHARS, OV
                                OverLimit, start_record)
 
 TASKS_DIR = Path(__file__).parent / "tasks"
+SETS_DIR = Path(__file__).parent / "sets"  # named sets of templates, e.g. a paper's own (render.template_set)
 BREVITY = ("short", "long", "none")
 # Tasks whose records are already conversations: no templates (InstructBLIP uses LLaVA-Instruct as it is).
 CONVERSATION_TASKS = ("llava_instruct",)
@@ -132,6 +133,37 @@ def load_task_templates(task: str) -> tuple[InstructionTemplate, ...]:
     if not path.exists():
         known = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
         raise TemplateError(f"no templates for task {task!r}; tasks with templates: {known}")
+    return _load_file(path)
+
+
+# A template choice is a template id (pinned), or SET_MARK + the name of a template set to draw from.
+SET_MARK = "@"
+DEFAULT_SET = "default"
+
+
+def template_sets() -> list[str]:
+    """The template sets render can draw from: Loom's own (default), and each folder of templates/sets/."""
+    return [DEFAULT_SET, *sorted(p.parent.name for p in SETS_DIR.glob("*/set.yaml"))]
+
+
+@lru_cache(maxsize=None)
+def template_set(name: str) -> dict:
+    """A set's description: `covers` (Loom task -> the set's file) and `languages`."""
+    path = SETS_DIR / name / "set.yaml"
+    if not path.is_file():
+        raise TemplateError(f"no template set {name!r}; sets: {', '.join(template_sets())}")
+    return yaml.safe_load(path.read_text())
+
+
+@lru_cache(maxsize=None)
+def set_templates(name: str, task: str) -> tuple[InstructionTemplate, ...]:
+    """The templates a set draws a Loom task's records from (none when the set does not cover the task)."""
+    spec = template_set(name)
+    return _load_file(SETS_DIR / name / f"{spec['covers'][task]}.yaml") if task in spec["covers"] else ()
+
+
+@lru_cache(maxsize=None)
+def _load_file(path: Path) -> tuple[InstructionTemplate, ...]:
     spec = yaml.safe_load(path.read_text())
     templates = []
     for i, t in enumerate(spec["templates"]):
@@ -157,8 +189,9 @@ def load_task_templates(task: str) -> tuple[InstructionTemplate, ...]:
 
 
 def template_by_id(template_id: str) -> InstructionTemplate:
-    for path in sorted(TASKS_DIR.glob("*.yaml")):
-        for template in load_task_templates(path.stem):
+    files = [*sorted(TASKS_DIR.glob("*.yaml")), *sorted(p for p in SETS_DIR.glob("*/*.yaml") if p.name != "set.yaml")]
+    for path in files:
+        for template in _load_file(path):
             if template.id == template_id:
                 return template
     raise TemplateError(f"no template with id {template_id!r}")
@@ -184,9 +217,11 @@ def _drawable(task: str, lang: str) -> tuple[InstructionTemplate, ...]:
     return tuple(t for t in load_task_templates(task) if t.lang == lang and t.draw)
 
 
-def choose_template(task: str, lang: str, record_id: str, seed: int) -> InstructionTemplate:
-    """A template drawn uniformly for this record, the same on every run with the same seed."""
-    pool = _drawable(task, lang)
+def choose_template(task: str, lang: str, record_id: str, seed: int, set_name: str = DEFAULT_SET) -> InstructionTemplate:
+    """A template drawn uniformly for this record, the same on every run with the same seed: from the set
+    `set_name` where it covers the task and the language, else from Loom's own."""
+    pool = () if set_name == DEFAULT_SET else tuple(t for t in set_templates(set_name, task) if t.lang == lang and t.draw)
+    pool = pool or _drawable(task, lang)
     if not pool:
         raise TemplateError(f"no {lang!r} templates for task {task!r}")
     digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
@@ -194,15 +229,18 @@ def choose_template(task: str, lang: str, record_id: str, seed: int) -> Instruct
 
 
 def render_for_record(record: dict, seed: int, template_id: str | None = None) -> tuple[InstructionTemplate, list[dict]]:
-    """The template render draws for this record (or the one pinned), and the conversation it gives.
+    """The template render draws for this record (or the one pinned; `@SET` draws from a template set), and
+    the conversation it gives.
 
     A record that is already a conversation (LLaVA-Instruct's `messages`) takes no template, as
     InstructBLIP uses it: it passes through under the id 'native'."""
-    if record.get("messages") is not None and not template_id:
+    pinned = template_id and not template_id.startswith(SET_MARK)
+    if record.get("messages") is not None and not pinned:
         native = InstructionTemplate("native", record["task"], record["lang"], "none", "", "", draw=False)
         return native, [dict(m) for m in record["messages"]]
-    template = template_by_id(template_id) if template_id else choose_template(
-        record["task"], record["lang"], record["id"], seed)
+    set_name = template_id[len(SET_MARK):] if template_id and not pinned else DEFAULT_SET
+    template = template_by_id(template_id) if pinned else choose_template(
+        record["task"], record["lang"], record["id"], seed, set_name)
     messages = template.render(record)
     frames = record.get("frames")
     if frames:  # a video's sampled frames stand, in order, where the template puts its one image
@@ -212,5 +250,5 @@ def render_for_record(record: dict, seed: int, template_id: str | None = None) -
 
 def reload_templates() -> None:
     """Forget the task files read so far (after TASKS_DIR or a file in it changed)."""
-    load_task_templates.cache_clear()
-    _drawable.cache_clear()
+    for cached in (load_task_templates, _drawable, _load_file, template_set, set_templates):
+        cached.cache_clear()
