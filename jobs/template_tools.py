@@ -10,9 +10,10 @@ from jobs.config import ConfigError, load_config
 
 
 def sample_records(task: str, lang: str, count: int, seed: int, config: str | None = None,
-                   dataset: str | None = None) -> list[dict]:
+                   dataset: str | None = None, scratch: str | Path | None = None) -> list[dict]:
     """`count` canonical records of `task` in `lang`: from the datasets a render config names (optionally one
-    card or adapter), or, without a config, from the shapes-world fixtures of the task's datasets."""
+    card or adapter), or, without a config, from the shapes-world fixtures of the task's datasets, written
+    into `scratch` (which the caller removes)."""
     if config:
         from jobs.render import read_records, render_settings
 
@@ -24,23 +25,23 @@ def sample_records(task: str, lang: str, count: int, seed: int, config: str | No
             raise ConfigError(f"{config}: render.datasets gives no {lang} {task} record"
                               + (f" from {dataset}" if dataset else ""))
     else:
-        records = _shapes_world_records(task, lang, count, seed)
+        records = _shapes_world_records(task, lang, count, seed, Path(scratch or tempfile.mkdtemp(prefix="loom-preview-")))
         if dataset:
             records = [r for r in records if r["dataset"] == dataset]
     random.Random(seed).shuffle(records)
     return records[:count]
 
 
-def _shapes_world_records(task: str, lang: str, count: int, seed: int) -> list[dict]:
-    """English records of every dataset of `task` from their shapes-world fixtures; Chinese captions from
-    shapes-world scenes (the catalog's datasets are English)."""
-    folder = Path(tempfile.mkdtemp(prefix="loom-preview-"))
-    if lang == "en":
+def _shapes_world_records(task: str, lang: str, count: int, seed: int, folder: Path) -> list[dict]:
+    """Records of every dataset of `task` from their shapes-world fixtures (English; for another language
+    the same records labelled so, which shows that language's templates around English fields), or Chinese
+    captions of shapes-world scenes for Chinese captioning."""
+    if not (task == "captioning" and lang == "zh"):
         from catalog.cards import load_cards, select_cards
         from pipelines.shapes_world.formats.samples import sample_records as fixture_records
 
         names = sorted(select_cards(load_cards(), kind="dataset", task=task))
-        records = [r for name in names for r in fixture_records(name, folder)]
+        records = [{**r, "lang": lang} for name in names for r in fixture_records(name, folder)]
         if records:
             return records
     if task == "captioning" and lang == "zh":
@@ -70,9 +71,17 @@ def print_preview(task: str, lang: str, count: int, seed: int, chat: str, config
         chat_format = get_chat_format(chat)
     except ValueError as err:
         raise ConfigError(f"--chat: {err}") from err
-    for example in preview(sample_records(task, lang, count, seed, config, dataset), chat_format, seed):
-        print(example, end="\n\n")
+    with tempfile.TemporaryDirectory(prefix="loom-preview-") as scratch:  # the fixtures' images go with it
+        records = sample_records(task, lang, count, seed, config, dataset, scratch)
+        for example in preview(records, chat_format, seed):
+            print(example, end="\n\n")
     print(f"(in the {chat} chat format; the model is trained on the text between {TARGET_OPEN} and {TARGET_CLOSE})")
+    if len(records) < count:
+        print(f"(only {len(records)} {lang} {task} record(s) to show, of the {count} asked for"
+              + (f": {dataset}'s sample holds no more)" if dataset else ")"))
+    if lang != "en" and not config and not (task == "captioning" and lang == "zh"):
+        print(f"(the shapes-world samples are English records labelled {lang}: the {lang} template wording is what "
+              "this shows; --config draws your own records)")
 
 
 def print_stats(tokenizer: str | None) -> None:
@@ -99,6 +108,7 @@ def print_stats(tokenizer: str | None) -> None:
 
 
 BREVITY_WORDS = ("short", "brief", "concise", "single word", "three words", "few words", "one word", "a word")
+BREVITY_WORDS_ZH = ("简短", "简要", "简洁", "一个词", "几个字", "三个词", "简单回答")
 NEAR_DUPLICATE_RATIO = 0.9  # difflib similarity of two prompts' word sequences
 RECORDS_PER_DATASET = 8
 
@@ -204,7 +214,9 @@ def _lint_wording(task, templates, cards, names) -> list[str]:
                     problems.append(f"{task}: templates {a.id} and {b.id} are near copies ({ratio:.2f} similar)")
     for t in templates:
         says_short = any(word in t.prompt.lower() for word in BREVITY_WORDS)
-        if t.lang == "en" and says_short != (t.brevity == "short"):
+        if t.lang == "zh":
+            says_short = any(word in t.prompt for word in BREVITY_WORDS_ZH)
+        if t.lang in ("en", "zh") and says_short != (t.brevity == "short"):
             problems.append(f"{task}: template {t.id} is marked brevity {t.brevity} but its wording "
                             f"{'asks' if says_short else 'does not ask'} for a short answer")
     return problems

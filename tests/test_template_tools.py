@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
 
 from jobs.cli import main as loom
@@ -113,3 +114,23 @@ def test_lint_names_near_copies_and_mislabelled_brevity(tmp_path, monkeypatch):
 def test_lint_exits_non_zero_on_a_missing_task(tmp_path, monkeypatch, capsys):
     problems = lint_with(tmp_path, monkeypatch, lambda f: (f / "video_qa.yaml").unlink())
     assert any(p.startswith("video_qa: no templates for task 'video_qa'") for p in problems)
+
+
+@pytest.mark.parametrize("task", ["vqa", "visual_dialog", "reading_vqa"])
+def test_preview_in_chinese_works_for_every_task_and_leaves_no_scratch_folder(task, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    from jobs.cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["templates", "preview", task, "--lang", "zh", "-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(zh, brevity") == 2 and "_zh_" in out
+    assert not list(tmp_path.glob("loom-preview-*"))
+
+
+def test_preview_says_when_a_dataset_holds_fewer_records_than_asked(capsys):
+    from jobs.cli import main
+
+    assert main(["templates", "preview", "classification", "--dataset", "hateful_memes", "-n", "5"]) == 0
+    assert "only 2 en classification record(s) to show, of the 5 asked for" in capsys.readouterr().out
