@@ -43,9 +43,9 @@ def test_preview_draws_records_from_a_render_config(tmp_path, capsys):
     assert out.count("· vizwiz:val:") == 2
 
 
-def test_preview_of_a_task_without_a_sample_says_what_to_pass(capsys):
-    assert loom(["templates", "preview", "vqa", "--lang", "zh"]) == 2
-    assert "pass --config" in capsys.readouterr().err
+def test_preview_in_a_language_without_templates_says_so(capsys):
+    assert loom(["templates", "preview", "vqa", "--lang", "fr"]) == 2
+    assert "no 'fr' templates for task 'vqa'" in capsys.readouterr().err
 
 
 def test_stats_gives_counts_brevity_and_lengths_per_task_and_language(capsys):
