@@ -74,8 +74,8 @@ def main() -> None:
 
     import ray
 
-    from jobs.render import _collector_paused, read_records
-    from pipelines.render import render_table
+    from jobs.render import read_records
+    from pipelines.render import collector_paused, render_table
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -90,7 +90,7 @@ def main() -> None:
     try:
         for r in range(-1, args.repeats):  # round -1 warms up
             started = time.perf_counter()
-            with _collector_paused():  # as the stage renders
+            with collector_paused():  # as the stage renders
                 render_table(records, 0)
             times["template_step_one_core"].append(time.perf_counter() - started)
             for name, mode in (("stage_in_process", "never"), ("stage_on_ray", "always")):

@@ -14,7 +14,6 @@ from pipelines.render import collector_paused, part_name, render_part
 from pipelines.render_pairs import part_rows, plan_parts, render_pairs_part, shard_rows
 from templates.library import TemplateError, template_by_id
 
-_collector_paused = collector_paused  # the name bench/render.py imports
 
 DEFAULTS = {"seed": 0, "datasets": [], "mixture": None, "part_records": 100_000, "ray": "auto",
             # default: Loom's own templates; instructblip_paper: InstructBLIP's Table 5 where it covers the task
