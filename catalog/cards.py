@@ -144,15 +144,47 @@ def pairs_layout(card: dict, layout: str | None = None) -> dict:
     return card["layouts"][name]
 
 
+# the user's own card folders (render.catalog_paths), read alongside CARDS_DIR: `use_card_folders`
+_user_folders: tuple[Path, ...] = ()
+
+
+def use_card_folders(folders) -> None:
+    """Read the cards of `folders` (NAME.yaml files, in the format of catalog/cards/) alongside Loom's own
+    from now on; a card whose name is taken (by a built-in card or another user folder's) is refused
+    naming both files."""
+    global _user_folders
+    wanted = tuple(Path(folder).resolve() for folder in folders)
+    for folder in wanted:
+        if not folder.is_dir():
+            raise CardError(f"card folder {folder}: no such folder; give folders of NAME.yaml cards "
+                            "(the format of catalog/cards/)")
+    _cards_of(CARDS_DIR.resolve(), wanted)  # a malformed or clashing card is named now, not at first use
+    _user_folders = wanted
+
+
 @functools.lru_cache(maxsize=None)
 def _cards(cards_dir: Path) -> dict[str, dict]:
     return {path.stem: _read_card(path) for path in sorted(cards_dir.glob("*.yaml"))}
 
 
+@functools.lru_cache(maxsize=None)
+def _cards_of(cards_dir: Path, user_folders: tuple[Path, ...]) -> dict[str, dict]:
+    cards, files = dict(_cards(cards_dir)), {name: cards_dir / f"{name}.yaml" for name in _cards(cards_dir)}
+    for folder in user_folders:
+        for name, card in _cards(folder).items():
+            if name in cards:
+                raise CardError(f"card {name!r} is in both {files[name]} and {folder / f'{name}.yaml'}; card names "
+                                "are unique: rename yours (its file and its `name:`)")
+            cards[name], files[name] = card, folder / f"{name}.yaml"
+    return cards
+
+
 def load_cards(cards_dir: str | Path | None = None) -> dict[str, dict]:
-    """Every card, by dataset name (a fresh copy each call, so callers may change it)."""
-    directory = Path(cards_dir) if cards_dir is not None else CARDS_DIR
-    return {name: copy.deepcopy(card) for name, card in _cards(directory.resolve()).items()}
+    """Every card, by dataset name (a fresh copy each call, so callers may change it): those of `cards_dir`,
+    or Loom's own and the user folders' (`use_card_folders`)."""
+    cards = _cards((Path(cards_dir)).resolve()) if cards_dir is not None else _cards_of(CARDS_DIR.resolve(),
+                                                                                         _user_folders)
+    return {name: copy.deepcopy(card) for name, card in cards.items()}
 
 
 def select_cards(cards: dict[str, dict], kind: str | None = None, lang: str | None = None,

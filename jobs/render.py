@@ -10,37 +10,35 @@ from jobs.config import ConfigError, require, section
 from pipelines.manifest import (StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest,
                                 start_or_resume)
 from pipelines.mixture import draw
-from pipelines.render import collector_paused, part_name, render_part
-from pipelines.render_pairs import part_rows, plan_parts, render_pairs_part, shard_rows
+from pipelines.render import IMAGES_FOLDER, collector_paused, part_name, render_part
+from pipelines.render_pairs import part_rows, part_starts, plan_parts, render_pairs_part, shard_rows
 from templates.library import TemplateError, template_by_id
 
 
-DEFAULTS = {"seed": 0, "datasets": [], "mixture": None, "part_records": 100_000, "ray": "auto",
-            # default: Loom's own templates; instructblip_paper: InstructBLIP's Table 5 where it covers the task
-            "template_set": "default"}
+# The render section's keys, types and defaults: jobs/schema.py's Render.
 # render.ray: "auto" renders on Ray when a cluster is named or the work is several tasks big enough to
-# share out (RAY_AUTO_BYTES), in this process otherwise (a local Ray's start, seconds, would dwarf
-# rendering a few thousand records). render.part_records: the records of one output file, and the most
-# pairs one task holds
-RAY_CHOICES = ("auto", "always", "never")
-# auto: Ray for several tasks (a task per dataset, or per part of a pairs entry) whose input files add up
-# to more than this
+# share out, in this process otherwise (a local Ray's start, seconds, would dwarf rendering a few
+# thousand records): several tasks (a task per dataset, or per part of a pairs entry) whose input files
+# add up to more than this
 RAY_AUTO_BYTES = 64 * 2**20
-# render.mixture: the training entries (split train, not caption pairs) reweighted as InstructBLIP mixes them
-MIXTURE_DEFAULTS = {"weighting": "sqrt", "adjustments": None, "total": None}
 
 # adapter name -> (the keys an entry must give, the keys it may give)
 ADAPTERS = {
-    "pairs": ({"path"}, {"split", "limit", "template"}),
-    "coco_captions": ({"annotations", "images"}, {"split", "limit", "template", "lang"}),
-    "vqav2": ({"questions", "images"}, {"annotations", "split", "limit", "template", "lang"}),
-    # your own table (catalog/adapters/generic.py): jsonl, json, parquet, csv or a datasets folder
-    "generic": ({"path", "task"}, {"columns", "name", "image_root", "lang", "format", "split", "limit", "template"}),
+    "pairs": ({"path"}, {"split", "limit", "template", "brevity"}),
+    "coco_captions": ({"annotations", "images"}, {"split", "limit", "template", "lang", "brevity"}),
+    "vqav2": ({"questions", "images"}, {"annotations", "split", "limit", "template", "lang", "brevity"}),
+    # your own table (catalog/adapters/generic.py): jsonl, json, parquet, csv or a datasets folder at `path`,
+    # or a dataset datasets.load_dataset reads by name (`hub`, with hub_config and hub_split)
+    "generic": ({"task"}, {"path", "hub", "hub_config", "hub_split", "columns", "name", "image_root", "lang",
+                           "format", "split", "limit", "template", "brevity"}),
 }
+# the card whose defaults (brevity) an entry of a built-in adapter takes
+ADAPTER_CARDS = {"coco_captions": "coco_caption", "vqav2": "vqav2"}
 
 
 # keys every entry may give besides its adapter's own
-ENTRY_OPTIONS = {"split", "limit", "template", "lang"}  # lang: the language of a file's text (default en)
+ENTRY_OPTIONS = {"split", "limit", "template", "lang", "brevity"}  # lang: the language of a file's text (default en)
+BREVITY_HELP = "expected a share of records in [0, 1] asked for a short answer, or {short: S, long: L} with S + L <= 1"
 
 
 def card_adapter(name: str, where: str):
@@ -80,7 +78,7 @@ def _check_card_entry(entry: dict, where: str) -> None:
             + (f", not {entry['template']!r}" if entry.get("template") else ""))
     from templates.library import CONVERSATION_TASKS, load_task_templates
 
-    lang = entry.get("lang", "en")
+    lang = entry_lang(entry)
     for task in set(card["tasks"]) - set(CONVERSATION_TASKS):
         try:
             templates = load_task_templates(task)
@@ -92,25 +90,24 @@ def _check_card_entry(entry: dict, where: str) -> None:
                 "of them, or pin a template")
 
 
-def _check_mixture(cfg: dict) -> None:
-    mixture = cfg["mixture"]
-    if mixture is None:
-        return
-    from pipelines.mixture import WEIGHTINGS
+def entry_lang(entry: dict) -> str | None:
+    """The language an entry's records are labelled with: its `lang`, else its card's one language where that
+    is not English (a card of your own for a Chinese file in VQAv2's format); None: what the adapter reads
+    (English for a card's native format, a generic table's own `lang` column)."""
+    if entry.get("lang"):
+        return entry["lang"]
+    if "card" in entry:
+        from catalog.cards import card_languages, get_card
 
-    require(isinstance(mixture, dict) and not set(mixture) - set(MIXTURE_DEFAULTS),
-            f"render.mixture: {mixture!r}; expected a mapping with some of {sorted(MIXTURE_DEFAULTS)}, "
-            "e.g. {weighting: sqrt, adjustments: {okvqa: 2.0, aokvqa: 0.5}, total: 100000}")
-    mixture = cfg["mixture"] = {**MIXTURE_DEFAULTS, **mixture}
-    require(mixture["weighting"] in WEIGHTINGS,
-            f"render.mixture.weighting: {mixture['weighting']!r}; expected one of {', '.join(WEIGHTINGS)}")
-    adjustments = mixture["adjustments"]
-    require(adjustments is None or (isinstance(adjustments, dict) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in adjustments.values())),
-        f"render.mixture.adjustments: {adjustments!r}; expected dataset: factor (a number >= 0)")
-    total = mixture["total"]
-    require(total is None or (isinstance(total, int) and not isinstance(total, bool) and total > 0),
-            f"render.mixture.total: {total!r}; expected a positive number of records (default: the datasets' sizes added up)")
+        languages = card_languages(get_card(entry["card"]))
+        return languages[0] if len(languages) == 1 else "en"
+    return None
+
+
+def _check_mixture(cfg: dict) -> None:
+    """A held-out dataset never enters the training mixture (its keys' types and ranges: jobs/schema.py)."""
+    if cfg["mixture"] is None:
+        return
     for i, entry in enumerate(cfg["datasets"]):
         if "card" in entry and entry.get("split", "train") == "train":
             from catalog.cards import get_card
@@ -125,10 +122,118 @@ def in_mixture(entry: dict, cfg: dict) -> bool:
     return cfg["mixture"] is not None and entry.get("split", "train") == "train" and entry.get("adapter") != "pairs"
 
 
+def use_user_folders(config: dict) -> dict:
+    """The render section with its template and card folders checked and read alongside Loom's own
+    (render.template_paths, render.catalog_paths): the templates commands and render alike see them."""
+    from catalog.cards import CardError, use_card_folders
+    from templates.library import use_template_folders
+
+    cfg = section(config, "render")
+    for key, use in (("template_paths", use_template_folders), ("catalog_paths", use_card_folders)):
+        folders = cfg[key]
+        require(isinstance(folders, list) and all(isinstance(f, str) and f for f in folders),
+                f"render.{key}: {folders!r}; expected a list of folders")
+        try:
+            use(folders)
+        except (TemplateError, CardError) as err:
+            raise ConfigError(f"render.{key}: {err}") from err
+    return cfg
+
+
+def dataset_name(entry: dict) -> str:
+    """The dataset an entry renders, as render.brevity names it: its card, a generic entry's `name` (else
+    its file's stem or its hub name's last part), or its adapter (`pairs`)."""
+    if "card" in entry:
+        return entry["card"]
+    if entry["adapter"] == "generic":
+        return entry.get("name") or (Path(entry["path"]).stem if entry.get("path")
+                                     else str(entry.get("hub", "")).rstrip("/").rpartition("/")[2])
+    return entry["adapter"]
+
+
+def entry_tasks(entry: dict) -> list[str]:
+    """The tasks of an entry's records, known before reading them."""
+    if "card" in entry:
+        from catalog.cards import get_card
+
+        return list(get_card(entry["card"])["tasks"])
+    if entry["adapter"] == "generic":
+        return ["llava_instruct" if entry["task"] == "conversation" else entry["task"]]
+    return {"pairs": ["captioning"], "coco_captions": ["captioning"], "vqav2": ["vqa"]}[entry["adapter"]]
+
+
+def _brevity_value(value, where: str) -> dict[str, float]:
+    """A brevity setting as {short, long} shares."""
+    def share(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+
+    if share(value):
+        return {"short": float(value), "long": 0.0}
+    require(isinstance(value, dict) and value and not set(value) - {"short", "long"}
+            and all(share(v) for v in value.values()), f"{where}: {value!r}; {BREVITY_HELP}")
+    shares = {"short": float(value.get("short", 0)), "long": float(value.get("long", 0))}
+    require(shares["short"] + shares["long"] <= 1 + 1e-9, f"{where}: {value!r}: the shares add up to more than 1; "
+            f"{BREVITY_HELP}")
+    return shares
+
+
+def entry_brevity(i: int, entry: dict, cfg: dict) -> dict | None:
+    """The brevity entry `i` is rendered with: {short, long, from} (where the shares come from: the entry,
+    render.brevity, its card's short answers, or the default 0), or None where its records take no drawn
+    template (a pinned one, or conversations)."""
+    from catalog.cards import get_card
+    from pipelines.render import template_pinned
+    from templates.brevity import paper_share
+    from templates.library import CONVERSATION_TASKS
+
+    where, name = f"render.datasets[{i}].brevity", dataset_name(entry)
+    conversation = set(entry_tasks(entry)) <= set(CONVERSATION_TASKS)
+    if template_pinned(entry.get("template")) or conversation:
+        why = (f"it pins template {entry.get('template')}, whose wording is its own" if not conversation else
+               "its records are conversations, which take no template")
+        require("brevity" not in entry, f"{where}: {entry.get('brevity')!r}, but {why}; leave brevity out")
+        return None
+    if "brevity" in entry:
+        return {**_brevity_value(entry["brevity"], where), "from": "entry"}
+    if name in cfg["brevity"]:
+        return {**_brevity_value(cfg["brevity"][name], f"render.brevity.{name}"), "from": "render.brevity"}
+    card = entry.get("card") or ADAPTER_CARDS.get(entry["adapter"])
+    task = entry_tasks(entry)[0]
+    if entry.get("adapter") == "pairs" or (card and (get_card(card).get("instructblip") or {}).get("short_answer")):
+        return {"short": paper_share(task), "long": 0.0, "from": f"the paper's share for {task} (short answers)"}
+    return {"short": 0.0, "long": 0.0, "from": "default (answers not marked short)"}
+
+
+def _check_brevity(cfg: dict) -> None:
+    """render.brevity names the datasets of render.datasets; every entry's brevity has templates to draw."""
+    require(isinstance(cfg["brevity"], dict), f"render.brevity: {cfg['brevity']!r}; expected dataset: share")
+    names = [dataset_name(entry) for entry in cfg["datasets"]]
+    unknown = sorted(set(cfg["brevity"]) - set(names))
+    require(not unknown, f"render.brevity: {unknown} not among render.datasets' datasets ({', '.join(names)}); "
+            "name a card, a generic entry's name, or pairs")
+    from templates.library import template_pool
+
+    for i, entry in enumerate(cfg["datasets"]):
+        brevity = entry_brevity(i, entry, cfg)
+        if brevity is None:
+            continue
+        lang = entry_lang(entry) or "en"  # a generic entry's per-row languages are checked as its rows are read
+        for label in ("short", "long", "none"):
+            share = brevity[label] if label != "none" else 1 - brevity["short"] - brevity["long"]
+            for task in entry_tasks(entry):
+                try:
+                    has = bool(template_pool(task, lang, cfg["template_set"], label))
+                except TemplateError:
+                    continue  # a task without templates is named by the entry's own check
+                require(has or share < 1e-9,
+                        f"render.datasets[{i}] ({dataset_name(entry)}): a brevity share of {share:g} for {label} "
+                        f"({brevity['from']}), but task {task} has no {label}-worded {lang} templates; set "
+                        f"render.brevity.{dataset_name(entry)} (or the entry's brevity) to leave {label} at 0, or "
+                        "add such templates (render.template_paths)")
+
+
 def render_settings(config: dict) -> dict:
-    cfg = section(config, "render", DEFAULTS)
-    require(bool(cfg["datasets"]), "render.datasets: empty; list the datasets to render, e.g. "
-            "[{adapter: pairs, path: '{out}/ingest'}] or [{card: vizwiz, annotation_file: ..., image_root: ...}]")
+    cfg = use_user_folders(config)
     for i, entry in enumerate(cfg["datasets"]):
         where = f"render.datasets[{i}]"
         if isinstance(entry, dict) and "card" in entry:  # any dataset whose card names an adapter
@@ -148,6 +253,9 @@ def render_settings(config: dict) -> dict:
         unknown = set(entry) - required - optional - {"adapter"}
         require(not unknown, f"{where}: unknown key(s) {sorted(unknown)}; adapter {entry['adapter']} "
                 f"takes {sorted(required | optional)}")
+        require(entry["adapter"] != "generic" or ("path" in entry) != ("hub" in entry),
+                f"{where}: give `path` (a jsonl, json, parquet or csv file, or a saved datasets folder) or `hub` "
+                "(a name for datasets.load_dataset: a Hub dataset or a local dataset repository folder), one of them")
         if entry.get("template"):
             try:
                 template_by_id(entry["template"])
@@ -159,9 +267,7 @@ def render_settings(config: dict) -> dict:
     require(cfg["template_set"] in template_sets(),
             f"render.template_set: {cfg['template_set']!r}; expected one of {', '.join(template_sets())} "
             "(templates/sets/ holds each named set)")
-    require(cfg["ray"] in RAY_CHOICES, f"render.ray: {cfg['ray']!r}; expected one of {', '.join(RAY_CHOICES)}")
-    require(isinstance(cfg["part_records"], int) and cfg["part_records"] > 0,
-            f"render.part_records: {cfg['part_records']!r}; expected a positive number of records per output file")
+    _check_brevity(cfg)
     return cfg
 
 
@@ -178,8 +284,9 @@ def read_records(entry: dict) -> list[dict]:
     elif entry["adapter"] == "generic":
         from catalog.adapters.generic import read_generic
 
-        records = read_generic(entry["path"], entry["task"], entry.get("columns"), entry.get("name"),
-                               entry.get("image_root"), entry.get("lang"), entry.get("format"), split)
+        records = read_generic(entry.get("path"), entry["task"], entry.get("columns"), entry.get("name"),
+                               entry.get("image_root"), entry.get("lang"), entry.get("format"), split,
+                               entry.get("hub"), entry.get("hub_config"), entry.get("hub_split"))
     elif entry["adapter"] == "coco_captions":
         from catalog.adapters.coco_captions import read_coco_captions
 
@@ -189,9 +296,10 @@ def read_records(entry: dict) -> list[dict]:
 
         records = read_vqav2(entry["questions"], entry.get("annotations"), entry["images"], split)
     records = records[: entry["limit"]] if entry.get("limit") else records
-    if entry.get("lang"):  # a file in another language than its card's (a Chinese VQAv2-format file)
-        for record in records:
-            record["lang"] = entry["lang"]
+    lang = entry_lang(entry)
+    if entry.get("lang") or ("card" in entry and lang != "en"):  # a file in another language than its format's
+        for record in records:  # (a Chinese VQAv2-format file, given `lang: zh` or a card of its own saying so)
+            record["lang"] = lang
     return records
 
 
@@ -208,8 +316,11 @@ def _input_fingerprints(cfg: dict) -> dict[str, str]:
                 raise ConfigError(f"render.datasets: {entry['path']}: no finished ingest output there "
                                   "(manifest.json missing); run `loom ingest` first")
             inputs[entry["path"]] = manifest_hash(entry["path"])
+        elif entry.get("hub") and not Path(entry["hub"]).is_dir():
+            # a Hub name: its cached files are the datasets library's; a changed repository is not noticed
+            inputs[f"hub:{entry['hub']}"] = f"{entry.get('hub_config')}/{entry.get('hub_split') or entry.get('split', 'train')}"
         else:
-            for key in ("annotations", "questions", "path"):
+            for key in ("annotations", "questions", "path", "hub"):
                 value = entry.get(key)
                 if value and Path(value).is_dir():  # a datasets folder: every file in it
                     for file in sorted(p for p in Path(value).rglob("*") if p.is_file()):
@@ -241,10 +352,26 @@ def drawing(entry: dict, cfg: dict) -> dict:
     return {**entry, "template": SET_MARK + cfg["template_set"]}
 
 
+def use_folders(folders: tuple[tuple, tuple]) -> None:
+    """In a Ray worker (a no-op where they are read already): the user's template and card folders."""
+    from catalog.cards import use_card_folders
+    from templates.library import use_template_folders
+
+    use_template_folders(folders[0])
+    use_card_folders(folders[1])
+
+
+def _folders(cfg: dict) -> tuple[tuple, tuple]:
+    return tuple(cfg["template_paths"]), tuple(cfg["catalog_paths"])
+
+
 def render_entry(i: int, entry: dict, records: list[dict] | None, count: int | None, seed: int,
-                 part_records: int, folder: str) -> dict:
+                 part_records: int, folder: str, brevity: dict | None = None,
+                 folders: tuple[tuple, tuple] = ((), ())) -> dict:
     """Ray task (or a plain call): one configured dataset's records (read here when None), drawn to
-    `count` for the training mixture, rendered into parts of `part_records`; rows in and every part."""
+    `count` for the training mixture, rendered into parts of `part_records`; rows in and every part.
+    `brevity` ({short, long} shares, from `entry_brevity`) is realised exactly over the records drawn."""
+    use_folders(folders)
     started = time.perf_counter()
     if records is None:
         with collector_paused():
@@ -256,16 +383,26 @@ def render_entry(i: int, entry: dict, records: list[dict] | None, count: int | N
     else:
         drawn = records
     chunks = [drawn[k:k + part_records] for k in range(0, len(drawn), part_records)] or [[]]
+    worded = brevity_draw(i, entry, brevity, len(drawn), seed)
     parts = []
     for n, chunk in enumerate(chunks):
         name = part_name(_stem(i, entry), n, len(chunks))
-        parts.append((name, render_part(chunk, seed, entry.get("template"), str(Path(folder) / name))))
-    return {"rows_in": len(records), "parts": parts,
+        parts.append((name, render_part(chunk, seed, entry.get("template"), str(Path(folder) / name), worded,
+                                        n * part_records)))
+    return {"rows_in": len(records), "rows_drawn": len(drawn), "parts": parts,
             "seconds": {"read": read_seconds, "render_and_write": time.perf_counter() - started - read_seconds}}
 
 
-def entry_size(entry: dict) -> tuple[str | None, int]:
+def brevity_draw(i: int, entry: dict, brevity: dict | None, total: int, seed: int):
+    """The BrevityDraw of entry `i`'s `total` records (None where its records take no drawn template)."""
+    from templates.brevity import BrevityDraw
+
+    return None if brevity is None else BrevityDraw(brevity["short"], brevity["long"], total, seed, _stem(i, entry))
+
+
+def entry_size(entry: dict, folders: tuple[tuple, tuple] = ((), ())) -> tuple[str | None, int]:
     """Ray task: the dataset an entry's records belong to, and how many there are (to plan the mixture)."""
+    use_folders(folders)
     with collector_paused():
         records = read_records(entry)
     return (records[0]["dataset"] if records else None), len(records)
@@ -309,26 +446,35 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
     phases = {phase: round(sum(r["seconds"][phase] for r in results), 2) for phase in ("read", "render_and_write")}
     phases["stage"] = round(time.perf_counter() - started, 2)
 
-    files, per_dataset, templates_used, dropped_examples = [], {}, collections.Counter(), {}
+    files, per_dataset, templates_used, dropped_examples, brevity_report = [], {}, collections.Counter(), {}, {}
     for i, (entry, result) in enumerate(zip(cfg["datasets"], results)):
         record.rows_in += result["rows_in"]
-        rows, dropped = 0, collections.Counter()
+        rows, dropped, worded = 0, collections.Counter(), collections.Counter()
         for name, summary in result["parts"]:
             files.append(f"instructions/{name}")
             rows += summary["rows"]
             templates_used.update(summary["templates"])
+            worded.update(summary["brevity"])
             dropped.update(summary["dropped"])  # records a template refused: left out, never the stage
             for reason, message in summary["dropped_examples"].items():
                 dropped_examples.setdefault(reason, message)
             per_dataset[name] = {"adapter": _source(entry), "split": entry.get("split", "train"),
-                                 "records": summary["rows"], "languages": dict(sorted(summary["languages"].items()))}
+                                 "records": summary["rows"], "languages": dict(sorted(summary["languages"].items())),
+                                 "brevity": dict(sorted(summary["brevity"].items()))}
+        brevity_report[_stem(i, entry)] = _brevity_report(i, entry, cfg, rows, worded, result["rows_drawn"])
         record.rows_out += rows
         for reason, count in dropped.items():
             record.drop(reason, count)
         refused = "; dropped " + ", ".join(f"{n} as {reason}" for reason, n in sorted(dropped.items())) if dropped else ""
         log(f"render: {_source(entry)} ({entry.get('split', 'train')}): {rows} instruction records{refused}")
     record.extra.update(files=files, datasets=per_dataset, templates=dict(sorted(templates_used.items())),
-                        phase_seconds=phases, on_ray=on_ray)
+                        brevity=brevity_report, phase_seconds=phases, on_ray=on_ray)
+    log("render: brevity-worded " + ", ".join(f"{b['dataset']} {b['short']}/{b['records']}"
+                                             + (f" (+{b['long']} long)" if b["long"] else "")
+                                             for b in brevity_report.values()))
+    images = sorted(p.name for p in (stage_dir / IMAGES_FOLDER).glob("*.tar"))
+    if images:  # the images datasets gave as bytes, which instruction records point into
+        record.extra["image_files"] = [f"{IMAGES_FOLDER}/{name}" for name in images]
     if dropped_examples:  # the first refusal of each reason, naming its template and record
         record.extra["dropped_examples"] = dict(sorted(dropped_examples.items()))
     if mixture_report:
@@ -338,6 +484,21 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
     return record.finish(stage_dir)
 
 
+def _brevity_report(i: int, entry: dict, cfg: dict, rows: int, worded: collections.Counter, drawn: int) -> dict:
+    """What the manifest says of one entry's brevity: records written, how many are short- and long-worded,
+    the shares asked and where they come from, and the counts they make of the records drawn (the records
+    a template refused, if any, are drawn but not written)."""
+    brevity = entry_brevity(i, entry, cfg)
+    report = {"dataset": dataset_name(entry), "records": rows, "short": worded.get("short", 0),
+              "long": worded.get("long", 0)}
+    if brevity is None:
+        return {**report, "share_asked": None,
+                "from": f"template {entry['template']}" if entry.get("template") else "conversations (no template)"}
+    counts = brevity_draw(i, entry, brevity, drawn, cfg["seed"]).counts()
+    return {**report, "share_asked": {"short": round(brevity["short"], 6), "long": round(brevity["long"], 6)},
+            "from": brevity["from"], "asked": {"short": counts["short"], "long": counts["long"], "of": drawn}}
+
+
 def _pairs_plans(cfg: dict) -> dict[int, list]:
     """The parts of every pairs entry (by its index): slices of its shard indexes, planned from their
     footers alone; `limit` cuts the plan, not a list of records."""
@@ -345,12 +506,15 @@ def _pairs_plans(cfg: dict) -> dict[int, list]:
             for i, entry in enumerate(cfg["datasets"]) if entry.get("adapter") == "pairs"}
 
 
-def _pairs_part_calls(i: int, entry: dict, plan: list, seed: int, folder: str) -> list[tuple[str, tuple]]:
-    """(file name, `render_pairs_part`'s arguments) of every part of pairs entry `i`, in shard order."""
+def _pairs_part_calls(i: int, entry: dict, plan: list, cfg: dict, folder: str) -> list[tuple[str, tuple]]:
+    """(file name, `render_pairs_part`'s arguments) of every part of pairs entry `i`, in shard order: each
+    part knows where in the entry's stream of pairs it starts, so brevity is counted over the whole entry."""
+    worded = brevity_draw(i, entry, entry_brevity(i, entry, cfg), sum(part_rows(part) for part in plan), cfg["seed"])
     calls = []
-    for n, part in enumerate(plan):
+    for n, (part, first) in enumerate(zip(plan, part_starts(plan))):
         name = part_name(_stem(i, entry), n, len(plan))
-        calls.append((name, (part, entry.get("split", "train"), seed, entry.get("template"), str(Path(folder) / name))))
+        calls.append((name, (part, entry.get("split", "train"), cfg["seed"], entry.get("template"),
+                             str(Path(folder) / name), worded, first, tuple(cfg["template_paths"]))))
     return calls
 
 
@@ -362,8 +526,9 @@ def _log_part(log, entry: dict, done: int, summary: dict, parts: int) -> None:
 
 def _pairs_result(plan: list, names: list[str], summaries: list[dict]) -> dict:
     """What `render_entry` returns, for a pairs entry rendered part by part."""
-    return {"rows_in": sum(part_rows(part) for part in plan),
-            "parts": [(name, {k: summary[k] for k in ("rows", "templates", "languages", "dropped", "dropped_examples")})
+    return {"rows_in": sum(part_rows(part) for part in plan), "rows_drawn": sum(part_rows(part) for part in plan),
+            "parts": [(name, {k: summary[k] for k in ("rows", "templates", "languages", "brevity", "dropped",
+                                                      "dropped_examples")})
                       for name, summary in zip(names, summaries)],
             "seconds": {phase: sum(summary["seconds"][phase] for summary in summaries)
                         for phase in ("read", "render_and_write")}}
@@ -385,7 +550,7 @@ def _render_here(cfg: dict, plans: dict[int, list], stage_dir: Path, log) -> tup
     results = []
     for i, entry in enumerate(cfg["datasets"]):
         if i in plans:
-            calls = _pairs_part_calls(i, drawing(entry, cfg), plans[i], cfg["seed"], folder)
+            calls = _pairs_part_calls(i, drawing(entry, cfg), plans[i], cfg, folder)
             summaries = []
             for _, arguments in calls:
                 summaries.append(render_pairs_part(*arguments))
@@ -393,7 +558,7 @@ def _render_here(cfg: dict, plans: dict[int, list], stage_dir: Path, log) -> tup
             results.append(_pairs_result(plans[i], [name for name, _ in calls], summaries))
         else:
             result = render_entry(i, drawing(entry, cfg), read.pop(i), counts.get(i), cfg["seed"], cfg["part_records"],
-                                  folder)
+                                  folder, entry_brevity(i, entry, cfg), _folders(cfg))
             result["seconds"]["read"] = seconds[i]
             results.append(result)
     return results, report
@@ -413,7 +578,7 @@ def _render_on_ray(cfg: dict, plans: dict[int, list], stage_dir: Path, ray_addre
         mixed = [i for i, entry in enumerate(cfg["datasets"]) if in_mixture(entry, cfg)]
         if mixed:
             size_task = ray.remote(entry_size)
-            sized = ray.get([size_task.remote(cfg["datasets"][i]) for i in mixed])
+            sized = ray.get([size_task.remote(cfg["datasets"][i], _folders(cfg)) for i in mixed])
             sizes = [(None, 0)] * len(cfg["datasets"])
             for i, size in zip(mixed, sized):
                 sizes[i] = size
@@ -422,11 +587,12 @@ def _render_on_ray(cfg: dict, plans: dict[int, list], stage_dir: Path, ray_addre
         entry_refs, part_of, calls = {}, {}, {}
         for i, entry in enumerate(cfg["datasets"]):
             if i in plans:
-                calls[i] = _pairs_part_calls(i, drawing(entry, cfg), plans[i], cfg["seed"], folder)
+                calls[i] = _pairs_part_calls(i, drawing(entry, cfg), plans[i], cfg, folder)
                 part_of.update({part_task.remote(*arguments): (i, n) for n, (_, arguments) in enumerate(calls[i])})
             else:
                 entry_refs[i] = entry_task.remote(i, drawing(entry, cfg), None, counts.get(i), cfg["seed"],
-                                                  cfg["part_records"], folder)
+                                                  cfg["part_records"], folder, entry_brevity(i, entry, cfg),
+                                                  _folders(cfg))
         log(f"render: {len(cfg['datasets'])} dataset(s) on Ray, {len(entry_refs) + len(part_of)} task(s)")
         summaries = {i: [None] * len(plan) for i, plan in plans.items()}
         done = collections.Counter()

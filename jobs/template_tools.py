@@ -84,9 +84,19 @@ def print_preview(task: str, lang: str, count: int, seed: int, chat: str, config
               "this shows; --config draws your own records)")
 
 
-def print_stats(tokenizer: str | None) -> None:
-    from templates.authoring import template_stats
+def use_config_folders(config: str | None) -> None:
+    """With --config: the run config's own template and card folders (render.template_paths,
+    render.catalog_paths) are read alongside Loom's, as `loom render` reads them."""
+    if config:
+        from jobs.render import use_user_folders
 
+        use_user_folders(load_config(config, tempfile.gettempdir()))
+
+
+def print_stats(tokenizer: str | None, config: str | None = None) -> None:
+    from templates.authoring import language_totals, template_stats
+
+    use_config_folders(config)
     count_tokens = None
     if tokenizer:
         from tokenizers import Tokenizer
@@ -98,17 +108,31 @@ def print_stats(tokenizer: str | None) -> None:
         loaded = Tokenizer.from_file(str(path))
         count_tokens = lambda text: len(loaded.encode(text).ids)  # noqa: E731
     print(f"{'task':22} {'lang':4} {'templates':>9}  {'short/long/none':15}  prompt length (min/median/max)")
-    for row in template_stats(count_tokens):
+    rows = template_stats(count_tokens)
+    for row in rows:
         b, n = row["brevity"], row["length"]
         lengths = f"{n['min']}/{n['median']:g}/{n['max']} {row['unit']}"
         if "tokens" in row:
             t = row["tokens"]
             lengths += f", {t['min']}/{t['median']:g}/{t['max']} tokens"
         print(f"{row['task']:22} {row['lang']:4} {row['templates']:>9}  {b['short']}/{b['long']}/{b['none']:<11}  {lengths}")
+    for total in language_totals(rows):
+        b = total["brevity"]
+        print(f"{'all ' + str(total['tasks']) + ' tasks':22} {total['lang']:4} {total['templates']:>9}  "
+              f"{b['short']}/{b['long']}/{b['none']}")
+    from templates.brevity import paper_share
+
+    print(f"(render draws brevity per dataset, exactly: render.brevity or an entry's brevity; by default the paper's "
+          f"share for short-answer datasets, {paper_share('captioning'):.3f} for captions and {paper_share('vqa'):.3f} "
+          "for question answering, 0 for the others; long wording only where a dataset's setting asks for it)")
 
 
 BREVITY_WORDS = ("short", "brief", "concise", "single word", "three words", "few words", "one word", "a word")
 BREVITY_WORDS_ZH = ("简短", "简要", "简洁", "一个词", "几个字", "三个词", "简单回答")
+# what a `long` template asks for: a detailed answer (and a template not marked long must not ask for one)
+LONG_WORDS = ("detail", "thorough", "at length", "as fully", "in-depth", "in depth", "comprehensive", "exhaustive",
+              "elaborate")
+LONG_WORDS_ZH = ("详细", "详尽", "细致", "全面", "完整")
 NEAR_DUPLICATE_RATIO = 0.9  # difflib similarity of two prompts' word sequences
 RECORDS_PER_DATASET = 8
 
@@ -120,24 +144,28 @@ def _words(prompt: str) -> list[str]:
     return re.findall(r"[\u3400-\u9fff]|[^\W_]+", prompt.lower())
 
 
-def lint_templates(log=print) -> list[str]:
-    """Every problem with the task templates, as lines naming the task, template and dataset.
+def lint_templates(log=print, config: str | None = None) -> list[str]:
+    """Every problem with the task templates (Loom's, and with `config` its render.template_paths'), as
+    lines naming the task, template and dataset.
 
-    Each task of the catalog has 10-15 templates per language that render may draw; the English
-    ones say "short"/"brief"/... exactly when marked brevity short; a task with short-answer
-    datasets has both short and open wording; no two prompts of a task are near copies; and every
-    dataset of the task, sampled from its shapes-world fixture through its adapter, renders with
-    every drawable template, or (an evaluation-only dataset such as VSR's statements) with at least
-    one pinned template. Every template, pinned ones included, is rendered under render's bounds
+    Each task of the catalog has 10-15 short and open templates per language that render may draw (and
+    10-15 `long` ones where it has any); the English and Chinese ones ask for a short answer exactly
+    when marked brevity short, and for a detailed one exactly when marked long; a task with
+    short-answer datasets has both short and open wording; no two prompts of a task are near copies;
+    and every dataset of the task, sampled from its shapes-world fixture through its adapter, renders
+    with every drawable template, or (an evaluation-only dataset such as VSR's statements) with at
+    least one pinned template. Every template, pinned ones included, is rendered under render's bounds
     (templates/sandbox.py): one that crosses a bound on any record is a problem, and so is a pinned
-    template that renders no dataset of its task."""
+    template that renders no dataset of its task. A card of the user's has no shapes-world sample:
+    its task's templates are rendered on the built-in datasets of that task."""
     from collections import defaultdict
 
     from catalog.cards import TASKS, load_cards, select_cards
     from pipelines.render import render_record
-    from pipelines.shapes_world.formats.samples import sample_records
+    from pipelines.shapes_world.formats.samples import SAMPLES, sample_records
     from templates.library import CONVERSATION_TASKS, TemplateError, TemplateRefused, load_task_templates
 
+    use_config_folders(config)
     problems: list[str] = []
     cards = select_cards(load_cards(), kind="dataset")
     datasets = defaultdict(list)
@@ -146,7 +174,11 @@ def lint_templates(log=print) -> list[str]:
             datasets[task].append(name)
     with tempfile.TemporaryDirectory(prefix="loom-lint-") as scratch:
         for task in TASKS:
-            samples = {name: sample_records(name, scratch)[:RECORDS_PER_DATASET] for name in datasets[task]}
+            samples = {name: sample_records(name, scratch)[:RECORDS_PER_DATASET] for name in datasets[task]
+                       if name in SAMPLES}
+            unsampled = [name for name in datasets[task] if name not in SAMPLES]
+            if unsampled:
+                log(f"{task}: {', '.join(unsampled)}: your card(s), no shapes-world sample to render")
             if task in CONVERSATION_TASKS:
                 for name, records in samples.items():
                     for record in records:
@@ -201,8 +233,12 @@ def _lint_wording(task, templates, cards, names) -> list[str]:
     short_answer = [n for n in names if (cards[n].get("instructblip") or {}).get("short_answer")]
     for lang in sorted({t.lang for t in templates}):
         drawable = [t for t in templates if t.lang == lang and t.draw]
-        if not 10 <= len(drawable) <= 15:
-            problems.append(f"{task}: {len(drawable)} {lang} templates to draw from; expected 10-15")
+        detailed = [t for t in drawable if t.brevity == "long"]
+        if not 10 <= len(drawable) - len(detailed) <= 15:
+            problems.append(f"{task}: {len(drawable) - len(detailed)} short and open {lang} templates to draw from; "
+                            "expected 10-15")
+        if detailed and not 10 <= len(detailed) <= 15:
+            problems.append(f"{task}: {len(detailed)} long {lang} templates to draw from; expected 10-15 (or none)")
         if short_answer and not (any(t.brevity == "short" for t in drawable)
                                  and any(t.brevity != "short" for t in drawable)):
             problems.append(f"{task}: short-answer datasets ({', '.join(short_answer)}) need both short and open "
@@ -213,10 +249,12 @@ def _lint_wording(task, templates, cards, names) -> list[str]:
                 if ratio >= NEAR_DUPLICATE_RATIO:
                     problems.append(f"{task}: templates {a.id} and {b.id} are near copies ({ratio:.2f} similar)")
     for t in templates:
-        says_short = any(word in t.prompt.lower() for word in BREVITY_WORDS)
-        if t.lang == "zh":
-            says_short = any(word in t.prompt for word in BREVITY_WORDS_ZH)
-        if t.lang in ("en", "zh") and says_short != (t.brevity == "short"):
-            problems.append(f"{task}: template {t.id} is marked brevity {t.brevity} but its wording "
-                            f"{'asks' if says_short else 'does not ask'} for a short answer")
+        if t.lang not in ("en", "zh"):
+            continue
+        short_words, long_words = (BREVITY_WORDS, LONG_WORDS) if t.lang == "en" else (BREVITY_WORDS_ZH, LONG_WORDS_ZH)
+        for label, words, what in (("short", short_words, "a short answer"), ("long", long_words, "a detailed answer")):
+            asks = any(word in t.prompt.lower() for word in words)
+            if asks != (t.brevity == label):
+                problems.append(f"{task}: template {t.id} is marked brevity {t.brevity} but its wording "
+                                f"{'asks' if asks else 'does not ask'} for {what}")
     return problems

@@ -12,8 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.manifest import read_manifest, write_parquet_atomic
-from templates.library import TemplateRefused, render_for_record
+from pipelines.manifest import atomic_path, read_manifest, write_parquet_atomic
+from templates.brevity import BrevityDraw
+from templates.library import SET_MARK, TemplateRefused, render_for_record
 
 IMAGE_REF = pa.struct([
     ("shard", pa.string()), ("key", pa.string()), ("path", pa.string()), ("url", pa.string()),
@@ -66,17 +67,20 @@ def write_table(table: pa.Table, path: Path) -> None:
 DROPPED_KEY = b"loom.dropped"
 
 
-def render_table(records: list[dict], seed: int, template_id: str | None = None) -> pa.Table:
+def render_table(records: list[dict], seed: int, template_id: str | None = None,
+                 brevity: list[str] | None = None) -> pa.Table:
     """The instruction records of many canonical records, built column by column: pyarrow converts
     each column's Python values in one call (a row dict per record and pyarrow's row conversion cost
-    as much again as the rendering).
+    as much again as the rendering). `brevity`, one label per record (templates/brevity.py), draws each
+    record's template among those of its label; without it, among the short and open ones alike.
 
     A record its template refuses (a bound crossed, an error on its values: TemplateRefused) is left
     out, never the whole table: `dropped_counts(table)` gives the reasons and a message for each."""
     rendered, refused = [], []
-    for record in records:
+    labels = brevity if brevity is not None else [None] * len(records)
+    for record, label in zip(records, labels, strict=True):
         try:
-            rendered.append(render_for_record(record, seed, template_id))
+            rendered.append(render_for_record(record, seed, template_id, label))
         except TemplateRefused as err:
             rendered.append(None)
             refused.append(err)
@@ -124,25 +128,72 @@ def part_name(stem: str, n: int, parts: int) -> str:
     return f"{stem}.parquet" if parts == 1 else f"{stem}-{n:05d}.parquet"
 
 
-def render_part(records: list[dict], seed: int, template: str | None, path: str | Path) -> dict:
-    """Render one part's records into one instructions file; what it holds."""
+def render_part(records: list[dict], seed: int, template: str | None, path: str | Path,
+                brevity: BrevityDraw | None = None, first: int = 0) -> dict:
+    """Render one part's records, the dataset's records from position `first` on, into one instructions
+    file (the images some records carry as bytes into a tar beside it: `embed_images`); what it holds.
+    `brevity` says which of the dataset's records ask for a short or long answer."""
+    labels = brevity.labels(first, len(records)) if brevity is not None and not template_pinned(template) else None
+    records = embed_images(records, Path(path))
     with collector_paused():
-        table = render_table(records, seed, template)
+        table = render_table(records, seed, template, labels)
     write_table(table, Path(path))
     return part_summary(table)
 
 
+def template_pinned(template: str | None) -> bool:
+    """Whether an entry names one template (its brevity is that template's), not a set to draw from."""
+    return bool(template) and not template.startswith(SET_MARK)
+
+
+# the folder, beside the instructions/ folder, of the tars holding images a dataset gave as bytes
+IMAGES_FOLDER = "images"
+
+
+def embed_images(records: list[dict], path: Path) -> list[dict]:
+    """The records, those whose image came as bytes (a Hugging Face Image column: `image.bytes`) pointing
+    instead at a member of a webdataset tar written beside the instructions file `path`
+    (`../images/<its stem>.tar`, one member per distinct image, named by its content's hash), as ingest's
+    pairs point at theirs: the instructions keep references, never pixels. Records without bytes are
+    returned as they are, and no tar is written."""
+    import hashlib
+    import io
+    import tarfile
+
+    if not any(record.get("image") and record["image"].get("bytes") is not None for record in records):
+        return records
+    tar_path = (path.parent.parent / IMAGES_FOLDER / f"{path.name.removesuffix('.parquet')}.tar").resolve()
+    keys: dict[bytes, str] = {}
+    out = []
+    with atomic_path(tar_path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for record in records:
+            image = record.get("image") or {}
+            data = image.get("bytes")
+            if data is None:
+                out.append(record)
+                continue
+            if data not in keys:
+                keys[data] = hashlib.sha256(data).hexdigest()[:32]
+                member = tarfile.TarInfo(f"{keys[data]}.{image['format']}")
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+            reference = {k: v for k, v in image.items() if k not in ("bytes", "format")}
+            out.append({**record, "image": {**reference, "shard": str(tar_path), "key": keys[data]}})
+    return out
+
+
 def part_summary(table: pa.Table) -> dict:
-    """What one instructions file holds: rows, and rows by template and by language (the manifest's counts);
-    and the records left out of it, by reason, with an example message for each."""
+    """What one instructions file holds: rows, and rows by template, by language and by brevity (the
+    manifest's counts); and the records left out of it, by reason, with an example message for each."""
     dropped, examples = dropped_counts(table)
     return {"rows": table.num_rows, "templates": _value_counts(table, "template_id"),
-            "languages": _value_counts(table, "lang"), "dropped": dropped, "dropped_examples": examples}
+            "languages": _value_counts(table, "lang"), "brevity": _value_counts(table, "brevity"),
+            "dropped": dropped, "dropped_examples": examples}
 
 
 def written_part_summary(path: str | Path) -> dict:
-    """`part_summary` of a part already on disk (a resumed render keeps it), from two of its columns."""
-    return part_summary(pq.read_table(path, columns=["template_id", "lang"]))
+    """`part_summary` of a part already on disk (a resumed render keeps it), from three of its columns."""
+    return part_summary(pq.read_table(path, columns=["template_id", "lang", "brevity"]))
 
 
 def _value_counts(table: pa.Table, name: str) -> dict[str, int]:

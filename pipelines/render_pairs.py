@@ -17,6 +17,8 @@ from pathlib import Path
 from catalog.adapters import AnnotationError
 from catalog.adapters.pairs import index_rows, pairs_records, read_shard_index, shard_indexes
 from pipelines.render import collector_paused, render_part, written_part_summary
+from templates.brevity import BrevityDraw
+from templates.library import use_template_folders
 
 # (shard index path, first row, the row after the last): consecutive pairs of one shard
 Slice = tuple[str, int, int]
@@ -80,6 +82,15 @@ def part_rows(part: list[Slice]) -> int:
     return sum(stop - start for _, start, stop in part)
 
 
+def part_starts(plan: list[list[Slice]]) -> list[int]:
+    """The position, in the entry's stream of pairs, of each part's first pair."""
+    starts, position = [], 0
+    for part in plan:
+        starts.append(position)
+        position += part_rows(part)
+    return starts
+
+
 def read_part(part: list[Slice], split: str) -> list[dict]:
     """The captioning records of one part's pairs, in shard order."""
     records: list[dict] = []
@@ -89,18 +100,21 @@ def read_part(part: list[Slice], split: str) -> list[dict]:
     return records
 
 
-def render_pairs_part(part: list[Slice], split: str, seed: int, template: str | None, path: str) -> dict:
+def render_pairs_part(part: list[Slice], split: str, seed: int, template: str | None, path: str,
+                      brevity: BrevityDraw | None = None, first: int = 0, template_paths: tuple = ()) -> dict:
     """Ray task (or a plain call): one part's pairs read from their shard indexes, rendered through the
-    templates and written to `path`; what the file holds (`part_summary`), whether it was `kept`, and the
-    seconds spent reading and rendering. A file already at `path` was written whole (atomically) by an
-    earlier run of this config on these inputs (the job clears the folder otherwise): it is kept and
-    counted, not rendered again."""
+    templates (Loom's and those of `template_paths`) and written to `path`; what the file holds
+    (`part_summary`), whether it was `kept`, and the seconds spent reading and rendering. The part's
+    pairs are the entry's from position `first` on, which with `brevity` says which ask for a short
+    caption. A file already at `path` was written whole (atomically) by an earlier run of this config on
+    these inputs (the job clears the folder otherwise): it is kept and counted, not rendered again."""
+    use_template_folders(template_paths)
     started = time.perf_counter()
     if Path(path).exists():
         summary = written_part_summary(path)
         return {**summary, "kept": True, "seconds": {"read": time.perf_counter() - started, "render_and_write": 0.0}}
     records = read_part(part, split)
     read_seconds = time.perf_counter() - started
-    summary = render_part(records, seed, template, path)
+    summary = render_part(records, seed, template, path, brevity, first)
     return {**summary, "kept": False,
             "seconds": {"read": read_seconds, "render_and_write": time.perf_counter() - started - read_seconds}}

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Callable
 
 from templates.chat import ChatFormat
-from templates.library import TASKS_DIR, TemplateRefused, load_task_templates, render_for_record
+from templates.library import BREVITY, TemplateRefused, load_task_templates, render_for_record, task_names
 
 # the part of a rendered example the model is trained to produce is shown between these marks
 TARGET_OPEN, TARGET_CLOSE = "\u25b6", "\u25c0"
@@ -19,16 +19,17 @@ def prompt_length(text: str, lang: str) -> int:
 
 
 def template_stats(count_tokens: Callable[[str], int] | None = None) -> list[dict]:
-    """Per task and language: how many templates, their brevity split, and how long their prompts are
-    (words, or Chinese characters; tokens too when `count_tokens` is given)."""
+    """Per task and language (Loom's templates and those of the user's folders): how many templates, their
+    brevity split, and how long their prompts are (words, or Chinese characters; tokens too when
+    `count_tokens` is given)."""
     rows = []
-    for path in sorted(TASKS_DIR.glob("*.yaml")):
-        templates = load_task_templates(path.stem)
+    for task in task_names():
+        templates = load_task_templates(task)
         for lang in sorted({t.lang for t in templates}):
             pool = [t for t in templates if t.lang == lang]
             lengths = [prompt_length(t.prompt, lang) for t in pool]
-            row = {"task": path.stem, "lang": lang, "templates": len(pool),
-                   "brevity": {b: sum(t.brevity == b for t in pool) for b in ("short", "long", "none")},
+            row = {"task": task, "lang": lang, "templates": len(pool),
+                   "brevity": {b: sum(t.brevity == b for t in pool) for b in BREVITY},
                    "unit": "characters" if lang == "zh" else "words",
                    "length": {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths)}}
             if count_tokens is not None:
@@ -36,6 +37,19 @@ def template_stats(count_tokens: Callable[[str], int] | None = None) -> list[dic
                 row["tokens"] = {"min": min(tokens), "median": statistics.median(tokens), "max": max(tokens)}
             rows.append(row)
     return rows
+
+
+def language_totals(rows: list[dict]) -> list[dict]:
+    """`template_stats` rows added up per language: templates and their brevity split over every task."""
+    totals: dict[str, dict] = {}
+    for row in rows:
+        total = totals.setdefault(row["lang"], {"lang": row["lang"], "tasks": 0, "templates": 0,
+                                                "brevity": dict.fromkeys(BREVITY, 0)})
+        total["tasks"] += 1
+        total["templates"] += row["templates"]
+        for label, n in row["brevity"].items():
+            total["brevity"][label] += n
+    return [totals[lang] for lang in sorted(totals)]
 
 
 def preview(records: list[dict], chat: ChatFormat, seed: int = 0) -> list[str]:

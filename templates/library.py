@@ -127,13 +127,62 @@ class InstructionTemplate:
         return TemplateRefused(f"template {self.id}, record {record.get('id')}: {detail}{hint}", reason)
 
 
+# the user's own template folders (render.template_paths), read alongside TASKS_DIR: `use_template_folders`
+_user_folders: tuple[Path, ...] = ()
+
+
+def use_template_folders(folders) -> None:
+    """Read the task files of `folders` (each `TASK.yaml`, in the format of templates/tasks/) alongside
+    Loom's own from now on: a user file adds its templates to its task's. A template id that is already
+    taken (by a built-in template or another user file) is refused naming both files."""
+    global _user_folders
+    wanted = tuple(Path(folder).resolve() for folder in folders)
+    for folder in wanted:
+        if not folder.is_dir():
+            raise TemplateError(f"template folder {folder}: no such folder; give folders of TASK.yaml files "
+                                "(the format of templates/tasks/)")
+    if wanted != _user_folders:
+        previous, _user_folders = _user_folders, wanted
+        reload_templates()
+        try:
+            _check_unique_ids()  # and every file read now: a malformed one is named before any work
+        except TemplateError:
+            _user_folders = previous
+            reload_templates()
+            raise
+
+
+def task_files(task: str | None = None) -> list[Path]:
+    """Every task file (of one task): Loom's own, then the user folders' in their order."""
+    pattern = f"{task}.yaml" if task else "*.yaml"
+    return [path for folder in (TASKS_DIR, *_user_folders) for path in sorted(folder.glob(pattern))]
+
+
+def task_names() -> list[str]:
+    """The tasks that have templates, Loom's own and the user's."""
+    return sorted({path.stem for path in task_files()})
+
+
+def _set_files() -> list[Path]:
+    return sorted(p for p in SETS_DIR.glob("*/*.yaml") if p.name != "set.yaml")
+
+
+def _check_unique_ids() -> None:
+    first: dict[str, Path] = {}
+    for path in [*task_files(), *_set_files()]:
+        for template in _load_file(path):
+            if template.id in first:
+                raise TemplateError(f"template id {template.id!r} is in both {first[template.id]} and {path}; "
+                                    "template ids are unique: rename the one in your folder")
+            first[template.id] = path
+
+
 @lru_cache(maxsize=None)
 def load_task_templates(task: str) -> tuple[InstructionTemplate, ...]:
-    path = TASKS_DIR / f"{task}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
-        raise TemplateError(f"no templates for task {task!r}; tasks with templates: {known}")
-    return _load_file(path)
+    files = task_files(task)
+    if not files:
+        raise TemplateError(f"no templates for task {task!r}; tasks with templates: {task_names()}")
+    return tuple(template for path in files for template in _load_file(path))
 
 
 # A template choice is a template id (pinned), or SET_MARK + the name of a template set to draw from.
@@ -164,9 +213,19 @@ def set_templates(name: str, task: str) -> tuple[InstructionTemplate, ...]:
 
 @lru_cache(maxsize=None)
 def _load_file(path: Path) -> tuple[InstructionTemplate, ...]:
-    spec = yaml.safe_load(path.read_text())
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise TemplateError(f"{path}: not a readable YAML template file ({err})") from err
+    if not isinstance(spec, dict) or not isinstance(spec.get("templates"), list) or "task" not in spec:
+        raise TemplateError(f"{path}: expected a mapping with `task`, `response` and a list of `templates` "
+                            "(the format of templates/tasks/)")
+    if path.parent.parent != SETS_DIR and spec["task"] != path.stem:
+        raise TemplateError(f"{path}: task {spec['task']!r} differs from the file name; a task file is TASK.yaml")
     templates = []
     for i, t in enumerate(spec["templates"]):
+        if not isinstance(t, dict):
+            raise TemplateError(f"{path}: templates[{i}]: {t!r:.60}; expected a mapping with id, lang, brevity, prompt")
         for field in ("id", "lang", "brevity", "prompt"):
             if field not in t:
                 raise TemplateError(f"{path}: templates[{i}]: missing field {field!r}")
@@ -174,7 +233,10 @@ def _load_file(path: Path) -> tuple[InstructionTemplate, ...]:
             raise TemplateError(f"{path}: templates[{i}] ({t['id']}): brevity {t['brevity']!r}; expected one of {BREVITY}")
         if t["prompt"].count("<image>") != 1:
             raise TemplateError(f"{path}: templates[{i}] ({t['id']}): the prompt must hold <image> exactly once")
-        response = t.get("response", spec["response"])
+        if "response" not in t and "response" not in spec:
+            raise TemplateError(f"{path}: templates[{i}] ({t['id']}): no response (give `response:` for the file "
+                                "or the template)")
+        response = t.get("response", spec.get("response"))
         if len(t["prompt"]) + len(response) > MAX_TEMPLATE_CHARS:
             raise TemplateError(f"{path}: templates[{i}] ({t['id']}): prompt and response are "
                                 f"{len(t['prompt']) + len(response):,} characters; at most {MAX_TEMPLATE_CHARS:,}")
@@ -189,8 +251,7 @@ def _load_file(path: Path) -> tuple[InstructionTemplate, ...]:
 
 
 def template_by_id(template_id: str) -> InstructionTemplate:
-    files = [*sorted(TASKS_DIR.glob("*.yaml")), *sorted(p for p in SETS_DIR.glob("*/*.yaml") if p.name != "set.yaml")]
-    for path in files:
+    for path in [*task_files(), *_set_files()]:
         for template in _load_file(path):
             if template.id == template_id:
                 return template
@@ -212,25 +273,41 @@ def _compiled(prompt: str, response: str) -> tuple[jinja2.Template, tuple[str, .
     return (_ENV.from_string(source), tuple(sorted(names)), {name: _ENV.globals[name] for name in used_globals})
 
 
+def _of(templates, lang: str, brevity: str | None) -> tuple[InstructionTemplate, ...]:
+    """The drawable templates of one language and brevity label; brevity None: the short and open ones (a
+    `long` template asks for a detailed answer, drawn only where a dataset's brevity setting asks for it)."""
+    return tuple(t for t in templates if t.lang == lang and t.draw
+                 and (t.brevity == brevity if brevity else t.brevity != "long"))
+
+
 @lru_cache(maxsize=None)
-def _drawable(task: str, lang: str) -> tuple[InstructionTemplate, ...]:
-    return tuple(t for t in load_task_templates(task) if t.lang == lang and t.draw)
+def template_pool(task: str, lang: str, set_name: str = DEFAULT_SET,
+                  brevity: str | None = None) -> tuple[InstructionTemplate, ...]:
+    """The templates a record of `task` in `lang` is drawn from, for one brevity label (None: short and
+    open alike): the set `set_name`'s where it has such templates, else Loom's own (with the user's)."""
+    pool = () if set_name == DEFAULT_SET else _of(set_templates(set_name, task), lang, brevity)
+    return pool or _of(load_task_templates(task), lang, brevity)
 
 
-def choose_template(task: str, lang: str, record_id: str, seed: int, set_name: str = DEFAULT_SET) -> InstructionTemplate:
-    """A template drawn uniformly for this record, the same on every run with the same seed: from the set
-    `set_name` where it covers the task and the language, else from Loom's own."""
-    pool = () if set_name == DEFAULT_SET else tuple(t for t in set_templates(set_name, task) if t.lang == lang and t.draw)
-    pool = pool or _drawable(task, lang)
+def choose_template(task: str, lang: str, record_id: str, seed: int, set_name: str = DEFAULT_SET,
+                    brevity: str | None = None) -> InstructionTemplate:
+    """A template drawn uniformly for this record, the same on every run with the same seed, from
+    `template_pool`: among the templates of label `brevity` where one is asked (templates/brevity.py
+    decides which records ask), else among the short and open ones."""
+    pool = template_pool(task, lang, set_name, brevity)
     if not pool:
-        raise TemplateError(f"no {lang!r} templates for task {task!r}")
+        wording = f"{brevity}-worded " if brevity else ""
+        fix = (f"; set this dataset's brevity share for {brevity} to 0 (render.brevity), or add such templates "
+               "(render.template_paths)") if brevity else ""
+        raise TemplateError(f"no {wording}{lang!r} templates for task {task!r}{fix}")
     digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
     return pool[int.from_bytes(digest[:8], "big") % len(pool)]
 
 
-def render_for_record(record: dict, seed: int, template_id: str | None = None) -> tuple[InstructionTemplate, list[dict]]:
+def render_for_record(record: dict, seed: int, template_id: str | None = None,
+                      brevity: str | None = None) -> tuple[InstructionTemplate, list[dict]]:
     """The template render draws for this record (or the one pinned; `@SET` draws from a template set), and
-    the conversation it gives.
+    the conversation it gives; `brevity` (short, long or none) draws among the templates of that label.
 
     A record that is already a conversation (LLaVA-Instruct's `messages`) takes no template, as
     InstructBLIP uses it: it passes through under the id 'native'."""
@@ -240,7 +317,7 @@ def render_for_record(record: dict, seed: int, template_id: str | None = None) -
         return native, [dict(m) for m in record["messages"]]
     set_name = template_id[len(SET_MARK):] if template_id and not pinned else DEFAULT_SET
     template = template_by_id(template_id) if pinned else choose_template(
-        record["task"], record["lang"], record["id"], seed, set_name)
+        record["task"], record["lang"], record["id"], seed, set_name, brevity)
     messages = template.render(record)
     frames = record.get("frames")
     if frames:  # a video's sampled frames stand, in order, where the template puts its one image
@@ -249,6 +326,6 @@ def render_for_record(record: dict, seed: int, template_id: str | None = None) -
 
 
 def reload_templates() -> None:
-    """Forget the task files read so far (after TASKS_DIR or a file in it changed)."""
-    for cached in (load_task_templates, _drawable, _load_file, template_set, set_templates):
+    """Forget the task files read so far (after TASKS_DIR, a user folder or a file in them changed)."""
+    for cached in (load_task_templates, template_pool, _load_file, template_set, set_templates):
         cached.cache_clear()

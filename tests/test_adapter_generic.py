@@ -113,3 +113,99 @@ def test_loom_render_renders_a_users_jsonl_and_datasets_folder(tmp_path, images,
     langs = [d["languages"] for d in manifest["datasets"].values()]
     assert {"en": 2, "zh": 1} in langs and {"en": 1} in langs
     assert "loom: " not in capsys.readouterr().err
+
+
+def jpeg(colour: str, size=(40, 30)) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def offline_datasets(tmp_path, monkeypatch):
+    """The datasets library offline, its cache in the test's folder."""
+    import datasets
+
+    import huggingface_hub
+
+    for module, name in ((datasets.config, "HF_DATASETS_OFFLINE"), (datasets.config, "HF_HUB_OFFLINE"),
+                         (huggingface_hub.constants, "HF_HUB_OFFLINE")):
+        monkeypatch.setattr(module, name, True)  # as HF_DATASETS_OFFLINE=1 sets them at import
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    return datasets
+
+
+def dataset_repository(folder, datasets):
+    """A dataset repository as the Hub holds one, here on disk: data/train-*.parquet whose `image` column is a
+    datasets Image feature with the pictures embedded as bytes."""
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "answer": datasets.Value("string")})
+    rows = {"image": [{"bytes": jpeg(c), "path": f"{c}.jpg"} for c in ("red", "blue", "red")],
+            "question": ["What colour is it?"] * 3, "answer": ["red", "blue", "red"]}
+    (folder / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    return folder
+
+
+def test_loom_render_reads_a_dataset_by_name_and_writes_its_embedded_images_beside_the_instructions(
+        tmp_path, offline_datasets):
+    from vlm.images import TarShards, load_image
+
+    repository = dataset_repository(tmp_path / "colours", offline_datasets)
+    config = tmp_path / "render.yaml"
+    config.write_text("render:\n  ray: never\n  datasets:\n"
+                      f"    - {{adapter: generic, hub: '{repository}', task: vqa, lang: en}}\n")
+    from jobs.cli import main
+
+    assert main(["render", str(config), "--out", str(tmp_path / "run")]) == 0
+    manifest = json.loads((tmp_path / "run" / "render" / "manifest.json").read_text())
+    assert manifest["image_files"] == ["images/00-generic-train.tar"]
+    rows = pq.read_table(tmp_path / "run" / "render" / manifest["files"][0]).to_pylist()
+    assert [r["id"] for r in rows] == ["colours:train:0", "colours:train:1", "colours:train:2"]
+    images = [r["images"][0] for r in rows]
+    assert images[0]["key"] == images[2]["key"] != images[1]["key"]  # one tar member per distinct picture
+    assert images[0]["shard"] == str(tmp_path / "run" / "render" / "images" / "00-generic-train.tar")
+    assert (images[0]["width"], images[0]["height"], images[0]["path"]) == (40, 30, None)
+    shards = TarShards()
+    for image, colour in zip(images, [(254, 0, 0), (0, 0, 254), (254, 0, 0)]):
+        pixel = load_image(image, shards=shards).getpixel((20, 15))
+        assert all(abs(a - b) <= 3 for a, b in zip(pixel, colour))
+
+
+def test_raw_image_bytes_in_a_column_are_read_and_a_gif_becomes_a_png(tmp_path):
+    import io
+
+    gif = io.BytesIO()
+    Image.new("RGB", (12, 8), "green").save(gif, "GIF")
+    pq.write_table(pa.table({"picture": [jpeg("red"), gif.getvalue()], "text": ["A red picture.", "A green one."]}),
+                   tmp_path / "caps.parquet")
+    records = read_generic(str(tmp_path / "caps.parquet"), task="captioning", lang="en",
+                           columns={"image": "picture", "caption": "text"})
+    assert [(r["image"]["format"], r["image"]["width"], r["image"]["height"]) for r in records] == \
+        [("jpg", 40, 30), ("png", 12, 8)]
+    assert Image.open(io.BytesIO(records[1]["image"]["bytes"])).format == "PNG"
+
+
+def test_bytes_that_are_not_an_image_name_the_row(tmp_path):
+    pq.write_table(pa.table({"image": [jpeg("red"), b"<html>not found</html>"], "caption": ["red", "?"]}),
+                   tmp_path / "caps.parquet")
+    with pytest.raises(AnnotationError, match=r"caps.parquet: row 1: column 'image': 22 bytes that are not a "
+                                              r"readable image"):
+        read_generic(str(tmp_path / "caps.parquet"), task="captioning", lang="en")
+
+
+def test_a_dataset_name_that_cannot_be_loaded_offline_says_so(offline_datasets):
+    with pytest.raises(AnnotationError, match=r"hub nobody/no-such-dataset, split 'train': cannot be loaded \(offline: "
+                                              r"HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set, so it must be in the datasets cache\)"):
+        read_generic(None, task="vqa", hub="nobody/no-such-dataset", lang="en")
+
+
+def test_a_generic_entry_names_path_or_hub_not_both(tmp_path):
+    from jobs.config import ConfigError
+    from jobs.render import render_settings
+
+    entry = {"adapter": "generic", "task": "vqa", "path": str(tmp_path / "a.jsonl"), "hub": "someone/colours"}
+    with pytest.raises(ConfigError, match=r"render.datasets\[0\]: give `path` .* or `hub` .*, one of them"):
+        render_settings({"render": {"datasets": [entry]}})

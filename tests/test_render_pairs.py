@@ -72,8 +72,14 @@ def rows_of(out: Path, manifest: dict) -> list[dict]:
 
 
 def one_render(ingest, limit=None) -> list[dict]:
-    """The reference: every record read into one list and rendered at once, as one task used to."""
-    return render_table(read_pairs(str(ingest), "train")[:limit], 7).to_pylist()
+    """The reference: every record read into one list and rendered at once, as one task used to, each
+    asked for brevity as the entry's share over all its records decides."""
+    from jobs.render import brevity_draw, entry_brevity, render_settings
+
+    records = read_pairs(str(ingest), "train")[:limit]
+    cfg = render_settings(pairs_config(ingest))
+    draw = brevity_draw(0, cfg["datasets"][0], entry_brevity(0, cfg["datasets"][0], cfg), len(records), 7)
+    return render_table(records, 7, brevity=draw.labels(0, len(records))).to_pylist()
 
 
 def test_the_adapter_reads_the_shard_indexes_in_order_with_their_tars(ingest):
@@ -101,6 +107,14 @@ def test_a_pairs_entry_over_several_shards_renders_into_parts_that_add_up_to_one
     assert [d["records"] for d in manifest["datasets"].values()] == [6, 6, 6, 6, 1]
     assert sum(sum(d["languages"].values()) for d in manifest["datasets"].values()) == 25
     assert sum(manifest["templates"].values()) == 25 and not manifest["on_ray"]
+
+
+def test_a_pairs_entry_asks_for_brevity_exactly_over_all_its_parts(ingest, tmp_path):
+    manifest = run_render(pairs_config(ingest, part_records=4, ray="never"), tmp_path, log=quiet)
+    report = manifest["brevity"]["00-pairs-train"]
+    assert report["share_asked"] == {"short": round(9 / 13, 6), "long": 0.0}  # captions: the paper's 9 of 13
+    assert report["short"] == report["asked"]["short"] == round(9 / 13 * 25) == 17 and report["records"] == 25
+    assert sum(d["brevity"].get("short", 0) for d in manifest["datasets"].values()) == 17
 
 
 def test_limit_takes_the_first_pairs_across_a_shard_boundary(ingest, tmp_path):

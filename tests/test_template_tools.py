@@ -48,6 +48,18 @@ def test_preview_in_a_language_without_templates_says_so(capsys):
     assert "no 'fr' templates for task 'vqa'" in capsys.readouterr().err
 
 
+def test_stats_adds_up_the_brevity_of_every_task_per_language(capsys):
+    from templates.authoring import language_totals, template_stats
+
+    assert loom(["templates", "stats"]) == 0
+    out = capsys.readouterr().out
+    for total in language_totals(template_stats()):
+        b = total["brevity"]
+        assert f"{total['templates']:>9}  {b['short']}/{b['long']}/{b['none']}" in out
+    assert [t["lang"] for t in language_totals(template_stats())] == ["en", "zh"]
+    assert "0.692 for captions and 0.600 for question answering" in out
+
+
 def test_stats_gives_counts_brevity_and_lengths_per_task_and_language(capsys):
     assert loom(["templates", "stats"]) == 0
     lines = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines()[1:]}
@@ -109,6 +121,21 @@ def test_lint_names_near_copies_and_mislabelled_brevity(tmp_path, monkeypatch):
     problems = lint_with(tmp_path, monkeypatch, edit)
     assert "captioning: templates cap_en_02 and cap_en_98 are near copies (1.00 similar)" in problems
     assert any("cap_en_98 is marked brevity none but its wording asks for a short answer" in p for p in problems)
+
+
+def test_lint_checks_that_long_wording_asks_for_detail_and_only_long_wording_does(tmp_path, monkeypatch):
+    def edit(folder):
+        add_template(folder, "captioning", '  - {id: capdetail_en_11, lang: en, brevity: long, '
+                                           'prompt: "<image>\nWhat is in this picture, tell me?"}')
+        add_template(folder, "vqa", '  - {id: vqa_en_97, lang: en, brevity: none, '
+                                    'prompt: "<image>\nAnswer in detail: {{ question }}"}')
+        add_template(folder, "vqa", '  - {id: vqa_zh_97, lang: zh, brevity: long, prompt: "<image>\n请详细回答：{{ question }}"}')
+    problems = lint_with(tmp_path, monkeypatch, edit)
+    assert "captioning: template capdetail_en_11 is marked brevity long but its wording does not ask for a " \
+           "detailed answer" in problems
+    assert "vqa: template vqa_en_97 is marked brevity none but its wording asks for a detailed answer" in problems
+    assert "vqa: 1 long zh templates to draw from; expected 10-15 (or none)" in problems
+    assert not any("vqa_zh_97 is marked" in p for p in problems)
 
 
 def test_lint_exits_non_zero_on_a_missing_task(tmp_path, monkeypatch, capsys):

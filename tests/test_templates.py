@@ -11,10 +11,26 @@ from templates.library import TemplateError, choose_template, load_task_template
 
 @pytest.mark.parametrize("task", ["captioning", "vqa"])
 @pytest.mark.parametrize("lang", ["en", "zh"])
-def test_each_task_has_ten_to_fifteen_templates_per_language(task, lang):
-    pool = [t for t in load_task_templates(task) if t.lang == lang]
+def test_each_task_has_ten_to_fifteen_short_and_open_templates_per_language(task, lang):
+    pool = [t for t in load_task_templates(task) if t.lang == lang and t.brevity != "long"]
     assert 10 <= len(pool) <= 15
     assert len({t.id for t in pool}) == len(pool)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_captioning_has_ten_long_templates_asking_for_a_detailed_description(lang):
+    detailed = [t for t in load_task_templates("captioning") if t.lang == lang and t.brevity == "long"]
+    assert [t.id for t in detailed] == [f"capdetail_{lang}_{k:02d}" for k in range(1, 11)]
+    asks = ("detail", "thorough", "at length", "as fully", "in-depth", "comprehensive") if lang == "en" else \
+        ("详细", "详尽", "细致", "全面", "完整")
+    assert all(any(word in t.prompt.lower() for word in asks) for t in detailed)
+
+
+def test_a_long_template_is_drawn_only_where_long_wording_is_asked():
+    unasked = {choose_template("captioning", "en", f"coco:{i}", seed=0).brevity for i in range(500)}
+    asked = {choose_template("captioning", "en", f"coco:{i}", seed=0, brevity="long").id for i in range(500)}
+    assert unasked == {"short", "none"}
+    assert asked == {f"capdetail_en_{k:02d}" for k in range(1, 11)}
 
 
 @pytest.mark.parametrize("task", ["captioning", "vqa"])

@@ -14,7 +14,9 @@ SHORT_WORDING = ("简短", "简要", "简洁", "一个词", "几个字", "三个
 
 
 def chinese(task: str) -> list:
-    return [t for t in load_task_templates(task) if t.lang == "zh" and t.draw]
+    """The Chinese templates drawn for records whose brevity is not `long` (captioning's long ones are
+    tests/test_templates.py's)."""
+    return [t for t in load_task_templates(task) if t.lang == "zh" and t.draw and t.brevity != "long"]
 
 
 @pytest.mark.parametrize("task", TEMPLATED)

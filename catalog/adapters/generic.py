@@ -16,6 +16,13 @@ Columns a task needs: `caption` (captioning); `question` and `answer` or `answer
 `messages` (conversation: a list of {role, content} or ShareGPT's {from, value}, the image marked
 `<image>` in the first user turn). `id` and `lang` are optional. A missing column is named with the
 columns the table has.
+
+A Hugging Face dataset is read by name instead of `path`: `hub: NAME` goes to `datasets.load_dataset(NAME,
+hub_config, split=hub_split)` (hub_split defaults to the entry's split), so NAME is a Hub repository
+(downloaded, or from the datasets cache when HF_DATASETS_OFFLINE=1) or a local dataset repository folder
+of data files. The image column may hold a path (relative to `image_root`), the image's bytes, or what a
+datasets `Image` feature stores, {bytes, path}: bytes are kept with the record, and render writes them
+into a tar beside its instructions (pipelines/render.py's `embed_images`).
 """
 from __future__ import annotations
 
@@ -84,6 +91,45 @@ def read_table(path: str | Path, format: str | None = None) -> pa.Table:
         raise AnnotationError(f"{path}: not a readable {kind} table ({type(err).__name__}: {err})") from err
 
 
+def load_hub_table(name: str, config: str | None = None, split: str = "train") -> pa.Table:
+    """One split of a dataset `datasets.load_dataset` reads by name (a Hub repository or a local dataset
+    repository folder), as its Arrow table: Image columns stay {bytes, path} structs, undecoded."""
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name, config, split=split)
+    except (ValueError, OSError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
+        offline = " (offline: HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set, so it must be in the datasets cache)" if \
+            datasets.config.HF_HUB_OFFLINE else ""
+        raise AnnotationError(f"hub {name}{f' ({config})' if config else ''}, split {split!r}: cannot be loaded"
+                              f"{offline}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; "
+                              "check the name, `hub_config` and `hub_split`") from err
+    return loaded.with_format("arrow")[:]
+
+
+# image formats a webdataset tar member may have that Loom's image loader reads (vlm/images.py)
+TAR_IMAGE_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+
+def image_from_bytes(data: bytes, where: str) -> dict:
+    """{"bytes", "format", "width", "height"} of an image given as bytes; one in a format the tar loader
+    does not read (GIF, BMP, TIFF, ...) is re-encoded as PNG. Bytes that are no image are named."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            size, kind = image.size, image.format
+            if kind not in TAR_IMAGE_FORMATS:
+                buffer = io.BytesIO()
+                image.convert("RGBA" if "A" in image.getbands() else "RGB").save(buffer, "PNG")
+                data, kind = buffer.getvalue(), "PNG"
+    except (UnidentifiedImageError, OSError) as err:
+        raise AnnotationError(f"{where}: {len(data)} bytes that are not a readable image ({err})") from err
+    return {"bytes": data, "format": TAR_IMAGE_FORMATS[kind], "width": size[0], "height": size[1]}
+
+
 def _needed(task: str) -> tuple[str, ...]:
     if task in TASK_COLUMNS:
         return TASK_COLUMNS[task]
@@ -107,16 +153,22 @@ def _messages(value, path: Path, row: int) -> list[dict]:
     return out
 
 
-def read_generic(path: str, task: str, columns: dict | None = None, name: str | None = None,
+def read_generic(path: str | None, task: str, columns: dict | None = None, name: str | None = None,
                  image_root: str | None = None, lang: str | None = None, format: str | None = None,
-                 split: str = "train") -> list[dict]:
-    """Canonical records of a user's table: one per row, in table order."""
-    path = Path(path)
+                 split: str = "train", hub: str | None = None, hub_config: str | None = None,
+                 hub_split: str | None = None) -> list[dict]:
+    """Canonical records of a user's table (the file or folder at `path`, or the dataset `hub` names): one
+    per row, in table order."""
+    if (path is None) == (hub is None):
+        raise AnnotationError(f"generic dataset {name or path or hub}: give one of `path` (a file or a saved "
+                              "datasets folder) and `hub` (a name for datasets.load_dataset)")
+    # `path` names the source in messages; a hub dataset is named by its name
+    path = Path(path) if hub is None else Path(hub)
     columns = {key: key for key in COLUMN_NAMES} | dict(columns or {})
     unknown = set(columns) - set(COLUMN_NAMES)
     if unknown:
         raise AnnotationError(f"{path}: columns: unknown role(s) {sorted(unknown)}; map some of {list(COLUMN_NAMES)}")
-    table = read_table(path, format)
+    table = read_table(path, format) if hub is None else load_hub_table(hub, hub_config, hub_split or split)
     have = set(table.column_names)
     needed = ["image", *_needed(task)]
     if task in QUESTION_TASKS and not ({columns["answer"], columns["answers"]} & have):
@@ -129,17 +181,23 @@ def read_generic(path: str, task: str, columns: dict | None = None, name: str | 
         hint = " or give `lang:` for the whole file" if "lang" in missing else ""
         raise AnnotationError(f"{path}: no column for {named}; the table has {sorted(have)}: map them with "
                               f"`columns: {{{', '.join(f'{role}: <column>' for role in missing)}}}`{hint}")
-    dataset = name or path.stem
-    root = Path(image_root) if image_root else path.parent
+    dataset = name or (path.stem if hub is None else hub.rstrip("/").rpartition("/")[2])
+    root = Path(image_root) if image_root else path.parent if hub is None else Path.cwd()
     rows = table.to_pylist()
-    images: dict[str, dict] = {}
+    images: dict[str | bytes, dict] = {}
     records = []
     for row_number, row in enumerate(rows):
         image_name = row[columns["image"]]
-        if not isinstance(image_name, str) or not image_name:
-            raise AnnotationError(f"{path}: row {row_number}: image is {image_name!r}; expected a path relative to "
-                                  f"{root}")
-        if image_name not in images:
+        if isinstance(image_name, dict):  # a datasets Image feature: the bytes, or where they are
+            image_name = image_name.get("bytes") or image_name.get("path")
+        if isinstance(image_name, (bytes, bytearray)) and image_name:
+            if image_name not in images:
+                images[image_name] = image_from_bytes(bytes(image_name), f"{path}: row {row_number}: column "
+                                                                         f"{columns['image']!r}")
+        elif not isinstance(image_name, str) or not image_name:
+            raise AnnotationError(f"{path}: row {row_number}: image is {image_name!r:.60}; expected a path relative "
+                                  f"to {root}, or the image's bytes")
+        elif image_name not in images:
             images[image_name] = image_entry(root / image_name, path, f"row {row_number}",
                                              f"column {columns['image']!r} names {image_name!r}")
         record_id = row.get(columns["id"], row_number) if columns["id"] in have else row_number
