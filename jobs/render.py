@@ -318,7 +318,8 @@ def _input_fingerprints(cfg: dict) -> dict[str, str]:
             inputs[entry["path"]] = manifest_hash(entry["path"])
         elif entry.get("hub") and not Path(entry["hub"]).is_dir():
             # a Hub name: its cached files are the datasets library's; a changed repository is not noticed
-            inputs[f"hub:{entry['hub']}"] = f"{entry.get('hub_config')}/{entry.get('hub_split') or entry.get('split', 'train')}"
+            split = entry.get("hub_split") or entry.get("split", "train")
+            inputs[f"hub:{entry['hub']}"] = f"{entry.get('hub_config')}/{split}"
         else:
             for key in ("annotations", "questions", "path", "hub"):
                 value = entry.get(key)

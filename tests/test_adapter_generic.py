@@ -198,7 +198,8 @@ def test_bytes_that_are_not_an_image_name_the_row(tmp_path):
 
 def test_a_dataset_name_that_cannot_be_loaded_offline_says_so(offline_datasets):
     with pytest.raises(AnnotationError, match=r"hub nobody/no-such-dataset, split 'train': cannot be loaded \(offline: "
-                                              r"HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set, so it must be in the datasets cache\)"):
+                                              r"HF_DATASETS_OFFLINE or HF_HUB_OFFLINE is set, so it must be in the "
+                                              r"datasets cache\)"):
         read_generic(None, task="vqa", hub="nobody/no-such-dataset", lang="en")
 
 
