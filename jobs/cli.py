@@ -68,6 +68,40 @@ def _run(args) -> int:
     return 0
 
 
+def _config(args) -> int:
+    """`loom config schema`: the JSON Schema of a run config; `loom config check CONFIG`: every problem in it."""
+    if args.action == "schema":
+        import json
+
+        from jobs.schema import json_schema
+
+        text = json.dumps(json_schema(), indent=2) + "\n"
+        if not args.out:
+            print(text, end="")
+            return 0
+        from pipelines.manifest import write_atomic
+
+        write_atomic(args.out, text)
+        print(f"JSON Schema of a run config written to {args.out}; in a config, point an editor at it with a first "
+              f"line `# yaml-language-server: $schema={args.out}`")
+        return 0
+    if not args.config:
+        print("loom config check CONFIG: give the config file to check", file=sys.stderr)
+        return 2
+    from jobs.config import ConfigError, load_config
+    from jobs.run import check_stages, stages_in
+
+    try:
+        config = load_config(args.config, args.out or "{out}")
+        check_stages(config, args.out or "{out}", stages_in(config))
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"loom: config error: {problem}", file=sys.stderr)
+        return 2
+    print(f"ok: {args.config} ({', '.join(stages_in(config)) or 'no stage'})")
+    return 0
+
+
 def _report(args) -> int:
     from jobs.report import write_report
 
@@ -79,6 +113,10 @@ def _report(args) -> int:
 def _catalog(args) -> int:
     from catalog.cards import card_kind, card_languages, get_card, load_cards, select_cards
 
+    if args.config:  # the config's own card folders (render.catalog_paths) too
+        from jobs.template_tools import use_config_folders
+
+        use_config_folders(args.config)
     if args.action == "list":
         cards = select_cards(load_cards(), kind=args.kind, lang=args.lang, task=args.task, held=args.held)
         if not cards:
@@ -125,11 +163,11 @@ def _templates(args) -> int:
     if args.action == "stats":
         from jobs.template_tools import print_stats
 
-        print_stats(args.tokenizer)
+        print_stats(args.tokenizer, args.config)
         return 0
     from jobs.template_tools import lint_templates
 
-    problems = lint_templates()
+    problems = lint_templates(config=args.config)
     for problem in problems:
         print(f"  problem: {problem}")
     print(f"{len(problems)} problem(s)" if problems else "ok: every task's templates pass")
@@ -177,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
     p.set_defaults(func=_run)
 
+    p = sub.add_parser("config", help="schema: the JSON Schema of a run config (for editors); check CONFIG: "
+                                      "every problem in a config, or ok")
+    p.add_argument("action", choices=["schema", "check"])
+    p.add_argument("config", nargs="?", help="check: the config file")
+    p.add_argument("--out", default=None, help="schema: write it to this file instead of printing it; check: the run "
+                                               "folder `{out}` stands for (default: paths are checked as written)")
+    p.set_defaults(func=_config)
+
     p = sub.add_parser("report", help="HTML + JSON report of a run folder")
     p.add_argument("dir")
     p.set_defaults(func=_report)
@@ -188,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", default="en", help="preview: en or zh (default en)")
     p.add_argument("--chat", default="llava_v1", help="preview: the chat format to lay them out in (templates/chat/)")
     p.add_argument("--config", default=None,
-                   help="preview: draw records from this run config's render.datasets instead of the shapes world")
+                   help="read this run config's render.template_paths and render.catalog_paths alongside Loom's "
+                        "templates and cards; preview: draw records from its render.datasets instead of the shapes world")
     p.add_argument("--dataset", default=None, help="preview: with --config, only this card or adapter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default=None,
@@ -198,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("catalog", help="list|show the cards: annotated datasets and caption-pair sources")
     p.add_argument("action", choices=["list", "show"])
     p.add_argument("name", nargs="?")
+    p.add_argument("--config", default=None, help="also the cards of this run config's render.catalog_paths")
     p.add_argument("--kind", choices=["pairs", "dataset"], default=None,
                    help="list only caption-pair sources (pairs) or annotated datasets (dataset)")
     p.add_argument("--lang", default=None, help="list only cards in this language, e.g. en or zh")

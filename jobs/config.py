@@ -6,11 +6,22 @@ from typing import Any
 
 import yaml
 
-SECTIONS = ("demo_data", "ingest", "render", "pack", "train", "evaluate")
+from jobs.schema import SECTIONS, SchemaError, check_config, section_settings
 
 
 class ConfigError(ValueError):
-    """A config value that cannot work, named with its key and what was expected."""
+    """A config value that cannot work, named with its key and what was expected; `problems` holds one line
+    per key at fault where the schema found several."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
+
+    @classmethod
+    def from_schema(cls, err: SchemaError) -> ConfigError:
+        more = len(err.problems) - 1
+        tail = f" (and {more} more: `loom config check CONFIG` lists every one)" if more else ""
+        return cls(err.problems[0] + tail, err.problems)
 
 
 def _substitute(value: Any, out: str, base: str) -> Any:
@@ -23,18 +34,37 @@ def _substitute(value: Any, out: str, base: str) -> Any:
     return value
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a mapping that gives the same key twice (YAML keeps the last silently)."""
+MAX_VALUES = 100_000  # values a config may expand to through YAML aliases (a real one holds hundreds)
 
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(f"{key}: given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
-                                  "keep one")
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+
+def _check_structure(node, path: str, key: str = "", ancestors: tuple = (), sizes: dict | None = None) -> int:
+    """Refuse a mapping that gives the same key twice anywhere in the file (YAML keeps the last silently), an
+    alias inside its own anchor, and aliases that expand past MAX_VALUES; keys are named as the config's
+    reader names them (ingest.seed, render.datasets[2].limit). Returns the values `node` expands to."""
+    sizes = {} if sizes is None else sizes
+    if id(node) in ancestors:
+        raise ConfigError(f"{key}: holds itself (an alias inside its own anchor); write the value out")
+    if id(node) in sizes:  # an alias of a node already walked
+        return sizes[id(node)]
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            where = f"{key}.{name}" if key else name
+            if name in lines and key_node.tag != "tag:yaml.org,2002:merge":
+                raise ConfigError(f"{where}: given twice (lines {lines[name]} and {key_node.start_mark.line + 1} of "
+                                  f"{path}); keep one")
+            lines[name] = key_node.start_mark.line + 1
+            size += _check_structure(value_node, path, where, ancestors + (id(node),), sizes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            size += _check_structure(item, path, f"{key}[{i}]", ancestors + (id(node),), sizes)
+    if size > MAX_VALUES:
+        raise ConfigError(f"{key or path}: expands to more than {MAX_VALUES:,} values through YAML aliases; write "
+                          "the config out without them")
+    sizes[id(node)] = size
+    return size
 
 
 def load_config(path: str, out: str) -> dict:
@@ -49,45 +79,29 @@ def load_config(path: str, out: str) -> dict:
     except OSError as err:
         raise ConfigError(f"{path}: cannot be read: {err.strerror}") from err
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        _check_structure(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:  # its own text spans lines: the problem and where, on one
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}; fix the file's syntax") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections {SECTIONS}, got {type(raw).__name__}")
-    unknown = set(raw) - set(SECTIONS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected some of {list(SECTIONS)}")
-    return _substitute(raw, str(Path(out)), str(config_path.resolve().parent))
+        raise ConfigError(f"{path}: expected a mapping of sections {', '.join(SECTIONS)}, got {type(raw).__name__}")
+    config = _substitute(raw, str(Path(out)), str(config_path.resolve().parent))
+    try:
+        check_config(config)  # every section, whichever stage runs: a typo in train: fails before ingest
+    except SchemaError as err:
+        raise ConfigError.from_schema(err) from None
+    return config
 
 
-def section(config: dict, name: str, defaults: dict) -> dict:
-    """A config section merged over its defaults, refusing keys and types the job does not know."""
-    given = config.get(name) or {}
-    if not isinstance(given, dict):
-        raise ConfigError(f"{name}: expected a mapping, got {given!r}")
-    unknown = set(given) - set(defaults)
-    if unknown:
-        raise ConfigError(f"{name}: unknown key(s) {sorted(unknown)}; expected some of {sorted(defaults)}")
-    merged = dict(defaults)
-    for key, value in given.items():
-        default = defaults[key]
-        if default is not None and value is not None and not _same_kind(default, value):
-            raise ConfigError(
-                f"{name}.{key}: {value!r} is a {type(value).__name__}; expected a {type(default).__name__} "
-                f"like the default {default!r}"
-            )
-        merged[key] = value
-    return merged
-
-
-def _same_kind(default: Any, value: Any) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) == isinstance(value, bool)
-    if isinstance(default, (int, float)):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(default))
+def section(config: dict, name: str) -> dict:
+    """A config section merged over its defaults (jobs/schema.py), refusing keys, types and values out of range."""
+    try:
+        return section_settings(name, config.get(name))
+    except SchemaError as err:
+        raise ConfigError.from_schema(err) from None
 
 
 def require(condition: bool, message: str) -> None:

@@ -18,11 +18,9 @@ from pathlib import Path
 
 from jobs.config import ConfigError, require, section
 from pipelines.ingest import filters
-from pipelines.ingest.dedup import check_radius
 from pipelines.ingest.download import DownloadConfig, clear_unfinished
 from pipelines.ingest.fetch_guard import POLICY_ENV, FetchPolicy
 from pipelines.ingest.mix import normalise_ratios
-from pipelines.ingest.partitioned_dedup import SEARCHES
 from pipelines.ingest.sources import Source
 from pipelines.manifest import (
     StageRecord,
@@ -32,59 +30,12 @@ from pipelines.manifest import (
     start_or_resume,
 )
 
-DEFAULTS = {
-    "sources": [],
-    "serve": None,  # a shapes-world folder to serve over loopback while the job runs (demo data)
-    "image_size": 224,
-    "resize_mode": "keep_ratio",
-    "encode_quality": 90,
-    "languages": {"en": 0.773, "zh": 0.227},
-    "normalise_languages": False,  # true: shares that do not add up to 1 are rescaled instead of refused
-    "filters": {},
-    "allow_private_network": False,
-    "allowed_networks": [],  # CIDRs fetched even though private, e.g. an internal mirror
-    "max_bytes": 32 * 1024 * 1024,  # per image body
-    "max_pixels": 89_478_485,  # checked from the header, before decoding (decompression bombs)
-    "max_seconds": 60.0,  # per fetch: connect, headers, body and every redirect, however slowly a server sends
-    # X-Robots-Tag directives by which a publisher opts an image out (img2dataset's defaults); [] fetches regardless
-    "robots_directives": list(DownloadConfig.disallowed_header_directives),
-    "seed": 0,
-    "samples_per_shard": 1000,
-    "download_shard_size": 1000,
-    "threads": 32,
-    "timeout": 10,
-    "retries": 1,
-    "max_shard_attempts": 3,  # a download shard whose task dies this often is quarantined (rows: shard_failed)
-    "partitions": None,  # hash partitions of the decision phase; default: one per million rows, at least 2
-}
-
-
-# key, lowest, highest, what it is: checked before any work, so a zero or negative size never loops or drops silently
-INTEGER_RANGES = (
-    ("image_size", 1, 65_536, "pixels of the resized images' side"),
-    ("encode_quality", 1, 100, "JPEG quality of the resized images"),
-    ("samples_per_shard", 1, 10_000_000, "kept pairs per output shard"),
-    ("download_shard_size", 1, 10_000_000, "URL rows per download shard"),
-    ("threads", 1, 4_096, "download threads per shard"),
-    ("retries", 0, 100, "extra tries of a failed URL"),
-    ("max_bytes", 1, 2**40, "bytes of one image body"),
-    ("max_pixels", 1, 2**40, "pixels an image header may claim"),
-)
-POSITIVE_SECONDS = (("timeout", "without a byte before a fetch gives up"),
-                    ("max_seconds", "for a whole fetch: connect, headers, body and redirects"))
-
-
 def ingest_settings(config: dict) -> dict:
-    cfg = section(config, "ingest", DEFAULTS)
-    require(bool(cfg["sources"]), "ingest.sources: empty; name at least one URL list, e.g. "
-            "[{path: urls.parquet, url_col: url, caption_col: caption}] or [{card: cc3m, path: /data/cc3m/*.tsv}]")
+    cfg = section(config, "ingest")  # types and ranges: jobs/schema.py
     from pipelines.ingest.sources import SourceConfigError
 
     entry_of_prefix: dict[str, int] = {}
     for i, src in enumerate(cfg["sources"]):
-        require(isinstance(src, dict) and ("path" in src or "card" in src),
-                f"ingest.sources[{i}]: {src!r}; expected {{path: ..., url_col: url, caption_col: caption}} "
-                "or {card: NAME, path: ...} (`loom catalog list --kind pairs` lists the cards)")
         try:
             resolved = Source.from_config(src)  # a card source expands its glob here, so no match fails early
         except SourceConfigError as err:
@@ -94,44 +45,8 @@ def ingest_settings(config: dict) -> dict:
             earlier = entry_of_prefix.setdefault(source.row_prefix, i)
             require(earlier == i, f"ingest.sources[{i}]: its row ids ({source.row_prefix}:<row>) would repeat those "
                     f"of ingest.sources[{earlier}]; give one of them a distinct name:")
-    require(cfg["resize_mode"] in ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"),
-            f"ingest.resize_mode: {cfg['resize_mode']!r}; expected one of no, keep_ratio, "
-            "keep_ratio_largest, center_crop, border (img2dataset's modes)")
-    try:
-        normalise_ratios(cfg["languages"], cfg["normalise_languages"])
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    for key, low, high, what in INTEGER_RANGES:
-        value = cfg[key]
-        require(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
-                f"ingest.{key}: {value!r}; expected a whole number from {low:,} to {high:,} ({what})")
-    for key, what in POSITIVE_SECONDS:
-        value = cfg[key]
-        require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
-                f"ingest.{key}: {value!r}; expected a number of seconds above 0 ({what})")
-    attempts = cfg["max_shard_attempts"]
-    require(isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 1,
-            f"ingest.max_shard_attempts: {attempts!r}; expected a whole number >= 1 (a download shard whose task "
-            "dies that often is quarantined, its rows dropped as shard_failed)")
-    partitions = cfg["partitions"]
-    require(partitions is None or (isinstance(partitions, int) and not isinstance(partitions, bool)
-                                   and 1 <= partitions <= 65_536),
-            f"ingest.partitions: {partitions!r}; expected null (one per million rows) or a whole number from 1 "
-            "to 65536")
-    directives = cfg["robots_directives"]
-    require(isinstance(directives, list) and all(isinstance(d, str) and d.strip() for d in directives),
-            f"ingest.robots_directives: {directives!r}; expected a list of X-Robots-Tag directives, e.g. "
-            "[noai, noimageai, noindex, noimageindex], or [] to fetch regardless")
     try:
         filter_config = filters.FilterConfig.from_config(cfg["filters"], list(cfg["languages"]))
-        check_radius(filter_config.near_duplicate_radius)
-        require(filter_config.near_duplicate_search in SEARCHES,
-                f"ingest.filters.near_duplicate_search: {filter_config.near_duplicate_search!r}; expected one of "
-                f"{', '.join(SEARCHES)} (auto: exact while affordable, then sampled bit tables)")
-        recall = filter_config.near_duplicate_recall
-        require(isinstance(recall, (int, float)) and not isinstance(recall, bool) and 0 < recall < 1,
-                f"ingest.filters.near_duplicate_recall: {recall!r}; expected a share of near pairs to find, "
-                "0 < recall < 1, e.g. 0.99")
         filters.LanguageId(filter_config)  # every language of the mix is one the identifier knows
     except ValueError as err:
         raise ConfigError(str(err)) from err

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from jobs.config import ConfigError, require, section
+from jobs.config import ConfigError, section
 from jobs.ray_runtime import ray_session
 from pipelines.manifest import (StageRecord, input_fingerprint, is_complete, manifest_hash, read_manifest,
                                 start_or_resume, write_json_atomic)
@@ -16,95 +16,20 @@ from pipelines.pack_selection import (Selection, count_selected, plan_windows, r
                                       selected_counts)
 from pipelines.pack_window import (OutputCounts, WindowSettings, finished_window, pack_window, pad_id,
                                    visual_token_counter)
-from pipelines.qformer_text import QFORMER_TEXTS, qformer_pad
+from pipelines.qformer_text import qformer_pad
 from pipelines.tokenize import Encoder, load_tokenizer
 from pipelines.tokenizer_sample import file_sample, llm_texts, qformer_texts, sample_fraction, sampled_conversations
 from pipelines.tokenizer_training import train_bpe
 from templates.chat import get_chat_format
 
-DEFAULTS = {
-    "input": None,  # the render output folder; default: {out}/render
-    "preset": "llava-1.5",
-    "seq_len": 2048,
-    # or {path: a local Hugging Face tokenizer folder}; train.sample: at most this many records (a hash sample of
-    # the render output, the whole of a smaller one) feed the training, default TOKENIZER_SAMPLE
-    "tokenizer": {"train": {"vocab_size": 2000}},
-    "loss_on": "assistant",
-    "sequences_per_shard": 1000,
-    # block: samples isolated (attention and positions restart per sample); interleave_same_task: samples of
-    # one task share a sequence as one document and attend across (Qwen-VL's interleaved stage 2)
-    "mode": "block",
-    "max_images_per_sequence": None,  # a cap for the vision tower's memory
-    # samples packed together at most (a window is read, packed and written by one task): memory stays flat on
-    # any corpus size; with mixture weights above 1 a window takes fewer records, so its samples stay within it
-    "window": 1_000_000,
-    "too_long": "drop",  # or split: text-only samples cut into sequences; a sample with images is never cut
-    # auto: windows are packed by Ray tasks when a cluster is named or there is more than one window
-    "ray": "auto",
-    # InstructBLIP's Q-Former reads each image's instruction in its own vocabulary: a BERT tokenizer folder
-    # ({path: DIR}, e.g. the qformer_tokenizer folder of Salesforce/instructblip-*), or one trained here (on a hash
-    # sample of train.sample records, as the LLM's)
-    "qformer_tokenizer": {"train": {"vocab_size": 400}},
-    # name -> {datasets: [prefixes of the records' `dataset`], split: train}, and optionally
-    #   weights: {prefix: w}, the stage's mixture: each record of those datasets is drawn w times on average
-    #     (2 doubles a dataset, 0.25 keeps about a quarter of it, the same records on every run), the others once
-    #   qformer_text: caption or instruction, what a Q-Former reads with this output's images, where a config
-    #     points a stage at another output than its preset's (by default, what the preset's stages reading it say)
-    "outputs": {},
-}
-TOKENIZER_SAMPLE = 200_000  # records a tokenizer is trained on at most, unless train.sample says otherwise
-MODES = ("block", "interleave_same_task")
-
-
 def pack_settings(config: dict) -> dict:
-    cfg = section(config, "pack", DEFAULTS)
+    cfg = section(config, "pack")  # types, ranges and the outputs' shape: jobs/schema.py
     from vlm.preset import get_preset
 
     try:
         get_preset(cfg["preset"])
     except (KeyError, ValueError) as err:
         raise ConfigError(f"pack.preset: {err}") from err
-    tok = cfg["tokenizer"]
-    require(isinstance(tok, dict) and (("path" in tok) != ("train" in tok)),
-            f"pack.tokenizer: {tok!r}; expected either {{path: DIR}} or {{train: {{vocab_size: N}}}}")
-    require(cfg["loss_on"] in ("assistant", "all"), f"pack.loss_on: {cfg['loss_on']!r}; expected assistant or all")
-    require(cfg["seq_len"] >= 64, f"pack.seq_len: {cfg['seq_len']}; expected at least 64")
-    require(cfg["mode"] in MODES, f"pack.mode: {cfg['mode']!r}; expected one of {', '.join(MODES)}")
-    cap = cfg["max_images_per_sequence"]
-    require(cap is None or (isinstance(cap, int) and cap >= 1),
-            f"pack.max_images_per_sequence: {cap!r}; expected a whole number >= 1, or null for no cap")
-    require(isinstance(cfg["window"], int) and cfg["window"] >= 1,
-            f"pack.window: {cfg['window']!r}; expected the number of samples packed together, e.g. 1000000")
-    qformer = cfg["qformer_tokenizer"]
-    require(isinstance(qformer, dict) and (("path" in qformer) != ("train" in qformer)),
-            f"pack.qformer_tokenizer: {qformer!r}; expected either {{path: DIR}} or {{train: {{vocab_size: N}}}}")
-    for key in ("tokenizer", "qformer_tokenizer"):
-        train = cfg[key].get("train")
-        require(train is None or (isinstance(train, dict) and isinstance(train.get("vocab_size"), int)
-                                  and not set(train) - {"vocab_size", "sample"}),
-                f"pack.{key}.train: {train!r}; expected {{vocab_size: N}}, and optionally sample: records to train on")
-        sample = (train or {}).get("sample", TOKENIZER_SAMPLE)
-        require(isinstance(sample, int) and not isinstance(sample, bool) and sample >= 1,
-                f"pack.{key}.train.sample: {sample!r}; expected the number of records to train on, e.g. 200000")
-    require(cfg["ray"] in ("auto", "always", "never"), f"pack.ray: {cfg['ray']!r}; expected auto, always or never")
-    require(cfg["too_long"] in ("drop", "split"),
-            f"pack.too_long: {cfg['too_long']!r}; expected drop, or split (text-only samples only)")
-    require(bool(cfg["outputs"]), "pack.outputs: empty; name at least one packed output, e.g. "
-            "{instruct: {datasets: [vqav2], split: train}}")
-    for name, spec in cfg["outputs"].items():
-        require(isinstance(spec, dict) and isinstance(spec.get("datasets"), list) and spec["datasets"],
-                f"pack.outputs.{name}: {spec!r}; expected {{datasets: [dataset name prefixes], split: train}}")
-        unknown = set(spec) - {"datasets", "split", "weights", "qformer_text"}
-        require(not unknown, f"pack.outputs.{name}: unknown key(s) {sorted(unknown)}; expected datasets, split, "
-                             "weights, qformer_text")
-        weights = spec.get("weights") or {}
-        require(isinstance(weights, dict) and all(isinstance(w, (int, float)) and w >= 0 for w in weights.values()),
-                f"pack.outputs.{name}.weights: {weights!r}; expected {{dataset prefix: a number >= 0}}")
-        strays = [k for k in weights if k not in spec["datasets"]]
-        require(not strays, f"pack.outputs.{name}.weights: {strays} are not among its datasets {spec['datasets']}; "
-                            "weigh the prefixes the output lists")
-        require(spec.get("qformer_text") in (None, *QFORMER_TEXTS),
-                f"pack.outputs.{name}.qformer_text: {spec.get('qformer_text')!r}; expected one of {QFORMER_TEXTS}")
     return cfg
 
 
@@ -235,7 +160,7 @@ def _tokenizers(cfg: dict, preset, chat_format, stage_dir: Path, files: list[str
         shutil.rmtree(tokenizer_dir, ignore_errors=True)
         if "train" in cfg["tokenizer"]:
             train = cfg["tokenizer"]["train"]
-            conversations = _Counted(_sample(files, records, train.get("sample", TOKENIZER_SAMPLE), ray))
+            conversations = _Counted(_sample(files, records, train["sample"], ray))
             train_bpe(llm_texts(conversations, chat_format), train["vocab_size"], tokenizer_dir,
                       bos=chat_format.bos, eos=chat_format.eos)
             sampled["tokenizer"] = conversations.count
@@ -246,7 +171,7 @@ def _tokenizers(cfg: dict, preset, chat_format, stage_dir: Path, files: list[str
             shutil.rmtree(qformer_dir, ignore_errors=True)
             qformer = cfg["qformer_tokenizer"]
             if "train" in qformer:
-                conversations = _Counted(_sample(files, records, qformer["train"].get("sample", TOKENIZER_SAMPLE), ray))
+                conversations = _Counted(_sample(files, records, qformer["train"]["sample"], ray))
                 train_bpe(qformer_texts(conversations), qformer["train"]["vocab_size"], qformer_dir,
                           bos="[CLS]", eos="[SEP]")
                 sampled["qformer_tokenizer"] = conversations.count

@@ -8,8 +8,6 @@ from pathlib import Path
 from jobs.config import section
 
 ORDER = ("demo_data", "ingest", "render", "pack", "train")
-DEMO_DEFAULTS = {"seed": 0, "pair_scenes": 600, "train_scenes": 800, "val_scenes": 150, "port": None, "out": None,
-                 "messy": False}
 
 
 def stages_in(config: dict) -> list[str]:
@@ -20,7 +18,7 @@ def run_demo_data(config: dict, out: str, log=print) -> dict:
     """The shapes world for this run, in `{out}/demo` unless the config says where; reused when present."""
     from pipelines.shapes_world import write_demo_data
 
-    cfg = section(config, "demo_data", DEMO_DEFAULTS)
+    cfg = section(config, "demo_data")
     target = Path(cfg.pop("out") or Path(out) / "demo")
     world = target / "world.json"
     if world.exists():
@@ -34,11 +32,42 @@ def run_demo_data(config: dict, out: str, log=print) -> dict:
     return write_demo_data(str(target), **cfg)
 
 
+def check_stages(config: dict, out: str, stages: list[str]) -> None:
+    """Every named stage's settings checked before the first one runs: the schema's types and ranges, and
+    what needs the catalog, the templates or a preset (cards, template ids, stage names, init folders).
+    Train's stage names are checked against pack.preset, or the pack output already there; files an
+    earlier stage of this run writes are checked by the stage that reads them."""
+    if "demo_data" in stages:
+        section(config, "demo_data")
+    if "ingest" in stages:
+        from jobs.ingest import ingest_settings
+
+        ingest_settings(config)
+    if "render" in stages:
+        from jobs.render import render_settings
+
+        render_settings(config)
+    if "pack" in stages:
+        from jobs.pack import pack_settings
+
+        pack_settings(config)
+    if "train" in stages:
+        from jobs.train import train_settings
+        from pipelines.manifest import read_manifest
+        from vlm.preset import get_preset
+
+        packed = read_manifest(section(config, "train")["input"] or Path(out) / "pack")
+        preset = section(config, "pack")["preset"] if "pack" in stages else (packed or {}).get("preset")
+        if preset is not None:  # else train refuses to start: no pack output to train on
+            train_settings(config, get_preset(preset))
+
+
 def run_stages(config: dict, out: str, stages: list[str], ray_address: str | None = None, log=print) -> dict:
-    """Run the named stages in order, then write the run report; the run folder is this process's meanwhile
-    (a second command on it is refused, jobs/out_lock.py)."""
+    """Check every named stage's settings, run the stages in order, then write the run report; the run folder
+    is this process's meanwhile (a second command on it is refused, jobs/out_lock.py)."""
     from jobs.out_lock import out_lock
 
+    check_stages(config, out, stages)
     with out_lock(out, log):
         return _run_stages(config, out, stages, ray_address, log)
 

@@ -12,63 +12,22 @@ from pipelines.render import read_render_output
 from pipelines.tokenize import Encoder, load_tokenizer
 from templates.chat import get_chat_format
 
-DEFAULTS = {
-    "input": None,  # the pack output folder; default: {out}/pack
-    "seed": 0,
-    "batch_size": 1,  # packed sequences per micro-batch
-    "grad_accum": 1,
-    "checkpoint_every": 0,
-    "max_grad_norm": 1.0,
-    "activation_checkpointing": False,  # recompute layer activations in backward: less memory, ~30% more compute
-    "compile": False,  # torch.compile the vision tower and the LLM's decoder
-    "device": None,  # default: cuda when available
-    # auto: segment_sdpa, exact attention inside each packed sample (2.4x faster than a dense masked sdpa
-    # on a 2048-token row of ~130-token samples on CPU), or sdpa for FlanT5 (T5's position bias lives inside
-    # attention); sdpa, eager, flex_attention, flash_attention_2 can be named
-    "attention": "auto",
-    # stage name -> overrides of the preset's values: lr, epochs, max_steps, warmup_ratio, weight_decay, betas
-    # (the optimizer and schedule); data (the pack output it reads), trainable (groups), objective, image_size
-    "stages": {},
-    # pretrained weights the first stage starts from: {model: DIR} (a Loom or official checkpoint of the whole
-    # model), and/or {llm: DIR, vision: DIR} (transformers checkpoints of the preset's LLM and vision tower)
-    "init": {},
-    # Ray Train workers (TorchTrainer, DDP): each takes batch_size rows per micro-batch, so the global batch
-    # is workers x batch_size x grad_accum; 1 trains in this process
-    "workers": 1,
-    # ddp: a whole model per worker; fsdp: parameters, gradients and optimizer state sharded across the workers
-    # (FSDP2), for an LLM that does not fit one GPU
-    "strategy": "ddp",
-    "evaluate": {},
-}
+# The train section's keys, types and defaults: jobs/schema.py's Train.
 SCHEDULE_KEYS = {"lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "betas"}
-STAGE_KEYS = SCHEDULE_KEYS | {"data", "trainable", "objective", "image_size"}
-INIT_KEYS = ("model", "llm", "vision")
-# captions: {datasets: [coco_caption], split: val, limit: N, max_new_tokens: 20} scores held-out captions by CIDEr-D
-EVAL_DEFAULTS = {"datasets": ["vqav2"], "split": "val", "max_new_tokens": 8, "batch_size": 32, "limit": None,
-                 "captions": None,
-                 "examples": 12}
 
 
 def train_settings(config: dict, preset) -> dict:
-    cfg = section(config, "train", DEFAULTS)
+    cfg = section(config, "train")  # types and ranges, a stage's keys included: jobs/schema.py
     names = [s.name for s in preset.stages]
-    for name, overrides in cfg["stages"].items():
+    for name in cfg["stages"]:
         require(name in names, f"train.stages.{name}: preset {preset.name} has no such stage; its stages are {names}")
-        unknown = set(overrides or {}) - STAGE_KEYS
-        require(not unknown, f"train.stages.{name}: unknown key(s) {sorted(unknown)}; expected some of {sorted(STAGE_KEYS)}")
     stages_of(preset, cfg)  # the overridden stages must be valid ones
-    init = cfg["init"] or {}
-    require(isinstance(init, dict) and set(init) <= set(INIT_KEYS),
-            f"train.init: {init!r}; expected some of {list(INIT_KEYS)}, each a checkpoint folder")
-    for key, folder in init.items():
+    for key, folder in cfg["init"].items():
         require(Path(str(folder)).is_dir(), f"train.init.{key}: {folder}: no such folder; give a local checkpoint "
                 f"folder (download a hub checkpoint first, e.g. `huggingface-cli download NAME --local-dir DIR`)")
-    cfg["evaluate"] = section({"evaluate": cfg["evaluate"]}, "evaluate", EVAL_DEFAULTS)
     from vlm.model import ATTENTION_MODES
     from vlm.train import STRATEGIES
 
-    require(isinstance(cfg["workers"], int) and cfg["workers"] >= 1,
-            f"train.workers: {cfg['workers']!r}; expected a whole number of Ray Train workers >= 1")
     require(cfg["strategy"] in STRATEGIES, f"train.strategy: {cfg['strategy']!r}; expected {' or '.join(STRATEGIES)}")
     require(cfg["attention"] == "auto" or cfg["attention"] in ATTENTION_MODES,
             f"train.attention: {cfg['attention']!r}; expected auto or one of {list(ATTENTION_MODES)}")
@@ -258,12 +217,12 @@ def evaluate_captions(model, preset, encoder: Encoder, render_dir: Path, setting
     by_image: dict[str, list[dict]] = collections.defaultdict(list)  # COCO has several captions per image
     for r in records:
         by_image[r["images"][0]["path"] or r["images"][0]["key"]].append(r)
-    items = [group[0] for group in by_image.values()][: settings.get("limit")]
+    items = [group[0] for group in by_image.values()][: settings["limit"]]
     if not items:
         log(f"train: no held-out captions to evaluate (render a split {settings['split']!r} of {settings['datasets']})")
         return None
-    predictions = _generate_answers(model, preset, encoder, items, settings.get("batch_size", 32),
-                                    settings.get("max_new_tokens", 20), qformer_dir, image_size)
+    predictions = _generate_answers(model, preset, encoder, items, settings["batch_size"],
+                                    settings["max_new_tokens"], qformer_dir, image_size)
     references = [[g["messages"][1]["content"] for g in by_image[k]] for k in list(by_image)[:len(items)]]
     result = {"images": len(items), "cider": cider_d(predictions, references),
               "examples": [{"caption": p, "references": refs[:3]} for p, refs in list(zip(predictions, references))[:6]]}

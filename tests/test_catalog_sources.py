@@ -221,7 +221,7 @@ def test_ingest_accepts_card_and_path_sources_together(tmp_path):
      r"ingest.sources\[0\].path: card 'cc3m' says how to read its files, not where yours are; add path:"),
     ({"card": "cc3m", "path": "{tmp}/*.tsv", "layout": "mirror"},
      r"ingest.sources\[0\].layout: card 'cc3m' has no layout 'mirror'; its layouts: official, hub"),
-    ({"path": "urls.xlsx", "format": "xlsx"}, r"ingest.sources\[0\].format: 'xlsx'; expected one of parquet, tsv"),
+    ({"path": "urls.xlsx", "format": "xlsx"}, r"ingest.sources\[0\].format: 'xlsx' is not one of the choices; expected one of parquet, tsv"),
     ({"card": "cc3m", "path": "x", "url": "u"}, r"ingest.sources\[0\]: unknown key\(s\) \['url'\]"),
 ])
 def test_a_bad_card_source_is_refused_naming_the_key_and_the_fix(entry, message, tmp_path):

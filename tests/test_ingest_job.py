@@ -165,7 +165,7 @@ def test_a_bad_config_is_refused_before_any_work(small_world, tmp_path):
     ("max_bytes", -1, "from 1 to"), ("timeout", -1, "above 0"), ("max_seconds", 0, "above 0"),
     ("max_shard_attempts", 0, ">= 1"), ("partitions", 0, "null"), ("robots_directives", "noai", "a list"),
     ("filters", {"near_duplicate_search": "fuzzy"}, "auto, exact, lsh"),
-    ("filters", {"near_duplicate_recall": 1.5}, "0 < recall < 1"),
+    ("filters", {"near_duplicate_recall": 1.5}, "above 0 and below 1"),
 ])
 def test_sizes_counts_and_seconds_out_of_range_are_refused_with_the_key(small_world, tmp_path, key, value, expected):
     world_dir, _ = small_world

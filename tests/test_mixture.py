@@ -94,7 +94,7 @@ def test_a_held_out_dataset_cannot_enter_the_training_mixture(fixtures, tmp_path
 
 
 @pytest.mark.parametrize("mixture, key", [({"weighting": "log"}, "weighting"), ({"total": 0}, "total"),
-                                          ({"adjustments": {"okvqa": "x"}}, "adjustments"), ({"size": 3}, "mixture")])
+                                          ({"adjustments": {"okvqa": "x"}}, "adjustments.okvqa"), ({"size": 3}, "mixture")])
 def test_a_bad_mixture_is_refused_with_its_key(fixtures, tmp_path, mixture, key):
     with pytest.raises(ConfigError, match=rf"render.mixture(\.{key})?:"):
         run_render({"render": {"datasets": entries(fixtures)[:1], "mixture": mixture}}, tmp_path)

@@ -255,5 +255,6 @@ def test_a_trained_tokenizer_reads_at_most_its_sample_and_the_whole_of_a_smaller
 
 
 def test_a_bad_tokenizer_sample_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"pack.tokenizer.train.sample: 0; expected the number of records"):
+    with pytest.raises(ConfigError, match=r"pack.tokenizer.train.sample: 0 is too small; expected a whole number >= 1 \(records the "
+                                         r"tokenizer trains on at most\)"):
         run_pack(config({"train": {"vocab_size": 300, "sample": 0}}), tmp_path, **QUIET)
