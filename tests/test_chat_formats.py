@@ -196,3 +196,46 @@ def test_every_format_lays_out_a_rendered_record_of_every_dataset(name, rendered
         assert laid_out.count("<image>") == len(row["images"]), (name, row["id"])
         assert any(target for _, target in pieces), (name, row["id"])
         assert row["messages"][-1]["content"] in "".join(piece for piece, target in pieces if target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same layout as a Hugging Face chat template (what `loom export` writes beside a model)
+# ---------------------------------------------------------------------------------------------
+
+def apply_template(fmt: ChatFormat, messages, **kw) -> str:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template([messages], chat_template=fmt.jinja(**kw), add_generation_prompt=True)
+    return rendered[0]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_the_chat_template_writes_what_pieces_lay_out_for_every_dataset(name, rendered_rows):
+    fmt = get_chat_format(name)
+    conversations = [CONVERSATION, CONVERSATION[:1], [{"role": "user", "content": "<image><image>\nWhich differs?"}],
+                     [{"role": "user", "content": "end <image>"}]] + [row["messages"] for row in rendered_rows]
+    for messages in conversations:
+        assert apply_template(fmt, messages) == text(fmt, messages), (name, messages)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_the_chat_template_reads_transformers_image_and_text_items_as_an_image_run_then_the_text(name):
+    fmt = get_chat_format(name)
+    items = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Which?"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "the left"}]}]
+    loom = [{"role": "user", "content": "<image><image>\nWhich?"}, {"role": "assistant", "content": "the left"}]
+    assert apply_template(fmt, items) == text(fmt, loom)
+
+
+def test_the_chat_template_can_write_each_image_as_its_visual_tokens():
+    """BLIP-2's export: the 32 query tokens written where Loom trains them, after BOS."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    assert apply_template(get_chat_format("blip2_opt"), messages, image_placeholder="<image>" * 3) == (
+        "</s><image><image><image>What colour?")
+
+
+def test_the_chat_template_refuses_a_role_the_format_has_no_place_for():
+    from jinja2.exceptions import TemplateError
+
+    with pytest.raises(TemplateError, match="role 'system': llava_v1 lays out user and assistant turns only"):
+        apply_template(get_chat_format("llava_v1"), [{"role": "system", "content": "Be brief."}])

@@ -1,6 +1,7 @@
 """Chat formats: how a conversation is laid out as text for one architecture's LLM."""
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -109,6 +110,60 @@ class ChatFormat:
         head, rest = (content[:leading.end()], content[leading.end():]) if leading else ("", content)
         head, rest = _IMAGE_RUN.sub(write, head), _IMAGE_RUN.sub(write, rest)
         return head + (tag + " " if tag else "") + rest, "".join(marks), images_seen
+
+    def jinja(self, image_placeholder: str = IMAGE_MARK) -> str:
+        """This layout as a Hugging Face chat template (Jinja): `apply_chat_template(messages)` writes the text
+        `pieces(messages)` joins, without a task tag (transformers has no task). A message's content is Loom's
+        string ("<image>" marks, a newline after a run) or transformers' list of {"type": "image"} and
+        {"type": "text", "text": ...} items (a run of images followed by text is written as "<image>...\\n").
+        The user turn already opens the answer, so add_generation_prompt adds nothing; a role other than user
+        and assistant is refused, as `pieces` refuses it. `image_placeholder` is what each "<image>" becomes:
+        the processor's own placeholder, or (BLIP-2's processors, which would put the queries before BOS)
+        the visual tokens written out."""
+
+        def literal(text: str) -> str:
+            return "{{- " + json.dumps(text, ensure_ascii=False) + " -}}"
+
+        def turn(template: str) -> str:  # literal parts around {content} / {images}
+            return "".join({"{content}": "{{- ns.text -}}", "{images}": "{{- ns.marks -}}"}.get(part) or literal(part)
+                           for part in re.split(r"(\{content\}|\{images\})", template) if part)
+
+        image = json.dumps(self.image.replace(IMAGE_MARK, image_placeholder), ensure_ascii=False)
+        after_images = json.dumps(self.after_images, ensure_ascii=False)
+        return "".join([
+            "{%- set ns = namespace(images=0, text='', marks='', run='', content='') -%}",
+            literal(self.bos),
+            literal(self.system + self.system_suffix) if self.system else "",
+            "{%- for message in messages -%}",
+            # the content as one string: Loom's, or transformers' items with "\n" closing a run of images
+            "{%- if message['content'] is string -%}{%- set ns.content = message['content'] -%}",
+            "{%- else -%}{%- set ns.content = '' -%}{%- for item in message['content'] -%}",
+            "{%- if item['type'] == 'image' -%}{%- set ns.content = ns.content + '<image>' -%}",
+            "{%- elif item['type'] == 'text' -%}",
+            "{%- if ns.content.endswith('<image>') -%}{%- set ns.content = ns.content + '\\n' -%}{%- endif -%}",
+            "{%- set ns.content = ns.content + item['text'] -%}{%- endif -%}{%- endfor -%}{%- endif -%}",
+            "{%- if message['role'] == 'user' -%}",
+            # each image mark in this format's words, numbered across the conversation; a run's newline
+            # becomes after_images
+            "{%- set parts = ns.content.split('<image>') -%}",
+            "{%- set ns.text = parts[0] -%}{%- set ns.marks = '' -%}{%- set ns.run = '' -%}",
+            "{%- for part in parts[1:] -%}{%- set ns.images = ns.images + 1 -%}",
+            "{%- set ns.run = ns.run + " + image + ".replace('{n}', ns.images | string) -%}",
+            "{%- if part or loop.last -%}{%- set ns.text = ns.text + ns.run -%}",
+            "{%- set ns.marks = ns.marks + ns.run -%}{%- set ns.run = '' -%}",
+            "{%- if part.startswith('\\n') -%}{%- set ns.text = ns.text + " + after_images + " + part[1:] -%}",
+            "{%- else -%}{%- set ns.text = ns.text + part -%}{%- endif -%}{%- endif -%}{%- endfor -%}",
+            turn(self.user),
+            "{%- elif message['role'] == 'assistant' -%}{%- set ns.text = ns.content -%}",
+            # an encoder-decoder's encoder input ends before the answer that ends the conversation
+            ("{%- if loop.last -%}" + literal(self.eos) + "{%- endif -%}") if self.encoder_decoder else "",
+            turn(self.assistant), literal(self.end_of_turn),
+            "{%- else -%}{{- raise_exception(\"role '\" + message['role'] + \"': " + self.name
+            + " lays out user and assistant turns only\") -}}",
+            "{%- endif -%}{%- endfor -%}",
+            ("{%- if messages and messages[-1]['role'] != 'assistant' -%}" + literal(self.eos) + "{%- endif -%}")
+            if self.encoder_decoder else "",
+        ])
 
     def strings(self) -> list[str]:
         """Every fixed string of the format, for training a tokenizer that knows them."""
