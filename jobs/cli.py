@@ -102,6 +102,18 @@ def _config(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    """`loom export RUN_OR_CHECKPOINT --to hf OUT`: the trained model as a folder transformers loads as it is."""
+    from vlm.export import ExportError, export
+
+    try:
+        export(args.source, args.out, to=args.to)
+    except ExportError as err:
+        print(f"loom: export: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _report(args) -> int:
     from jobs.report import write_report
 
@@ -222,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="schema: write it to this file instead of printing it; check: the run "
                                                "folder `{out}` stands for (default: paths are checked as written)")
     p.set_defaults(func=_config)
+
+    p = sub.add_parser("export", help="a run's trained model (its last stage) or a checkpoint as a folder "
+                                      "transformers loads as it is: weights, tokenizer, chat template, processor")
+    p.add_argument("source", help="a run folder (--out of loom run / loom train), RUN/train/STAGE, or a checkpoint")
+    p.add_argument("out", help="the folder to write (replaced whole)")
+    p.add_argument("--to", choices=["hf", "loom"], default="hf",
+                   help="hf: transformers' format (Loom's, with the reason, where transformers has no class); "
+                        "loom: Loom's format with the tokenizer and chat template beside it")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("report", help="HTML + JSON report of a run folder")
     p.add_argument("dir")

@@ -103,7 +103,8 @@ def _llava_hf_config(model):
     return LlavaConfig(vision_config=CLIPVisionConfig(**model.vision_config).to_dict(), text_config=text.to_dict(),
                        image_token_id=model.image_token_id, vision_feature_layer=preset.vision_feature_layer,
                        vision_feature_select_strategy="full" if preset.keep_cls else "default",
-                       projector_hidden_act="gelu", pad_token_id=model.pad_token_id)
+                       projector_hidden_act="gelu", pad_token_id=model.pad_token_id,
+                       image_seq_length=model.visual_tokens)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +275,11 @@ def load_hf(path, device: str | torch.device = "cpu", attn_implementation: str |
 
 def save_hf(model, path) -> None:
     """Write `model` as the official transformers checkpoint of its architecture."""
+    to_transformers(model).save_pretrained(path)
+
+
+def to_transformers(model):
+    """`model` as the transformers class of its architecture, holding the same tensors (none copied)."""
     import transformers
 
     name = model.preset.architecture
@@ -283,7 +289,7 @@ def save_hf(model, path) -> None:
     fmt = FORMATS[EXPORTS[name]]
     hf_model = getattr(transformers, fmt.hf_class)(fmt.hf_config_of(model))
     _assign(hf_model, fmt.to_hf(dict(model.state_dict()), model.preset), fmt.hf_class)
-    hf_model.save_pretrained(path)
+    return hf_model
 
 
 def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

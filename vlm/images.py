@@ -119,7 +119,9 @@ class ImageProcessor:
                  image_size: int | None = None):
         self.preset = preset
         self.image_size = image_size or preset.image_size  # a stage may train at its own resolution
-        self.fill = tuple(int(round(m * 255)) for m in preset.image_mean)
+        # LLaVA-1.5's expand2square colour, tuple(int(x * 255) for x in image_mean): truncated, not rounded, as
+        # transformers' LlavaImageProcessor(do_pad=True) pads too, so an exported processor gives the same pixels
+        self.fill = tuple(int(m * 255) for m in preset.image_mean)
         self.mean = torch.tensor(preset.image_mean).view(3, 1, 1)
         self.std = torch.tensor(preset.image_std).view(3, 1, 1)
         self.root = root

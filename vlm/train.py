@@ -329,6 +329,7 @@ def train_stage(
         return {
             "stage": stage.name, "step": step, "total_steps": total_steps, "tokens": tokens,
             "position": asdict(position), "seed": config.seed, "pack_dir": str(pack_dir),
+            "image_size": stage.image_size,  # the stage's own resolution, if any: what an export prepares images at
             "config": asdict(config), "sharded": sharded,
         }
 
