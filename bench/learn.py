@@ -13,7 +13,8 @@ staged trainer, held-out VQA after every stage). Stage data, per stage:
 BLIP-2's second stage reads the captions + questions too (BLIP-2's VQA fine-tuning keeps the LLM frozen
 as here): the paper's zero-shot VQA leans on a pretrained LLM's knowledge, which a tiny one lacks.
 
-Presets that never train their LLM (BLIP-2, InstructBLIP, MiniGPT-4) freeze a pretrained one in the papers.
+Presets that never train their LLM's own weights (BLIP-2, InstructBLIP, MiniGPT-4; MiniGPT-v2, whose LLM
+learns through LoRA adapters) freeze a pretrained one in the papers.
 A tiny LLM has no pretraining, so the bench gives it one first: the LLM alone is trained on the same
 instruction text with the images taken out (`--llm-epochs`), and saved as a transformers checkpoint that
 the run starts from (`train.init.llm`), as a user's run starts from Vicuna or OPT. It
@@ -75,7 +76,8 @@ def render_world(out: Path, train_scenes: int, val_scenes: int) -> None:
 
 
 def frozen_llm(preset) -> bool:
-    return all("llm" not in stage.trainable for stage in preset.stages)
+    """Whether the LLM's own weights stay frozen in every stage (MiniGPT-v2's train only LoRA adapters)."""
+    return all("llm" not in stage.trainable or (stage.lora and stage.lora.group == "llm") for stage in preset.stages)
 
 
 def run_config(preset, args, run: Path) -> dict:

@@ -14,6 +14,7 @@ from templates.chat import get_chat_format
 
 # The train section's keys, types and defaults: jobs/schema.py's Train.
 SCHEDULE_KEYS = {"lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "betas"}
+LORA_KEYS = ("rank", "alpha", "dropout", "targets", "group")
 
 
 def train_settings(config: dict, preset) -> dict:
@@ -21,7 +22,9 @@ def train_settings(config: dict, preset) -> dict:
     names = [s.name for s in preset.stages]
     for name in cfg["stages"]:
         require(name in names, f"train.stages.{name}: preset {preset.name} has no such stage; its stages are {names}")
-    stages_of(preset, cfg)  # the overridden stages must be valid ones
+    stages = stages_of(preset, cfg)  # the overridden stages must be valid ones
+    if any(stage.lora for stage in stages):
+        check_lora_targets(preset, stages)
     for key, folder in cfg["init"].items():
         require(Path(str(folder)).is_dir(), f"train.init.{key}: {folder}: no such folder; give a local checkpoint "
                 f"folder (download a hub checkpoint first, e.g. `huggingface-cli download NAME --local-dir DIR`)")
@@ -75,6 +78,8 @@ def stages_of(preset, cfg: dict) -> list:
         overrides = {k: v for k, v in (cfg["stages"].get(stage.name) or {}).items() if k not in SCHEDULE_KEYS}
         if "trainable" in overrides:
             overrides["trainable"] = tuple(overrides["trainable"])
+        if "lora" in overrides:
+            overrides["lora"] = lora_of(preset, stage, overrides["lora"], overrides.get("trainable", stage.trainable))
         if overrides.get("image_size") and preset.connector not in FIXED_TOKEN_CONNECTORS:
             raise ConfigError(f"train.stages.{stage.name}.image_size: {preset.name}'s {preset.connector} connector "
                               "gives one visual token per patch group, so another resolution changes the visual "
@@ -85,6 +90,49 @@ def stages_of(preset, cfg: dict) -> list:
         except ValueError as err:
             raise ConfigError(f"train.stages.{stage.name}: {err}") from err
     return stages
+
+
+def lora_of(preset, stage, given, trainable: tuple):
+    """A stage's `lora` setting: true, the stage's own LoRA or else the preset's default (MiniGPT-v2's, on the
+    LLM); false or null, none (its groups train whole); a mapping, some of rank, alpha, dropout, targets and
+    group over that default. Its group must be one of the stage's `trainable` groups."""
+    import dataclasses
+
+    from vlm.preset import LoRA
+
+    key = f"train.stages.{stage.name}.lora"
+    if given is None or given is False:
+        return None
+    given = {} if given is True else given
+    require(isinstance(given, dict), f"{key}: {given!r}; expected true, false or a mapping of {', '.join(LORA_KEYS)}")
+    unknown = set(given) - set(LORA_KEYS)
+    require(not unknown, f"{key}: unknown key(s) {sorted(unknown)}; expected some of {list(LORA_KEYS)}")
+    if isinstance(given.get("targets"), list):
+        given = {**given, "targets": tuple(given["targets"])}
+    try:
+        lora = LoRA(**{**dataclasses.asdict(stage.lora or preset.default_lora), **given})
+    except ValueError as err:  # "lora.KEY: what is wrong; what is expected"
+        raise ConfigError(f"train.stages.{stage.name}.{err}") from err
+    require(lora.group in trainable, f"{key}.group: {lora.group!r} is frozen in this stage (it trains {list(trainable)}); "
+            f"add it to train.stages.{stage.name}.trainable or put the adapters on one of those")
+    return lora
+
+
+def check_lora_targets(preset, stages: list) -> None:
+    """Every LoRA stage's group and targets checked against the preset's layers (a model built on the meta
+    device: no memory, no weights) before any stage trains."""
+    import torch
+
+    from vlm.lora import check_targets
+    from vlm.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(preset, None, 0, 0)
+    for stage in (s for s in stages if s.lora is not None):
+        try:
+            check_targets(model, stage.lora)
+        except ValueError as err:
+            raise ConfigError(f"train.stages.{stage.name}.{err}") from err
 
 
 def run_train(config: dict, out: str | Path, log=print, ray_address: str | None = None) -> dict:
@@ -173,7 +221,9 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
         use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg["workers"]
         summary = train_stage_on_ray(model, stage, pack_dir / stage.data, out_dir, train_config, cfg["workers"], use_gpu)
     curve = [[row["step"], row["loss"]] for row in map(json.loads, (out_dir / "log.jsonl").read_text().splitlines())]
-    log(f"train: stage {stage.name} ({', '.join(stage.trainable)}): {len(curve)} steps, "
+    lora = stage.lora
+    through = f"; {lora.group} through LoRA rank {lora.rank} on {', '.join(lora.targets)}" if lora else ""
+    log(f"train: stage {stage.name} ({', '.join(stage.trainable)}{through}): {len(curve)} steps, "
         f"loss {curve[0][1]:.3f} → {curve[-1][1]:.3f}")
     return {**summary, "name": stage.name, "trainable": list(stage.trainable), "data": stage.data,
             "steps": len(curve), "final_loss": curve[-1][1] if curve else float("nan"), "loss_curve": curve}

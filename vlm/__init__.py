@@ -11,7 +11,7 @@ torch and transformers on first use, so `vlm.stages(name)` stays cheap for a
 config checker.
 """
 
-from .preset import GROUPS, PRESETS, Preset, Stage, get_preset, presets, stages
+from .preset import GROUPS, PRESETS, LoRA, Preset, Stage, get_preset, presets, stages
 
 _LAZY = {
     "VisionLanguageModel": "model",
@@ -29,7 +29,7 @@ _LAZY = {
     "vqa_accuracy": "evaluate",
 }
 
-__all__ = ["GROUPS", "PRESETS", "Preset", "Stage", "get_preset", "presets", "stages", *_LAZY]
+__all__ = ["GROUPS", "PRESETS", "LoRA", "Preset", "Stage", "get_preset", "presets", "stages", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -34,6 +34,55 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
+class LoRA:
+    """Low-rank adapters on one group's linear layers (peft's LoRA): W stays frozen and W + (alpha/rank)·B·A
+    is what the stage learns. `targets` are the layers' names inside the group (the last part of the module
+    name, as peft matches them: q_proj, v_proj in LLaMA, OPT and Qwen2; q, v in T5)."""
+
+    rank: int
+    alpha: float
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    group: str = "llm"
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "LoRA":
+        return cls(**{**fields, "targets": tuple(fields.get("targets", cls.targets))})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its JSON form (a list of targets), as a checkpoint and a stage summary hold it."""
+        return {**dataclasses.asdict(self), "targets": list(self.targets)}
+
+    def __post_init__(self):
+        # named "lora.KEY" so that a config's errors read train.stages.NAME.lora.KEY
+        number = (int, float)
+        problems = [
+            ("rank", isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 1,
+             "a whole number >= 1 (MiniGPT-v2: 64)"),
+            ("alpha", isinstance(self.alpha, number) and not isinstance(self.alpha, bool) and self.alpha > 0,
+             "a number > 0; the adapters are scaled by alpha / rank (MiniGPT-v2: 16)"),
+            ("dropout", isinstance(self.dropout, number) and not isinstance(self.dropout, bool) and 0 <= self.dropout < 1,
+             "a probability in [0, 1) (MiniGPT-v2: 0.05)"),
+            ("targets", isinstance(self.targets, tuple) and bool(self.targets)
+             and all(isinstance(t, str) and t for t in self.targets),
+             "a non-empty list of linear layer names, e.g. [q_proj, v_proj]"),
+            ("group", self.group in GROUPS, f"one of {list(GROUPS)}"),
+        ]
+        for key, valid, expected in problems:
+            if not valid:
+                value = list(self.targets) if key == "targets" and isinstance(self.targets, tuple) else getattr(self, key)
+                raise ValueError(f"lora.{key}: {value!r}; expected {expected}")
+
+
+# MiniGPT-v2 trains Llama-2-chat through LoRA in all three stages, its base weights frozen: rank 64, alpha 16,
+# dropout 0.05 on q_proj and v_proj (Vision-CAIR/MiniGPT-4 minigpt4/models/minigpt_v2.py: lora_r=64,
+# lora_target_modules=["q_proj", "v_proj"], lora_alpha=16, lora_dropout=0.05; minigpt4/models/base_model.py
+# init_llm: LoraConfig(r, bias="none", task_type="CAUSAL_LM", ...) then get_peft_model; the stage configs
+# minigpt4/configs/models/minigpt_v2.yaml and train_configs/minigptv2_finetune.yaml set lora_r 64, lora_alpha 16).
+MINIGPT_V2_LORA = LoRA(rank=64, alpha=16, dropout=0.05, targets=("q_proj", "v_proj"), group="llm")
+
+
+@dataclass(frozen=True)
 class Stage:
     """One training stage: which groups learn, on which data, with what schedule."""
 
@@ -52,11 +101,16 @@ class Stage:
     # what a Q-Former reads in its own vocabulary in this stage: "caption" (BLIP-2's stage 1), "instruction"
     # (InstructBLIP's instruction tuning), or None (queries alone)
     qformer_text: str | None = None
+    # LoRA on one of the trainable groups: that group learns through adapters, its own weights frozen
+    # (MiniGPT-v2's LLM); None trains every trainable group whole
+    lora: LoRA | None = None
 
     @classmethod
     def from_dict(cls, fields: dict) -> "Stage":
         """A stage from its JSON form (lists where the dataclass holds tuples)."""
-        return cls(**{**fields, "trainable": tuple(fields["trainable"]), "betas": tuple(fields.get("betas", cls.betas))})
+        lora = fields.get("lora")
+        return cls(**{**fields, "trainable": tuple(fields["trainable"]), "betas": tuple(fields.get("betas", cls.betas)),
+                      "lora": LoRA.from_dict(lora) if lora else None})
 
     def __post_init__(self):
         unknown = set(self.trainable) - set(GROUPS)
@@ -66,6 +120,10 @@ class Stage:
             )
         if self.objective not in OBJECTIVES:
             raise ValueError(f"stage {self.name!r}: objective {self.objective!r}; expected one of {list(OBJECTIVES)}")
+        if self.lora is not None and self.lora.group not in self.trainable:
+            raise ValueError(f"stage {self.name!r}: lora.group {self.lora.group!r} is frozen in this stage (it trains "
+                             f"{list(self.trainable)}); add {self.lora.group!r} to its trainable groups or put the "
+                             "adapters on one of them")
 
 
 @dataclass(frozen=True)
@@ -114,6 +172,12 @@ class Preset:
         """What the Q-Former reads in its own (BERT) vocabulary, packed with each image: InstructBLIP's
         instruction, or BLIP-2's caption (its stage-1 ITC / ITM / ITG losses); None without a text path."""
         return {"instruct_qformer": "instruction", "qformer": "caption"}.get(self.connector)
+
+    @property
+    def default_lora(self) -> LoRA:
+        """The LoRA `train.stages.NAME.lora: true` turns on in a stage without its own: MiniGPT-v2's published
+        setting on the LLM's query and value projections, as this LLM names them."""
+        return dataclasses.replace(MINIGPT_V2_LORA, targets=("q", "v") if self.llm_kind == "t5" else ("q_proj", "v_proj"))
 
     @property
     def encoder_decoder(self) -> bool:
@@ -369,17 +433,18 @@ def _published() -> list[Preset]:
         ),
         Preset(
             # MiniGPT-v2: EVA ViT-g at 448 px (1024 patches, CLS dropped), every 4 adjacent tokens concatenated
-            # (256 tokens of 4 x 1408) and projected into Llama-2-7B-chat; three stages, projection + LLM (LoRA
-            # in the paper; here the whole LLM group).
+            # (256 tokens of 4 x 1408) and projected into Llama-2-7B-chat; three stages, each training the
+            # projection and the LLM through LoRA (MINIGPT_V2_LORA: the LLM's own weights stay frozen).
             name="minigpt-v2", architecture="minigpt-v2", size="published", chat_format="minigpt_v2",
             image_size=448, patch_size=14, visual_tokens=256,
             vision_kind="eva", vision=_eva_vit_g(448), vision_feature_layer=-1, vision_post_norm=True,
             connector="token_concat", connector_config=dict(group=4),
             llm_kind="llama", llm=LLAMA2_7B,
-            stages=(Stage("pretrain", trainable=("connector", "llm"), data="pretrain", lr=1e-4),
-                    Stage("multitask", trainable=("connector", "llm"), data="multitask", lr=1e-5),
-                    Stage("instruct", trainable=("connector", "llm"), data="instruct", lr=1e-5)),
-            sources=("arXiv 2310.09478", "Vision-CAIR/MiniGPT-4 minigpt4/models/minigpt_v2.py"),
+            stages=(Stage("pretrain", trainable=("connector", "llm"), data="pretrain", lr=1e-4, lora=MINIGPT_V2_LORA),
+                    Stage("multitask", trainable=("connector", "llm"), data="multitask", lr=1e-5, lora=MINIGPT_V2_LORA),
+                    Stage("instruct", trainable=("connector", "llm"), data="instruct", lr=1e-5, lora=MINIGPT_V2_LORA)),
+            sources=("arXiv 2310.09478", "Vision-CAIR/MiniGPT-4 minigpt4/models/minigpt_v2.py",
+                     "Vision-CAIR/MiniGPT-4 minigpt4/models/base_model.py (init_llm: the LoRA)"),
         ),
     ]
 

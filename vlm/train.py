@@ -8,7 +8,9 @@ learning rate, on which data": the loop is the same for every stage.
 `out_dir/` after a stage:
   log.jsonl                 one line per optimizer step: step, loss, lr, tokens, ...
   checkpoint/               model.safetensors, config.json, optimizer.pt, scheduler.pt,
-                            rng.pt, trainer_state.json (step, data position), tokenizer/
+                            rng.pt, trainer_state.json (step, data position), tokenizer/;
+                            in a LoRA stage the weights are merged, and a mid-stage checkpoint
+                            also holds lora.safetensors (the adapters and the weights under them)
   stage_complete.json       the summary; its presence makes a re-run skip the stage
 """
 
@@ -29,10 +31,11 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from . import lora
 from .checkpoint import load_weights, weights_to_save
 from .data import DataPosition, PackedDataset
 from .model import VisionLanguageModel
-from .preset import Stage
+from .preset import LoRA, Stage
 
 CHECKPOINT = "checkpoint"
 COMPLETE = "stage_complete.json"
@@ -119,12 +122,15 @@ def _save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: dict, to
         weights, optimizer_state = (weights_to_save(model), optimizer.state_dict()) if lead else (None, None)
     if not lead:
         return final
+    weights, adapters = lora.merged(weights, model)  # a LoRA stage's weights are written plain, adapters merged
     tmp = out_dir / f"{CHECKPOINT}.tmp"
     old = out_dir / f"{CHECKPOINT}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
     (tmp / "config.json").write_text(json.dumps({"model": model.config_dict(), "stage": state["stage"]}, indent=2))
+    if adapters and state["step"] < state["total_steps"]:  # what a resume continues from
+        save_file(adapters, tmp / lora.ADAPTERS)
     torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_rng_states(), tmp / "rng.pt")
@@ -158,6 +164,22 @@ def _find_resumable(out_dir: Path) -> Path | None:
         if (folder / "trainer_state.json").exists():
             return folder
     return None
+
+
+def _attach_adapters(model, stage: Stage, resumable: Path | None, seed: int) -> None:
+    """A LoRA stage's adapters on its group (before sharding and the optimizer), and when it resumes, the
+    adapters and unmerged weights its checkpoint holds."""
+    if resumable is not None:
+        saved = json.loads((resumable / "trainer_state.json").read_text()).get("lora")
+        saved = LoRA.from_dict(saved) if saved else None
+        if saved != stage.lora:
+            raise ValueError(f"{resumable}: saved with lora={saved}, resumed with lora={stage.lora}; resume with the "
+                             f"same LoRA setting (train.stages.{stage.name}.lora) or use a new out_dir")
+    if stage.lora is None:
+        return
+    lora.attach(model, stage.lora, seed)
+    if resumable is not None and (resumable / lora.ADAPTERS).exists():  # none in the end-of-stage checkpoint
+        lora.load_adapters(model, resumable / lora.ADAPTERS)
 
 
 def _rng_states() -> dict[str, Any]:
@@ -269,6 +291,7 @@ def train_stage(
     if resumable is not None or config.init_from:
         load_weights(model, (resumable or checkpoint_dir(config.init_from)) / "model.safetensors")
     model.set_trainable(stage.trainable)
+    _attach_adapters(model, stage, resumable, config.seed)
     if config.activation_checkpointing:
         model.enable_activation_checkpointing()
     if sharded:
@@ -329,8 +352,7 @@ def train_stage(
         return {
             "stage": stage.name, "step": step, "total_steps": total_steps, "tokens": tokens,
             "position": asdict(position), "seed": config.seed, "pack_dir": str(pack_dir),
-            "image_size": stage.image_size,  # the stage's own resolution, if any: what an export prepares images at
-            "config": asdict(config), "sharded": sharded,
+            "config": asdict(config), "sharded": sharded, "lora": stage.lora and stage.lora.to_dict(),
         }
 
     # Gradients are averaged across workers by DDP; each worker's loss is scaled by the world size so the
@@ -416,11 +438,15 @@ def train_stage(
     if not lead:  # the lead worker writes the checkpoint; the others are done
         torch.distributed.barrier()
         return {"stage": stage.name, "steps": step, "rank": rank}
+    if lora.layers(model) and not sharded:  # the caller's model leaves plain, as saved, for the next stage
+        lora.detach(model)
+        load_weights(model, final / "model.safetensors")
     log = read_log(out_dir)
     summary = {
         "preset": model.preset.name,
         "stage": stage.name,
         "trainable_groups": list(stage.trainable),
+        "lora": stage.lora and stage.lora.to_dict(),
         "trainable_params": sum(p.numel() for p in trainable),
         "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
         "steps": step,
