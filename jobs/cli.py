@@ -293,31 +293,54 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.out_lock import OutInUse
     from pipelines.shapes_world import PortInUseError
     from templates.library import TemplateError
+    from vlm.checkpoint_files import DamagedCheckpoint
 
     try:
         return args.func(args)
     except ConfigError as err:
         print(f"loom: config error: {err}", file=sys.stderr)
         return 2
-    except (UnknownCardError, AnnotationError, TemplateError, PortInUseError, OutInUse) as err:
+    except (UnknownCardError, AnnotationError, TemplateError, PortInUseError, OutInUse, DamagedCheckpoint) as err:
         print(f"loom: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     except OSError as err:  # a missing file, a full disk, a folder without write permission: say which path
-        print(f"loom: {_os_error(err)}", file=sys.stderr)
+        print(f"loom: {_os_error(getattr(err, 'cause', None) or err, getattr(args, 'out', None))}", file=sys.stderr)
         return 2
 
 
-def _os_error(err: OSError) -> str:
-    """An OSError as one line with its path, not its errno alone (str(FileNotFoundError(2)) is '2')."""
+def _os_error(err: OSError, out: str | None = None) -> str:
+    """An OSError as one line with its path, not its errno alone (str(FileNotFoundError(2)) is '2'); a full
+    disk with the bytes free there and the bytes the write needed (a Ray task's error carries its cause)."""
     import errno
 
+    if err.errno == errno.ENOSPC:
+        return _disk_full(err.filename or out, getattr(err, "needed", None), getattr(err, "stage_needs", None))
     if err.strerror is None:
         return str(err.args[0] if err.args else err)
     where = f"{err.filename}: " if err.filename else ""
-    hint = {errno.ENOSPC: "; free space there (or point --out elsewhere) and run the same command again: it resumes",
-            errno.EACCES: "; check the folder's permissions",
+    hint = {errno.EACCES: "; check the folder's permissions",
             errno.EROFS: "; the file system is read-only: point --out elsewhere"}.get(err.errno, "")
     return f"{where}{err.strerror}{hint}"
+
+
+def _disk_full(path: str | None, needed: int | None, stage_needs: int | None = None) -> str:
+    """`<path>: disk full (<free> bytes free on <mount>; this write needs about <N> bytes[, the stage about M]);
+    ...`, measured now (the failed write's temporary file already removed)."""
+    import shutil
+
+    if path is None:
+        return "disk full; free space and re-run: finished parts are kept"
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    mount = folder
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    free = f"{shutil.disk_usage(folder).free:,} bytes free on {mount}"
+    need = (f"; this write needs about {needed:,} bytes" if needed else "") + (
+        f", the stage about {stage_needs:,} at its peak" if stage_needs else "")
+    return (f"{path}: disk full ({free}{need}); free space (or point --out elsewhere) and re-run: finished parts are "
+            "kept and it resumes")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -9,12 +10,12 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 LOOM_VERSION = "0.1.0"
 MANIFEST = "manifest.json"
 # `.{name}.tmp-{pid}`: the name write_atomic (and the shard writers) give a file until it is complete
-TEMPORARY_NAME = re.compile(r"\..+\.tmp-\d+")
+TEMPORARY_NAME = re.compile(r"\..+\.tmp-(\d+)")
 
 
 def config_hash(section: Any) -> str:
@@ -46,9 +47,11 @@ def temporary_name(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, needed: int | Callable[[], int] | None = None):
     """A temporary path beside `path` to write the whole file to; renamed onto `path` when the block
     finishes, removed when it raises. Readers see either no file (or the old one) or the whole new one.
+    A full disk is raised as OSError(ENOSPC) naming `path`, with `needed` (about the bytes of the file, where
+    the writer knows; a function is called only then) as its `needed` attribute.
 
         with atomic_path(out / "part-00001.parquet") as tmp:
             pq.write_table(table, tmp)
@@ -59,24 +62,37 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
+        if getattr(err, "errno", None) == errno.ENOSPC:  # pyarrow's and Python's writes say so; name the file
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            # at least a block more than it got down; a disk allocates whole 4 KiB blocks
+            full.needed = max(-(-((needed() if callable(needed) else needed) or 0) // 4096) * 4096, written + 4096)
+            raise full from err
         raise
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Write a file so that a reader sees either the old file or the whole new one."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+    data = data.encode() if isinstance(data, str) else data
+    with atomic_path(path, needed=len(data)) as tmp, open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
 def write_parquet_atomic(table, path: str | os.PathLike, **options) -> None:
     """A pyarrow table as parquet, written so that a reader sees either no file or the whole one."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with atomic_path(path) as tmp:
+    def needed() -> int:  # the data uncompressed, and the schema and footer a file of no rows holds
+        footer = pa.BufferOutputStream()
+        pq.write_table(table.slice(0, 0), footer, **options)
+        return table.nbytes + footer.getvalue().size
+
+    with atomic_path(path, needed=needed) as tmp:
         pq.write_table(table, tmp, **options)
 
 
@@ -142,12 +158,30 @@ def is_complete(stage_dir: str | os.PathLike, config: Any, inputs: dict[str, str
     )
 
 
+def _alive_other(pid: int) -> bool:
+    """Whether `pid` is a live process other than this one (on this host: the out lock keeps a run folder
+    to one host's writers)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OverflowError:  # not a pid at all
+        return False
+    return True
+
+
 def start_or_resume(stage_dir: str | os.PathLike, config: Any) -> None:
     """Keep a half-finished run of the same config, to resume it; clear one of any other config.
 
     A stage folder holds a marker with the hash of the config that started it, so work done
     under an old config is never mistaken for progress under a new one. What a killed run was
-    still writing (`write_atomic`'s temporary files) is removed: it never became output.
+    still writing (`write_atomic`'s temporary files, named by their writer's pid) is removed: it never
+    became output. A temporary file of a process still alive is its own and stays (a writer of another
+    folder, or one the out lock did not stop, is never robbed of a file half written).
     """
     stage_dir = Path(stage_dir)
     marker = stage_dir / ".config_hash"
@@ -158,6 +192,7 @@ def start_or_resume(stage_dir: str | os.PathLike, config: Any) -> None:
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     for unfinished in stage_dir.rglob(".*.tmp-*"):
-        if TEMPORARY_NAME.fullmatch(unfinished.name) and unfinished.is_file():
+        named = TEMPORARY_NAME.fullmatch(unfinished.name)
+        if named and unfinished.is_file() and not _alive_other(int(named.group(1))):
             unfinished.unlink(missing_ok=True)
     write_atomic(marker, wanted)

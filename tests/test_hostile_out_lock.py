@@ -1,5 +1,6 @@
 """One writer per run folder: a second `loom` command on a folder in use is refused with the holder named,
-and a lock left by a process killed mid-run is taken over with a message."""
+a lock left by a process killed mid-run is taken over with a message, and a resumed stage removes only the
+temporary files whose writer is dead (or itself)."""
 from __future__ import annotations
 
 import json
@@ -71,3 +72,35 @@ def test_a_released_lock_is_taken_without_a_word(tmp_path, capsys):
         assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
     main(["pack", str(pack_config(tmp_path, 1024)), "--out", str(out)])
     assert "taking over" not in capsys.readouterr().out
+
+
+def half_written(stage: Path, pid: int) -> Path:
+    path = stage / "shards" / f".packed-00000-00000.parquet.tmp-{pid}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"half a shard")
+    return path
+
+
+def test_a_resumed_stage_keeps_the_temporary_file_of_a_process_still_writing_it(tmp_path):
+    from pipelines.manifest import start_or_resume
+
+    start_or_resume(tmp_path / "pack", {"seq_len": 1024})
+    writer = hold(tmp_path / "elsewhere")  # a live process: the file it names is its own
+    try:
+        live = half_written(tmp_path / "pack", writer.pid)
+        start_or_resume(tmp_path / "pack", {"seq_len": 1024})
+        assert live.read_bytes() == b"half a shard"
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_resumed_stage_removes_the_temporary_files_of_dead_writers_and_its_own(tmp_path):
+    from pipelines.manifest import start_or_resume
+
+    start_or_resume(tmp_path / "pack", {"seq_len": 1024})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = [half_written(tmp_path / "pack", dead.pid), half_written(tmp_path / "pack", os.getpid())]
+    start_or_resume(tmp_path / "pack", {"seq_len": 1024})
+    assert [path.exists() for path in left] == [False, False]

@@ -330,7 +330,9 @@ def test_a_resumed_run_clears_what_the_killed_one_was_still_writing(tmp_path, mo
     (stage / "shards").mkdir()
     finished = [stage / "shards" / "pairs-00000.tar", stage / "shards" / "pairs-00000.parquet",
                 stage / "_work" / "download" / "00000" / "00000.tar"]
-    half_written = [stage / "shards" / ".pairs-00001.tar.tmp-4242", stage / ".manifest.json.tmp-77"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # a writer that died: its pid names no process
+    dead.wait()
+    half_written = [stage / "shards" / f".pairs-00001.tar.tmp-{dead.pid}", stage / f".manifest.json.tmp-{dead.pid}"]
     for path in finished + half_written:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -38,6 +39,24 @@ def same(a, b):
 
 def quick(**overrides):
     return TrainConfig(**{"batch_size": 2, "max_steps": 3, "progress": False, "tensorboard": False, **overrides})
+
+
+@contextlib.contextmanager
+def killed_in_step(step: int):
+    """The block's train_stage stopped as a kill stops it: in `step`, after the checkpoints before it."""
+    real_append = vlm.train._append_log
+
+    def killed(path, record):
+        if record["step"] == step:
+            raise KeyboardInterrupt("killed")
+        real_append(path, record)
+
+    vlm.train._append_log = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        vlm.train._append_log = real_append
 
 
 @pytest.fixture(scope="module")

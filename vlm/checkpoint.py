@@ -8,11 +8,12 @@ format or one of the official transformers formats `vlm.convert` knows, telling 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .checkpoint_files import DamagedCheckpoint, verify, written_folder
 
 FORMATS = ("loom", "hf")
 
@@ -54,19 +55,14 @@ def save_pretrained(model, path: str | Path, format: str = "loom") -> Path:
     if format not in FORMATS:
         raise ValueError(f"format {format!r}; expected one of {FORMATS}")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if format == "hf":
-        from .convert import save_hf
+    with written_folder(path, needed=sum(p.numel() * p.element_size() for p in model.state_dict().values())) as tmp:
+        if format == "hf":
+            from .convert import save_hf
 
-        save_hf(model, tmp)
-    else:
-        tmp.mkdir(parents=True)
-        save_file(weights_to_save(model), tmp / "model.safetensors")
-        (tmp / "config.json").write_text(json.dumps({"model": model.config_dict()}, indent=2))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.replace(path)
+            save_hf(model, tmp)
+        else:
+            save_file(weights_to_save(model), tmp / "model.safetensors")
+            (tmp / "config.json").write_text(json.dumps({"model": model.config_dict()}, indent=2))
     return path
 
 
@@ -84,7 +80,13 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", attn_i
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json; give a folder written by save_pretrained or an official "
                                 "Hugging Face checkpoint folder")
-    config = json.loads(config_file.read_text())
+    try:
+        verify(path, required=("config.json",))
+        config = json.loads(config_file.read_text())
+        if is_loom_checkpoint(config):
+            verify(path, required=("config.json", "model.safetensors"))
+    except DamagedCheckpoint as err:
+        raise DamagedCheckpoint(f"{err}; write the folder again (save_pretrained) or copy it again") from err
     if is_loom_checkpoint(config):
         model = VisionLanguageModel.from_config_dict(config["model"], attn_implementation=attn_implementation)
         load_weights(model, path / "model.safetensors")

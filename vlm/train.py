@@ -8,9 +8,11 @@ learning rate, on which data": the loop is the same for every stage.
 `out_dir/` after a stage:
   log.jsonl                 one line per optimizer step: step, loss, lr, tokens, ...
   checkpoint/               model.safetensors, config.json, optimizer.pt, scheduler.pt,
-                            rng.pt, trainer_state.json (step, data position), tokenizer/;
+                            rng.pt, trainer_state.json (step, data position), tokenizer/,
+                            checksums.json (every file's size and CRC-32, written last);
                             in a LoRA stage the weights are merged, and a mid-stage checkpoint
                             also holds lora.safetensors (the adapters and the weights under them)
+  checkpoint.previous/      the checkpoint before it, kept so a damaged newest one falls back to it
   stage_complete.json       the summary; its presence makes a re-run skip the stage
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -33,11 +36,13 @@ from tqdm.auto import tqdm
 
 from . import lora
 from .checkpoint import load_weights, weights_to_save
+from .checkpoint_files import PREVIOUS, DamagedCheckpoint, folder_bytes, kind, verify, written_folder
 from .data import DataPosition, PackedDataset
 from .model import VisionLanguageModel
 from .preset import LoRA, Stage
 
 CHECKPOINT = "checkpoint"
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
 COMPLETE = "stage_complete.json"
 LOG = "log.jsonl"
 
@@ -98,8 +103,13 @@ def checkpoint_dir(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", attn_implementation: str | None = None) -> VisionLanguageModel:
-    """Rebuilds a model from a checkpoint's config.json and model.safetensors."""
+    """Rebuilds a model from a checkpoint's config.json and model.safetensors, checked against its checksums."""
     folder = checkpoint_dir(path)
+    try:
+        verify(folder, required=("model.safetensors", "config.json"))
+    except DamagedCheckpoint as err:
+        raise DamagedCheckpoint(f"{err}; train the stage again (remove {folder} and re-run) or copy the folder "
+                                "again") from err
     config = json.loads((folder / "config.json").read_text())
     model = VisionLanguageModel.from_config_dict(config["model"], attn_implementation=attn_implementation)
     load_weights(model, folder / "model.safetensors")
@@ -107,9 +117,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", attn_implem
 
 
 def _save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: dict, tokenizer_dir: Path | None,
-                     lead: bool = True, sharded: bool = False) -> Path:
-    """Writes a full checkpoint to a temporary folder, then swaps it in by renaming. Under FSDP every worker
-    calls it (the shards are gathered to the lead, which writes)."""
+                     lead: bool = True, sharded: bool = False, keep_previous: bool = True) -> Path:
+    """Writes a full checkpoint to a temporary folder, then swaps it in by renaming, the one it replaces kept
+    as checkpoint.previous (unless `keep_previous` is False: the one it replaces was found damaged). Under
+    FSDP every worker calls it (the shards are gathered to the lead, which writes)."""
     final = out_dir / CHECKPOINT
     if sharded:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -123,33 +134,37 @@ def _save_checkpoint(out_dir: Path, model, optimizer, scheduler, state: dict, to
     if not lead:
         return final
     weights, adapters = lora.merged(weights, model)  # a LoRA stage's weights are written plain, adapters merged
-    tmp = out_dir / f"{CHECKPOINT}.tmp"
-    old = out_dir / f"{CHECKPOINT}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
-    (tmp / "config.json").write_text(json.dumps({"model": model.config_dict(), "stage": state["stage"]}, indent=2))
-    if adapters and state["step"] < state["total_steps"]:  # what a resume continues from
-        save_file(adapters, tmp / lora.ADAPTERS)
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_states(), tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-    if tokenizer_dir is not None and tokenizer_dir.is_dir():
-        shutil.copytree(tokenizer_dir, tmp / "tokenizer")
     # A reader sees either the previous complete checkpoint or the new one, never a half-written one.
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    needed = folder_bytes(final) or _tensor_bytes([weights, optimizer_state])  # the last one's size, if any
+    with written_folder(final, keep_previous, needed=needed) as tmp:
+        save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps({"model": model.config_dict(), "stage": state["stage"]}, indent=2))
+        if adapters and state["step"] < state["total_steps"]:  # what a resume continues from
+            save_file(adapters, tmp / lora.ADAPTERS)
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_states(), tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        if tokenizer_dir is not None and tokenizer_dir.is_dir():
+            shutil.copytree(tokenizer_dir, tmp / "tokenizer")
     return final
+
+
+def _tensor_bytes(obj) -> int:
+    """The bytes of every tensor inside nested dicts and lists: about what a checkpoint of them takes on disk."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _load_optimizer(model, optimizer, file: Path, device: torch.device, sharded: bool) -> None:
     """The optimizer state of a checkpoint: torch's own form, or under FSDP the whole state by parameter name,
     which each worker cuts to its shards."""
-    saved = torch.load(file, map_location="cpu" if sharded else device)
+    saved = _read_torch(file, map_location="cpu" if sharded else device)
     if not sharded:
         optimizer.load_state_dict(saved)
         return
@@ -158,19 +173,55 @@ def _load_optimizer(model, optimizer, file: Path, device: torch.device, sharded:
     set_optimizer_state_dict(model, optimizer, saved, options=StateDictOptions(full_state_dict=True))
 
 
-def _find_resumable(out_dir: Path) -> Path | None:
-    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):  # .old survives a crash between the two renames
-        folder = out_dir / name
-        if (folder / "trainer_state.json").exists():
-            return folder
+def _read_torch(file: Path, **options):
+    """torch.load, a file it cannot read named (a checkpoint written before checksums is checked only for its
+    zip structure)."""
+    try:
+        return torch.load(file, **options)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise DamagedCheckpoint(f"{file}: damaged {kind(file)} ({type(err).__name__}: {str(err)[:200]})") from err
+
+
+def _find_resumable(out_dir: Path, log=print) -> Path | None:
+    """The newest checkpoint of a stage that is whole: `checkpoint`, else `checkpoint.previous` (also what
+    survives a crash between the two renames of a save) with a line naming the damaged file. None when the
+    stage has none; DamagedCheckpoint naming the file when every one it has is damaged."""
+    damaged = []
+    for folder in (out_dir / CHECKPOINT, out_dir / f"{CHECKPOINT}{PREVIOUS}"):
+        if not folder.is_dir():
+            continue
+        try:
+            verify(folder, required=CHECKPOINT_FILES)
+            step = _trainer_state(folder)["step"]
+        except DamagedCheckpoint as err:
+            damaged.append(str(err))
+            continue
+        if damaged:
+            log(f"train: {damaged[0]}; resuming from the previous checkpoint instead ({folder}, step {step})")
+        return folder
+    if damaged:
+        raise DamagedCheckpoint(f"{'; and '.join(damaged)}; no good checkpoint to resume from: remove "
+                                f"{out_dir / CHECKPOINT}* to train the stage again from its start")
     return None
+
+
+def _trainer_state(folder: Path) -> dict[str, Any]:
+    path = folder / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text())
+        missing = {"step", "tokens", "position", "config"} - set(state)
+    except (ValueError, TypeError) as err:  # TypeError: valid JSON that is not an object
+        raise DamagedCheckpoint(f"{path}: damaged trainer state ({err})") from err
+    if missing:
+        raise DamagedCheckpoint(f"{path}: damaged trainer state (no {sorted(missing)})")
+    return state
 
 
 def _attach_adapters(model, stage: Stage, resumable: Path | None, seed: int) -> None:
     """A LoRA stage's adapters on its group (before sharding and the optimizer), and when it resumes, the
     adapters and unmerged weights its checkpoint holds."""
     if resumable is not None:
-        saved = json.loads((resumable / "trainer_state.json").read_text()).get("lora")
+        saved = _trainer_state(resumable).get("lora")
         saved = LoRA.from_dict(saved) if saved else None
         if saved != stage.lora:
             raise ValueError(f"{resumable}: saved with lora={saved}, resumed with lora={stage.lora}; resume with the "
@@ -262,8 +313,10 @@ def train_stage(
     pack_dir: str | Path,
     out_dir: str | Path,
     config: TrainConfig | None = None,
+    log=print,
 ) -> dict[str, Any]:
-    """Trains `stage` of `model` on the packed shards in `pack_dir`; resumable, skipped once complete."""
+    """Trains `stage` of `model` on the packed shards in `pack_dir`; resumable, skipped once complete. `log`
+    hears of a damaged checkpoint passed over for the one before it."""
     config = config or TrainConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -271,9 +324,14 @@ def train_stage(
 
     complete = out_dir / COMPLETE
     if complete.exists():
-        # Leave the caller's model as the stage left it, so chained stages see trained weights.
-        load_weights(model, checkpoint_dir(out_dir) / "model.safetensors")
-        return json.loads(complete.read_text())
+        try:
+            verify(out_dir / CHECKPOINT, required=CHECKPOINT_FILES)
+        except DamagedCheckpoint as err:  # the final weights are gone: train the last steps again
+            log(f"train: {err}; the stage's final checkpoint is damaged, so its last steps train again")
+        else:
+            # Leave the caller's model as the stage left it, so chained stages see trained weights.
+            load_weights(model, checkpoint_dir(out_dir) / "model.safetensors")
+            return json.loads(complete.read_text())
 
     # -- setup -----------------------------------------------------------------------------------
     if config.strategy not in STRATEGIES:
@@ -287,9 +345,18 @@ def train_stage(
     sharded = world > 1 and config.strategy == "fsdp" and stage.objective == "lm"
 
     # weights in before sharding: a resumed checkpoint, else the previous stage's
-    resumable = _find_resumable(out_dir)
-    if resumable is not None or config.init_from:
-        load_weights(model, (resumable or checkpoint_dir(config.init_from)) / "model.safetensors")
+    resumable = _find_resumable(out_dir, log if lead else (lambda *_: None))
+    # a damaged newest checkpoint is not kept as "previous" by the next save: the one resumed from stays
+    keep_previous = resumable is None or resumable.name == CHECKPOINT
+    if resumable is not None:
+        load_weights(model, resumable / "model.safetensors")
+    elif config.init_from:
+        init = checkpoint_dir(config.init_from)
+        try:
+            verify(init, required=("model.safetensors", "config.json"))
+        except DamagedCheckpoint as err:
+            raise DamagedCheckpoint(f"{err}; the stage starts from it (init_from): train that stage again") from err
+        load_weights(model, init / "model.safetensors")
     model.set_trainable(stage.trainable)
     _attach_adapters(model, stage, resumable, config.seed)
     if config.activation_checkpointing:
@@ -316,7 +383,7 @@ def train_stage(
     # -- resume, or start from the previous stage ----------------------------------------------
     step, tokens, position = 0, 0, DataPosition()
     if resumable is not None:
-        state = json.loads((resumable / "trainer_state.json").read_text())
+        state = _trainer_state(resumable)
         for key in ("batch_size", "grad_accum", "seed"):  # these decide which rows each step sees
             if state["config"][key] != getattr(config, key):
                 raise ValueError(
@@ -328,14 +395,16 @@ def train_stage(
                              f"resumed {'with' if sharded else 'without'}; its optimizer state is in the other form. "
                              "Resume with the strategy and worker count it was saved with")
         _load_optimizer(model, optimizer, resumable / "optimizer.pt", device, sharded)
-        scheduler.load_state_dict(torch.load(resumable / "scheduler.pt"))
-        _restore_rng(torch.load(resumable / "rng.pt", weights_only=False))
+        scheduler.load_state_dict(_read_torch(resumable / "scheduler.pt"))
+        _restore_rng(_read_torch(resumable / "rng.pt", weights_only=False))
         step, tokens, position = state["step"], state["tokens"], DataPosition(**state["position"])
-        _truncate_log(out_dir / LOG, step)
+        if lead:  # one writer: workers rewriting it at once can leave it empty
+            _truncate_log(out_dir / LOG, step)
     else:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        (out_dir / LOG).unlink(missing_ok=True)
+        if lead:
+            (out_dir / LOG).unlink(missing_ok=True)
     resumed_from = step
 
     if config.compile:
@@ -352,6 +421,7 @@ def train_stage(
         return {
             "stage": stage.name, "step": step, "total_steps": total_steps, "tokens": tokens,
             "position": asdict(position), "seed": config.seed, "pack_dir": str(pack_dir),
+            "image_size": stage.image_size,  # the stage's own resolution, if any: what an export prepares images at
             "config": asdict(config), "sharded": sharded, "lora": stage.lora and stage.lora.to_dict(),
         }
 
@@ -428,20 +498,23 @@ def train_stage(
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{current_lr:.2e}")
         bar.update(1)
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
-            _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir, lead, sharded)
+            _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir, lead, sharded,
+                             keep_previous)
+            keep_previous = True
     bar.close()
     if writer is not None:
         writer.close()
 
     # -- end of stage ------------------------------------------------------------------------------
-    final = _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir, lead, sharded)
+    final = _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir, lead, sharded,
+                             keep_previous)
     if not lead:  # the lead worker writes the checkpoint; the others are done
         torch.distributed.barrier()
         return {"stage": stage.name, "steps": step, "rank": rank}
     if lora.layers(model) and not sharded:  # the caller's model leaves plain, as saved, for the next stage
         lora.detach(model)
         load_weights(model, final / "model.safetensors")
-    log = read_log(out_dir)
+    logged = read_log(out_dir)
     summary = {
         "preset": model.preset.name,
         "stage": stage.name,
@@ -451,8 +524,8 @@ def train_stage(
         "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
         "steps": step,
         "resumed_from_step": resumed_from,
-        "first_loss": log[0]["loss"] if log else None,
-        "final_loss": log[-1]["loss"] if log else None,
+        "first_loss": logged[0]["loss"] if logged else None,
+        "final_loss": logged[-1]["loss"] if logged else None,
         "tokens": tokens,
         "wall_s": round(time.time() - started, 2),
         "device": str(device),
