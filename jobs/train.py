@@ -8,6 +8,7 @@ from pathlib import Path
 
 from jobs.config import ConfigError, require, section
 from pipelines.manifest import StageRecord, is_complete, manifest_hash, read_manifest, start_or_resume
+from pipelines.pack_window import packed_shards
 from pipelines.render import read_render_output
 from pipelines.tokenize import Encoder, load_tokenizer
 from templates.chat import get_chat_format
@@ -161,6 +162,11 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
         log(f"train: complete in {stage_dir} (same config and inputs); skipped")
         return read_manifest(stage_dir)
 
+    for data in dict.fromkeys(stage.data for stage in stages):  # every packed shard, before any training
+        try:
+            packed_shards(pack_dir / data)
+        except ValueError as err:
+            raise ConfigError(f"train.input: {err}") from err
     start_or_resume(stage_dir, {"train": cfg, "inputs": inputs})
     import torch
 
@@ -216,7 +222,7 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
         compile=cfg["compile"], **overrides)
     out_dir = stage_dir / stage.name
     if ray is None:
-        summary = train_stage(model, stage, pack_dir / stage.data, out_dir, train_config)
+        summary = train_stage(model, stage, pack_dir / stage.data, out_dir, train_config, log=log)
     else:  # the model already holds the previous stage's weights, which the workers start from
         use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg["workers"]
         summary = train_stage_on_ray(model, stage, pack_dir / stage.data, out_dir, train_config, cfg["workers"], use_gpu)

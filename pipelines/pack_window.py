@@ -84,6 +84,62 @@ def pack_window(window: Window, settings: WindowSettings) -> dict:
     return stats
 
 
+PACKED_COLUMNS = {"input_ids", "labels", "segment_lengths", "images"}
+
+
+def packed_shards(out_dir: str | Path) -> list[Path]:
+    """The shards of a finished packed output, each checked against what pack recorded before any training:
+    every shard its windows wrote present, a readable parquet with the packed columns, no shard it did not
+    write, each window's shards holding the sequences it counted and the whole the output manifest's.
+    A missing, truncated, garbage or foreign shard raises ValueError naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out_dir = Path(out_dir)
+    again = f"re-run `loom pack` for this output folder (remove {out_dir.parent / 'manifest.json'} first)"
+    windows, files = [], [out_dir / "manifest.json"]
+    try:
+        manifest = json.loads(files[0].read_text())
+        for k in range(manifest["windows"]):
+            files.append(window_stats_path(out_dir, k))
+            windows.append(json.loads(files[-1].read_text()))
+            missing = {"window", "shards", "sequences"} - set(windows[-1])
+            if missing:
+                raise KeyError(f"no {sorted(missing)}")
+    except FileNotFoundError as err:
+        raise ValueError(f"{files[-1]}: written by pack but missing; {again}") from err
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{files[-1]}: damaged ({type(err).__name__}: {err}); {again}") from err
+    shards: list[Path] = []
+    for window in windows:
+        paths = [out_dir / "shards" / f"packed-{window['window']:05d}-{n:05d}.parquet" for n in range(window["shards"])]
+        rows = 0
+        for path in paths:
+            if not path.is_file():
+                raise ValueError(f"{path}: written by pack (window {window['window']}) but missing; {again}")
+            try:
+                metadata = pq.read_metadata(path)
+            except (OSError, pa.ArrowException) as err:
+                raise ValueError(f"{path}: not a readable parquet file ({err}); it was damaged after pack wrote "
+                                 f"it: {again}") from err
+            missing = PACKED_COLUMNS - set(metadata.schema.to_arrow_schema().names)
+            if missing:
+                raise ValueError(f"{path}: not a packed shard (no {sorted(missing)} column); {again}")
+            rows += metadata.num_rows
+        if rows != window["sequences"]:
+            raise ValueError(f"{', '.join(p.name for p in paths)} in {out_dir / 'shards'}: hold {rows} sequences, "
+                             f"window {window['window']} wrote {window['sequences']}; {again}")
+        shards += paths
+    foreign = sorted(set((out_dir / "shards").glob("packed-*.parquet")) - set(shards))
+    if foreign:
+        raise ValueError(f"{foreign[0]}: not written by the pack that finished {out_dir} (its windows list "
+                         f"{len(shards)} shards); remove it, or {again}")
+    if sum(w["sequences"] for w in windows) != manifest["sequences"]:
+        raise ValueError(f"{out_dir / 'windows'}: its windows count {sum(w['sequences'] for w in windows)} "
+                         f"sequences, {out_dir / 'manifest.json'} {manifest['sequences']}; {again}")
+    return shards
+
+
 def _samples(drawn: list[dict], records: list[dict], settings: WindowSettings) -> tuple[list[dict], collections.Counter]:
     """The drawn records tokenized (with each image's Q-Former text where the preset reads one), those over the
     sequence length or the image cap dropped with their reasons."""

@@ -122,3 +122,72 @@ def test_an_intact_pairs_output_renders_every_pair_the_manifest_counts(ingested,
     code, _ = render_pairs(ingested / "ingest", tmp_path, capsys)
     manifest = json.loads((tmp_path / "run" / "render" / "manifest.json").read_text())
     assert code == 0 and manifest["rows_out"] == json.loads((ingested / "ingest" / "manifest.json").read_text())["rows_out"]
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """A finished pack output of LLaVA (tiny) over a small red/blue render output."""
+    from jobs.pack import run_pack
+    from test_train_stages import red_blue_run
+
+    root = tmp_path_factory.mktemp("packed")
+    red_blue_run(root)
+    run_pack({"pack": {"preset": "llava-tiny", "input": str(root / "render"), "seq_len": 256,
+                       "sequences_per_shard": 2, "tokenizer": {"train": {"vocab_size": 400}},
+                       "outputs": {"pretrain": {"datasets": ["mix"]}, "instruct": {"datasets": ["mix"]}}}},
+             root, log=lambda *_: None)
+    return root / "pack"
+
+
+def train(tmp_path, capsys) -> tuple:
+    """`loom train` on a copy of the pack output, damaged by the caller through the copy it is handed."""
+    config = tmp_path / "train.yaml"
+    config.write_text(f"train:\n  input: '{tmp_path / 'pack'}'\n  stages: {{pretrain: {{max_steps: 1}}, "
+                      "instruct: {max_steps: 1}}\n")
+    code = main(["train", str(config), "--out", str(tmp_path / "run")])
+    return code, capsys.readouterr().err, tmp_path / "run" / "train"
+
+
+@pytest.fixture()
+def pack_copy(packed, tmp_path):
+    import shutil
+
+    shutil.copytree(packed, tmp_path / "pack")
+    shards = sorted((tmp_path / "pack" / "instruct" / "shards").glob("packed-*.parquet"))
+    assert len(shards) >= 2
+    return shards[0]
+
+
+def test_an_intact_pack_output_lists_every_shard_its_windows_wrote(packed):
+    from pipelines.pack_window import packed_shards
+
+    shards = packed_shards(packed / "instruct")
+    assert shards == sorted((packed / "instruct" / "shards").glob("packed-*.parquet"))
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "garbage", "another schema", "fewer rows", "a stray shard"])
+def test_train_refuses_a_damaged_packed_shard_naming_it_before_any_training(pack_copy, tmp_path, capsys, damage):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shard = pack_copy
+    sequences = sum(pq.read_metadata(p).num_rows for p in shard.parent.glob("packed-*.parquet"))
+    said = {"deleted": f"{shard}: written by pack (window 0) but missing",
+            "truncated": f"{shard}: not a readable parquet file", "garbage": f"{shard}: not a readable parquet file",
+            "another schema": f"{shard}: not a packed shard (no ['images', 'input_ids', 'labels', 'segment_lengths']",
+            "fewer rows": f"{shard.name}, {shard.name.replace('00000.parquet', '00001.parquet')} in {shard.parent}: hold {sequences - 1} sequences, window 0 wrote {sequences}",
+            "a stray shard": f"{shard.with_name('packed-00009-00000.parquet')}: not written by the pack"}[damage]
+    if damage == "deleted":
+        shard.unlink()
+    elif damage in ("truncated", "garbage"):
+        data = shard.read_bytes()
+        shard.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"PAR1 garbage" * 200)
+    elif damage == "another schema":
+        pq.write_table(pa.table({"url": ["http://x/1.jpg"]}), shard)
+    elif damage == "fewer rows":
+        pq.write_table(pq.read_table(shard).slice(0, 1), shard)
+    else:
+        shard.with_name("packed-00009-00000.parquet").write_bytes(shard.read_bytes())
+    code, error, stage_dir = train(tmp_path, capsys)
+    assert code == 2 and error.startswith("loom: config error: train.input: ") and said in error
+    assert "re-run `loom pack`" in error and not stage_dir.exists()
