@@ -81,7 +81,8 @@ def test_a_bad_config_is_refused_with_the_key(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("pack:\n  seq_len: long\n  outputs: {x: {datasets: [vqav2]}}\n")
     assert main(["pack", str(bad), "--out", str(tmp_path / "out")]) == 2
-    assert "pack.seq_len: 'long' is a str; expected a int" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("loom: config error: pack.seq_len: 'long' is text; expected a whole number "
+                                       ">= 64 (tokens of a packed sequence)\n")
 
 
 def test_changing_the_training_config_retrains_instead_of_reusing_stages(run, tmp_path):
