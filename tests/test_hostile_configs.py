@@ -70,6 +70,22 @@ def test_a_config_that_is_not_utf8_is_refused(tmp_path, capsys):
     assert code == 2 and "not UTF-8 text" in error and error.count("\n") == 1
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "tsv"])
+def test_a_url_list_that_is_not_utf8_is_refused_naming_the_file(tmp_path, capsys, fmt):
+    urls = tmp_path / f"urls.{fmt}"
+    caption = "a caf\xe9 at night".encode("latin-1")
+    urls.write_bytes(b'{"url": "http://127.0.0.1:9/a.jpg", "caption": "' + caption + b'"}\n' if fmt == "jsonl"
+                     else b"caption\turl\n" + caption + b"\thttp://127.0.0.1:9/a.jpg\n")
+    path = tmp_path / "ingest.yaml"
+    path.write_text(f"ingest:\n  sources: [{{path: '{urls}', format: {fmt}}}]\n")
+    code, error = run_cli(capsys, "ingest", str(path), "--out", str(tmp_path / "run"))
+    lines = [line for line in error.splitlines() if line.startswith("loom:")]
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith(f"loom: config error: ingest.sources: source {urls}: not UTF-8 text (")
+    assert lines[0].endswith("); save it as UTF-8")
+    assert "Traceback" not in error
+
+
 @pytest.mark.parametrize("shares", ["{en: 0.7, zh: 0.2}", "{en: 1.5}"])
 def test_language_shares_that_do_not_add_up_to_one_are_refused(tmp_path, capsys, shares):
     path = ingest_yaml(tmp_path, f"  languages: {shares}\n")

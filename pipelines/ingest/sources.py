@@ -159,7 +159,11 @@ def read_source(source: Source) -> pa.Table:
     (a number, a list) becomes null and the row's `problem` says so: url_not_text, caption_not_text."""
     try:
         table = _READERS[source.format](source)
-    except (pa.ArrowInvalid, json.JSONDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise _not_utf8(source, err) from err
+    except (pa.ArrowInvalid, json.JSONDecodeError) as err:
+        if "invalid UTF8" in str(err):  # Arrow's CSV reader checks text columns itself
+            raise ValueError(f"source {source.path}: not UTF-8 text ({err}); save it as UTF-8") from err
         raise ValueError(f"source {source.path}: not readable as {source.format} ({err})") from err
     for col, what in ((source.url_col, "url_col"), (source.caption_col, "caption_col")):
         if col not in table.column_names:
@@ -168,8 +172,11 @@ def read_source(source: Source) -> pa.Table:
             )
     n = table.num_rows
     prefix = source.row_prefix
-    urls, url_typed = _as_strings(table[source.url_col])
-    captions, caption_typed = _as_strings(table[source.caption_col])
+    try:  # Arrow's JSON reader passes invalid UTF-8 through; it shows when the text is decoded
+        urls, url_typed = _as_strings(table[source.url_col])
+        captions, caption_typed = _as_strings(table[source.caption_col])
+    except UnicodeDecodeError as err:
+        raise _not_utf8(source, err) from err
     problems = [("url_not_text" if u else None) or ("caption_not_text" if c else None)
                 for u, c in zip(url_typed, caption_typed)]
     return pa.table(
@@ -177,6 +184,11 @@ def read_source(source: Source) -> pa.Table:
          "url": urls, "caption": captions, "problem": problems},
         schema=SOURCE_SCHEMA,
     )
+
+
+def _not_utf8(source: Source, err: UnicodeDecodeError) -> ValueError:
+    return ValueError(f"source {source.path}: not UTF-8 text ({err.reason} at byte {err.start} of a field or "
+                      "line); save it as UTF-8")
 
 
 def _read_parquet(source: Source) -> pa.Table:
