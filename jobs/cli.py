@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo_data)
 
     for name, help_text in (("ingest", "URL lists → pairs (img2dataset + filters on Ray)"),
+                            ("tower", "pairs → a preset's vision tower pretrained with CLIP's contrastive loss, "
+                                      "for train.init.vision"),
                             ("render", "pairs + annotations → instruction records"),
                             ("pack", "instructions → packed token sequences"),
                             ("train", "packed → checkpoints, stage by stage, then evaluation "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipelines.manifest import read_manifest, write_atomic, write_json_atomic
 
-STAGES = ("ingest", "render", "pack", "train")
+STAGES = ("ingest", "tower", "render", "pack", "train")
 
 
 def collect(run_dir: str | Path, timings: dict | None = None) -> dict:
@@ -127,6 +127,15 @@ def render_html(report: dict) -> str:
                     curve = [[p["t_end_s"], p["images_per_s"]] for p in figures["download_throughput"]]
                     parts.append("<h3>download throughput (images/s per img2dataset shard, by completion time)</h3>"
                                  + line_svg(curve, x_label="seconds"))
+        if stage == "tower":
+            summary, scores = m["pretrain"], m.get("retrieval")
+            parts.append(f"<h3>{html.escape(m['preset'])}'s {m['vision_kind']} tower: {summary['steps']} steps of "
+                         f"{summary['batch_size']} pairs, CLIP loss {summary['first_loss']:.3f} → "
+                         f"{summary['final_loss']:.3f}</h3>" + line_svg(m["loss_curve"]))
+            if scores:
+                parts.append(_table([("image → caption", scores["image_to_text"]), ("caption → image",
+                                     scores["text_to_image"]), ("chance", scores["chance"])],
+                                    (f"top-1 retrieval among {scores['pairs']} held-out pairs", "accuracy")))
         if stage == "render":
             parts.append(_table([(n, d["adapter"], d["split"], d["records"], d["languages"])
                                  for n, d in m["datasets"].items()], ("file", "adapter", "split", "records", "languages")))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jobs.config import section
 
-ORDER = ("demo_data", "ingest", "render", "pack", "train")
+ORDER = ("demo_data", "ingest", "tower", "render", "pack", "train")
 
 
 def stages_in(config: dict) -> list[str]:
@@ -43,6 +43,10 @@ def check_stages(config: dict, out: str, stages: list[str]) -> None:
         from jobs.ingest import ingest_settings
 
         ingest_settings(config)
+    if "tower" in stages:
+        from jobs.tower import tower_settings
+
+        tower_settings(config)
     if "render" in stages:
         from jobs.render import render_settings
 
@@ -52,6 +56,7 @@ def check_stages(config: dict, out: str, stages: list[str]) -> None:
 
         pack_settings(config)
     if "train" in stages:
+        from jobs.tower import tower_output
         from jobs.train import train_settings
         from pipelines.manifest import read_manifest
         from vlm.preset import get_preset
@@ -59,7 +64,8 @@ def check_stages(config: dict, out: str, stages: list[str]) -> None:
         packed = read_manifest(section(config, "train")["input"] or Path(out) / "pack")
         preset = section(config, "pack")["preset"] if "pack" in stages else (packed or {}).get("preset")
         if preset is not None:  # else train refuses to start: no pack output to train on
-            train_settings(config, get_preset(preset))
+            written = [tower_output(out)] if "tower" in stages else []  # the tower this run pretrains first
+            train_settings(config, get_preset(preset), written)
 
 
 def run_stages(config: dict, out: str, stages: list[str], ray_address: str | None = None, log=print) -> dict:
@@ -82,6 +88,10 @@ def _run_stages(config: dict, out: str, stages: list[str], ray_address: str | No
             from jobs.ingest import run_ingest
 
             run_ingest(config, out, ray_address, log)
+        elif name == "tower":
+            from jobs.tower import run_tower
+
+            run_tower(config, out, log)
         elif name == "render":
             from jobs.render import run_render
 

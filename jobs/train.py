@@ -18,7 +18,9 @@ SCHEDULE_KEYS = {"lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "b
 LORA_KEYS = ("rank", "alpha", "dropout", "targets", "group")
 
 
-def train_settings(config: dict, preset) -> dict:
+def train_settings(config: dict, preset, written=()) -> dict:
+    """The train section checked against `preset`; `written`: folders an earlier stage of this run writes (the
+    tower `loom tower` pretrains), which train.init may name before they exist."""
     cfg = section(config, "train")  # types and ranges, a stage's keys included: jobs/schema.py
     names = [s.name for s in preset.stages]
     for name in cfg["stages"]:
@@ -27,7 +29,9 @@ def train_settings(config: dict, preset) -> dict:
     if any(stage.lora for stage in stages):
         check_lora_targets(preset, stages)
     for key, folder in cfg["init"].items():
-        require(Path(str(folder)).is_dir(), f"train.init.{key}: {folder}: no such folder; give a local checkpoint "
+        pretrained_first = Path(str(folder)) in map(Path, written)
+        require(pretrained_first or Path(str(folder)).is_dir(),
+                f"train.init.{key}: {folder}: no such folder; give a local checkpoint "
                 f"folder (download a hub checkpoint first, e.g. `huggingface-cli download NAME --local-dir DIR`)")
     from vlm.model import ATTENTION_MODES
     from vlm.train import STRATEGIES
@@ -157,6 +161,9 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
                               f"pack output {stage.data!r} was packed with the {packed_with}; point the stage at "
                               f"another output, or set pack.outputs.{stage.data}.qformer_text: {stage.qformer_text}")
     inputs = {str(pack_dir): manifest_hash(pack_dir)}
+    for folder in cfg["init"].values():  # a Loom stage's output (a tower pretrained again) re-runs train
+        if read_manifest(folder) is not None:
+            inputs[str(folder)] = manifest_hash(folder)
     stage_dir = Path(out) / "train"
     if is_complete(stage_dir, cfg, inputs):
         log(f"train: complete in {stage_dir} (same config and inputs); skipped")
@@ -189,19 +196,19 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
             previous = str(stage_dir / stage.name)
             if k < len(stages) - 1:  # held-out accuracy after every stage (the last one's is below)
                 evaluated = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir,
-                                         image_size=stage.image_size)
+                                         image_size=stage.image_size, image_roots=cfg["image_roots"])
                 summaries[-1]["accuracy"] = evaluated["accuracy"] if evaluated else None
                 summaries[-1]["cider"] = _caption_score(model, preset, encoder, Path(out), cfg, log, qformer_dir,
                                                         stage.image_size)
     model = load_model(previous, device=cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
     image_size = stages[-1].image_size  # the model is scored at the resolution it last trained at
     evaluation = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir,
-                              image_size=image_size)
+                              image_size=image_size, image_roots=cfg["image_roots"])
     summaries[-1]["accuracy"] = evaluation["accuracy"] if evaluation else None
     captions = None
     if cfg["evaluate"]["captions"]:
         captions = evaluate_captions(model, preset, encoder, Path(out) / "render", cfg["evaluate"]["captions"], log,
-                                     qformer_dir, image_size=image_size)
+                                     qformer_dir, image_size=image_size, image_roots=cfg["image_roots"])
         summaries[-1]["cider"] = captions["cider"] if captions else None
     if evaluation is not None and captions is not None:
         evaluation["captions"] = captions
@@ -219,7 +226,7 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
         batch_size=cfg["batch_size"], grad_accum=cfg["grad_accum"], seed=cfg["seed"],
         checkpoint_every=cfg["checkpoint_every"], device=cfg["device"], init_from=previous, strategy=cfg["strategy"],
         max_grad_norm=cfg["max_grad_norm"], activation_checkpointing=cfg["activation_checkpointing"],
-        compile=cfg["compile"], **overrides)
+        compile=cfg["compile"], image_roots=cfg["image_roots"], **overrides)
     out_dir = stage_dir / stage.name
     if ray is None:
         summary = train_stage(model, stage, pack_dir / stage.data, out_dir, train_config, log=log)
@@ -235,14 +242,22 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
             "steps": len(curve), "final_loss": curve[-1][1] if curve else float("nan"), "loss_curve": curve}
 
 
+def render_images(render_dir: Path, image_roots: dict | None) -> dict:
+    """Where a render output's image references lead (ImageProcessor's root and roots): run-relative ones
+    from the run folder above it, {root, path} ones from its manifest's image_roots, `image_roots` over them."""
+    manifest = read_manifest(render_dir) or {}
+    return {"root": Path(render_dir).parent, "roots": {**manifest.get("image_roots", {}), **(image_roots or {})}}
+
+
 def _generate_answers(model, preset, encoder: Encoder, items: list[dict], batch_size: int, max_new_tokens: int,
-                      qformer_dir: Path | None, image_size: int | None = None) -> list[str]:
+                      qformer_dir: Path | None, image_size: int | None = None,
+                      images: dict | None = None) -> list[str]:
     """Greedy continuations of each record's first user turn (its one image, at `image_size` where a stage
-    trained at its own resolution), decoded to text."""
+    trained at its own resolution, read from where `images` says: `render_images`), decoded to text."""
     from vlm.evaluate import generate
     from vlm.images import ImageProcessor
 
-    processor = ImageProcessor(preset, image_size=image_size)
+    processor = ImageProcessor(preset, image_size=image_size, **(images or {}))
     instructions = None
     if preset.qformer_text == "instruction":  # InstructBLIP: the question in the Q-Former's vocabulary too
         from pipelines.qformer_text import QFormerInstructions
@@ -264,7 +279,8 @@ def _generate_answers(model, preset, encoder: Encoder, items: list[dict], batch_
 
 
 def evaluate_captions(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print,
-                      qformer_dir: Path | None = None, image_size: int | None = None) -> dict | None:
+                      qformer_dir: Path | None = None, image_size: int | None = None,
+                      image_roots: dict | None = None) -> dict | None:
     """Greedy captions of held-out images, scored by CIDEr-D against every reference caption of the image."""
     from vlm.evaluate import cider_d
 
@@ -278,7 +294,8 @@ def evaluate_captions(model, preset, encoder: Encoder, render_dir: Path, setting
         log(f"train: no held-out captions to evaluate (render a split {settings['split']!r} of {settings['datasets']})")
         return None
     predictions = _generate_answers(model, preset, encoder, items, settings["batch_size"],
-                                    settings["max_new_tokens"], qformer_dir, image_size)
+                                    settings["max_new_tokens"], qformer_dir, image_size,
+                                    render_images(render_dir, image_roots))
     references = [[g["messages"][1]["content"] for g in by_image[k]] for k in list(by_image)[:len(items)]]
     result = {"images": len(items), "cider": cider_d(predictions, references),
               "examples": [{"caption": p, "references": refs[:3]} for p, refs in list(zip(predictions, references))[:6]]}
@@ -313,7 +330,7 @@ def _caption_score(model, preset, encoder, out: Path, cfg: dict, log, qformer_di
     if not cfg["evaluate"]["captions"]:
         return None
     captions = evaluate_captions(model, preset, encoder, out / "render", cfg["evaluate"]["captions"], log, qformer_dir,
-                                 image_size)
+                                 image_size, cfg["image_roots"])
     return captions["cider"] if captions else None
 
 
@@ -327,7 +344,8 @@ def _vqa_records(render_dir: Path, settings: dict) -> tuple[list[dict], list[dic
 
 
 def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print,
-                 qformer_dir: Path | None = None, image_size: int | None = None) -> dict | None:
+                 qformer_dir: Path | None = None, image_size: int | None = None,
+                 image_roots: dict | None = None) -> dict | None:
     """Greedy answers to held-out questions, scored against the majority-answer baselines. `qformer_dir` is
     the Q-Former's tokenizer the pack stage used (InstructBLIP)."""
 
@@ -339,7 +357,7 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
             f"{settings['split']!r} of {settings['datasets']}); evaluation skipped")
         return None
     predictions = _generate_answers(model, preset, encoder, items, settings["batch_size"], settings["max_new_tokens"],
-                                    qformer_dir, image_size)
+                                    qformer_dir, image_size, render_images(render_dir, image_roots))
     answers = [r["answers"] for r in items]
     scores = vqa_accuracy(predictions, answers)
 

@@ -1,0 +1,162 @@
+"""Does a vision tower see the shapes world? Linear probes of its features, and zero-shot captions.
+
+    python bench/tower.py --demo runs/quickstart/demo --tower runs/quickstart/tower [--preset llava-1.5-tiny]
+                          [--json runs/quickstart/tower_probe.json]
+
+Two tests on the shapes world's COCO-format splits (train2014 to fit, the held-out val2014 to score), each
+for the pretrained tower and for the random tower the preset starts from without one (same seed as a run):
+
+- object probe: every shape's feature is the mean of the tower's patch features under its box, read from
+  the hidden state the preset's connector reads (LLaVA's penultimate layer); a logistic regression on the
+  train scenes' shapes predicts each held-out shape's kind (5) and colour (6) from it. It asks what the
+  connector can find at a shape's place in the image.
+- zero-shot (a CLIP tower with its text side): each held-out scene of one shape is matched to the nearest
+  of the 30 captions "A {colour} {kind}.", its kind and colour scored apart. Scenes of several shapes are
+  left out: a CLIP-style embedding knows which colours and kinds are present more surely than which colour
+  goes with which kind, and that binding is what the object probe above measures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from pipelines.shapes_world.scenes import COLOURS, SHAPE_KINDS  # noqa: E402
+from vlm.images import ImageProcessor  # noqa: E402
+from vlm.preset import get_preset  # noqa: E402
+from vlm.vision import build_vision_tower  # noqa: E402
+
+
+def scenes(demo: Path, split: str) -> list[dict]:
+    """The split's images with their shapes: file, width, height and (kind, colour, box) per shape."""
+    instances = json.loads((demo / "coco" / "annotations" / f"instances_{split}.json").read_text())
+    names = {c["id"]: c["name"].split(" ", 1) for c in instances["categories"]}  # "red circle" → (red, circle)
+    images = {i["id"]: {"file": str(demo / "coco" / split / i["file_name"]), "width": i["width"],
+                        "height": i["height"], "shapes": []} for i in instances["images"]}
+    for a in instances["annotations"]:
+        colour, kind = names[a["category_id"]]
+        images[a["image_id"]]["shapes"].append({"kind": kind, "colour": colour, "box": a["bbox"]})
+    return list(images.values())
+
+
+def patches_under(scene: dict, box: list[float], image_size: int, patch_size: int) -> list[int]:
+    """Indices (CLS is 0) of the patches a box overlaps once the image is padded to a square and resized, as
+    vlm.images.ImageProcessor prepares it."""
+    side = max(scene["width"], scene["height"])
+    scale = image_size / side
+    left, top = (side - scene["width"]) // 2, (side - scene["height"]) // 2
+    x0, y0, w, h = box
+    grid = image_size // patch_size
+    cols = range(int((left + x0) * scale // patch_size), min(grid, int(-(-(left + x0 + w) * scale // patch_size))))
+    rows = range(int((top + y0) * scale // patch_size), min(grid, int(-(-(top + y0 + h) * scale // patch_size))))
+    return [1 + r * grid + c for r in rows for c in cols]
+
+
+@torch.no_grad()
+def object_features(tower, preset, split: list[dict]) -> tuple[torch.Tensor, list[str], list[str]]:
+    """(features (S, D), kinds, colours) of every shape of the split's scenes."""
+    processor = ImageProcessor(preset)
+    features, kinds, colours = [], [], []
+    for start in range(0, len(split), 64):
+        batch = split[start:start + 64]
+        pixels = torch.stack([processor(scene["file"]) for scene in batch])
+        hidden = tower(pixels, output_hidden_states=True).hidden_states[preset.vision_feature_layer]  # (N, 1+P, D)
+        for scene, states in zip(batch, hidden):
+            for shape in scene["shapes"]:
+                features.append(states[patches_under(scene, shape["box"], preset.image_size, preset.patch_size)].mean(0))
+                kinds.append(shape["kind"])
+                colours.append(shape["colour"])
+    return torch.stack(features), kinds, colours
+
+
+def linear_probe(train_x: torch.Tensor, train_y: list[str], test_x: torch.Tensor, test_y: list[str],
+                 labels: tuple[str, ...], steps: int = 500) -> float:
+    """Held-out accuracy of a logistic regression (standardised features, L2, full-batch Adam)."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    target = torch.tensor([labels.index(y) for y in train_y])
+    torch.manual_seed(0)
+    probe = torch.nn.Linear(train_x.shape[1], len(labels))
+    optimizer = torch.optim.Adam(probe.parameters(), lr=0.05, weight_decay=1e-3)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(probe(train_x), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    predicted = probe(test_x).argmax(1).tolist()
+    return round(sum(labels[p] == y for p, y in zip(predicted, test_y)) / len(test_y), 4)
+
+
+def probe_tower(tower, preset, train: list[dict], held_out: list[dict]) -> dict:
+    train_x, train_kinds, train_colours = object_features(tower, preset, train)
+    test_x, test_kinds, test_colours = object_features(tower, preset, held_out)
+    return {"shapes": len(test_kinds),
+            "kind": linear_probe(train_x, train_kinds, test_x, test_kinds, SHAPE_KINDS),
+            "colour": linear_probe(train_x, train_colours, test_x, test_colours, COLOURS)}
+
+
+def zero_shot(tower_dir: Path, preset, held_out: list[dict]) -> dict | None:
+    """Nearest of the 30 one-shape captions for each held-out scene of one shape, kind and colour scored apart."""
+    from transformers import CLIPModel, PreTrainedTokenizerFast
+
+    from vlm.contrastive import embed
+
+    config = json.loads((tower_dir / "config.json").read_text())
+    if config.get("model_type") != "clip" or not (tower_dir / "tokenizer.json").is_file():
+        return None
+    model = CLIPModel.from_pretrained(tower_dir)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tower_dir)
+    looks = [(colour, kind) for colour in COLOURS for kind in SHAPE_KINDS]
+    captions = [tokenizer(f"A {colour} {kind}.")["input_ids"] + [tokenizer.eos_token_id] for colour, kind in looks]
+    single = [scene for scene in held_out if len(scene["shapes"]) == 1]
+    images, texts = embed(model, preset, [scene["file"] for scene in single], captions)
+    nearest = [looks[i] for i in (images @ texts.T).argmax(1).tolist()]
+    truth = [(s["shapes"][0]["colour"], s["shapes"][0]["kind"]) for s in single]
+    return {"scenes": len(single),
+            "kind": round(sum(p[1] == t[1] for p, t in zip(nearest, truth)) / len(single), 4),
+            "colour": round(sum(p[0] == t[0] for p, t in zip(nearest, truth)) / len(single), 4)}
+
+
+def pretrained_tower(folder: Path, preset):
+    """The tower in a `loom tower` folder, read by its own transformers class as any checkpoint of it is."""
+    from transformers import Blip2VisionModel, CLIPVisionModel
+
+    return (CLIPVisionModel if preset.vision_kind == "clip" else Blip2VisionModel).from_pretrained(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--demo", required=True, help="a shapes world folder (loom demo-data, or a run's demo/)")
+    parser.add_argument("--tower", required=True, help="a pretrained tower folder (`loom tower`'s output)")
+    parser.add_argument("--preset", default="llava-1.5-tiny")
+    parser.add_argument("--seed", type=int, default=0, help="the random tower's seed (a run's train.seed)")
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    args = parser.parse_args()
+    preset = get_preset(args.preset)
+    demo = Path(args.demo)
+    train, held_out = scenes(demo, "train2014"), scenes(demo, "val2014")
+    started = time.time()
+    torch.manual_seed(args.seed)
+    random_tower = build_vision_tower(preset.vision_kind, preset.vision).eval()
+    pretrained = pretrained_tower(Path(args.tower), preset).eval()
+    result = {"preset": preset.name, "tower": args.tower,
+              "chance": {"kind": round(1 / len(SHAPE_KINDS), 4), "colour": round(1 / len(COLOURS), 4)},
+              "object_probe": {"random": probe_tower(random_tower, preset, train, held_out),
+                               "pretrained": probe_tower(pretrained, preset, train, held_out)},
+              "zero_shot": zero_shot(Path(args.tower), preset, held_out)}
+    result["seconds"] = round(time.time() - started, 1)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
