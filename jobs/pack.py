@@ -109,7 +109,8 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
 
     outputs = {}
     for name in cfg["outputs"]:
-        summary, mixture = _finish_output(totals[name], settings[name], cfg, preset, encoder, tokenizer_dir)
+        summary, mixture = _finish_output(totals[name], settings[name], cfg, preset, encoder, tokenizer_dir,
+                                          image_folders(render_dir, render_manifest, Path(settings[name].out_dir)))
         outputs[name] = {**summary, "mixture": mixture,
                          "qformer_text": qformer_reads[name] if preset.qformer_text else None}
         record.rows_out += summary["samples"]
@@ -240,8 +241,16 @@ def _pack_windows(plans: dict[str, list], settings: dict[str, WindowSettings], r
     return totals
 
 
+def image_folders(render_dir: Path, render_manifest: dict, out_dir: Path) -> dict:
+    """What a pack output's manifest says of where its image references lead: `run_folder`, the folder
+    run-relative references (`ingest/pairs/00000.tar`) start from, relative to the output (so the run folder
+    moves whole), and the render's named `image_roots` ({root, path} references; train may re-point them)."""
+    return {"run_folder": os.path.relpath(Path(render_dir).resolve().parent, Path(out_dir).resolve()),
+            "image_roots": render_manifest.get("image_roots", {})}
+
+
 def _finish_output(counts: OutputCounts, settings: WindowSettings, cfg: dict, preset, encoder: Encoder,
-                   tokenizer_dir: Path) -> tuple[dict, dict]:
+                   tokenizer_dir: Path, images: dict) -> tuple[dict, dict]:
     """An output's summary and mixture from its windows' sums, and its manifest and tokenizer beside its shards."""
     out_dir = Path(settings.out_dir)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
@@ -256,5 +265,6 @@ def _finish_output(counts: OutputCounts, settings: WindowSettings, cfg: dict, pr
         "pad_token_id": pad_id(encoder), "eos_token_id": encoder.eos_id,
         "bos_token_id": encoder.bos_id, "loss_on": cfg["loss_on"], "chat_format": preset.chat_format,
         **({"qformer_pad_token_id": qformer_pad(load_tokenizer(settings.qformer_dir))} if settings.qformer_dir else {}),
+        **images,
     })
     return summary, counts.mixture

@@ -151,6 +151,29 @@ def dataset_name(entry: dict) -> str:
     return entry["adapter"]
 
 
+def image_roots(cfg: dict) -> dict[str, str]:
+    """The image folders the entries read (every value naming a folder: `images`, `image_root`, a card's
+    image directory), each under a name their records' references use ({root: NAME, path: relative}): the
+    dataset's name, `NAME.KEY` for an entry's second folder, `NAME.SPLIT` (or a number) where two entries of
+    one dataset read different folders. The render manifest keeps them; train can re-point any of them."""
+    roots: dict[str, str] = {}
+    for entry in cfg["datasets"]:
+        if entry.get("adapter") == "pairs":  # ingest's shards: inside the run folder, or absolute
+            continue
+        folders = [(key, value) for key, value in entry.items()
+                   if key != "path" and isinstance(value, str) and Path(value).is_dir()]
+        for n, (key, folder) in enumerate(folders):
+            folder = str(Path(folder).resolve())
+            name = dataset_name(entry) if n == 0 else f"{dataset_name(entry)}.{key}"
+            if roots.get(name, folder) != folder:
+                name = f"{name}.{entry.get('split', 'train')}"
+            suffix, base = 2, name
+            while roots.get(name, folder) != folder:
+                name, suffix = f"{base}.{suffix}", suffix + 1
+            roots[name] = folder
+    return roots
+
+
 def entry_tasks(entry: dict) -> list[str]:
     """The tasks of an entry's records, known before reading them."""
     if "card" in entry:
@@ -368,10 +391,11 @@ def _folders(cfg: dict) -> tuple[tuple, tuple]:
 
 def render_entry(i: int, entry: dict, records: list[dict] | None, count: int | None, seed: int,
                  part_records: int, folder: str, brevity: dict | None = None,
-                 folders: tuple[tuple, tuple] = ((), ())) -> dict:
+                 folders: tuple[tuple, tuple] = ((), ()), roots: dict[str, str] | None = None) -> dict:
     """Ray task (or a plain call): one configured dataset's records (read here when None), drawn to
     `count` for the training mixture, rendered into parts of `part_records`; rows in and every part.
-    `brevity` ({short, long} shares, from `entry_brevity`) is realised exactly over the records drawn."""
+    `brevity` ({short, long} shares, from `entry_brevity`) is realised exactly over the records drawn;
+    image references are written relative to the run folder or to one of `roots` (`image_roots`)."""
     use_folders(folders)
     started = time.perf_counter()
     if records is None:
@@ -389,7 +413,7 @@ def render_entry(i: int, entry: dict, records: list[dict] | None, count: int | N
     for n, chunk in enumerate(chunks):
         name = part_name(_stem(i, entry), n, len(chunks))
         parts.append((name, render_part(chunk, seed, entry.get("template"), str(Path(folder) / name), worded,
-                                        n * part_records)))
+                                        n * part_records, roots)))
     return {"rows_in": len(records), "rows_drawn": len(drawn), "parts": parts,
             "seconds": {"read": read_seconds, "render_and_write": time.perf_counter() - started - read_seconds}}
 
@@ -473,6 +497,8 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
     log("render: brevity-worded " + ", ".join(f"{b['dataset']} {b['short']}/{b['records']}"
                                              + (f" (+{b['long']} long)" if b["long"] else "")
                                              for b in brevity_report.values()))
+    # the folders records' {root, path} references are relative to; `train.image_roots` re-points a moved one
+    record.extra["image_roots"] = image_roots(cfg)
     images = sorted(p.name for p in (stage_dir / IMAGES_FOLDER).glob("*.tar"))
     if images:  # the images datasets gave as bytes, which instruction records point into
         record.extra["image_files"] = [f"{IMAGES_FOLDER}/{name}" for name in images]
@@ -559,7 +585,7 @@ def _render_here(cfg: dict, plans: dict[int, list], stage_dir: Path, log) -> tup
             results.append(_pairs_result(plans[i], [name for name, _ in calls], summaries))
         else:
             result = render_entry(i, drawing(entry, cfg), read.pop(i), counts.get(i), cfg["seed"], cfg["part_records"],
-                                  folder, entry_brevity(i, entry, cfg), _folders(cfg))
+                                  folder, entry_brevity(i, entry, cfg), _folders(cfg), image_roots(cfg))
             result["seconds"]["read"] = seconds[i]
             results.append(result)
     return results, report
@@ -593,7 +619,7 @@ def _render_on_ray(cfg: dict, plans: dict[int, list], stage_dir: Path, ray_addre
             else:
                 entry_refs[i] = entry_task.remote(i, drawing(entry, cfg), None, counts.get(i), cfg["seed"],
                                                   cfg["part_records"], folder, entry_brevity(i, entry, cfg),
-                                                  _folders(cfg))
+                                                  _folders(cfg), image_roots(cfg))
         log(f"render: {len(cfg['datasets'])} dataset(s) on Ray, {len(entry_refs) + len(part_of)} task(s)")
         summaries = {i: [None] * len(plan) for i, plan in plans.items()}
         done = collections.Counter()

@@ -435,6 +435,8 @@ class Train(Settings):
                                              "optimizer state sharded across the workers (FSDP2), for an LLM that "
                                              "does not fit one GPU")
     evaluate: Evaluation = Field(Evaluation(), description="held-out evaluation after every stage")
+    image_roots: dict[str, str] = Field({}, description="root name: folder; re-points a dataset's image folder the "
+                                                        "render manifest names (image_roots) after the dataset moved")
 
     @field_validator("device")
     @classmethod

@@ -7,6 +7,7 @@ import functools
 import gc
 import json
 import operator
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +20,8 @@ from templates.library import SET_MARK, TemplateRefused, render_for_record
 IMAGE_REF = pa.struct([
     ("shard", pa.string()), ("key", pa.string()), ("path", pa.string()), ("url", pa.string()),
     ("width", pa.int32()), ("height", pa.int32()),
+    # a named image folder `path` is relative to (the render manifest's image_roots); null: relative to the run folder
+    ("root", pa.string()),
 ])
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 INSTRUCTIONS_SCHEMA = pa.schema([
@@ -129,12 +132,13 @@ def part_name(stem: str, n: int, parts: int) -> str:
 
 
 def render_part(records: list[dict], seed: int, template: str | None, path: str | Path,
-                brevity: BrevityDraw | None = None, first: int = 0) -> dict:
+                brevity: BrevityDraw | None = None, first: int = 0, roots: dict[str, str] | None = None) -> dict:
     """Render one part's records, the dataset's records from position `first` on, into one instructions
     file (the images some records carry as bytes into a tar beside it: `embed_images`); what it holds.
-    `brevity` says which of the dataset's records ask for a short or long answer."""
+    `brevity` says which of the dataset's records ask for a short or long answer; image references are
+    written portable (`portable_images`: the run folder is the one above render/, `roots` the named folders)."""
     labels = brevity.labels(first, len(records)) if brevity is not None and not template_pinned(template) else None
-    records = embed_images(records, Path(path))
+    records = portable_images(embed_images(records, Path(path)), Path(path).resolve().parents[2], roots or {})
     with collector_paused():
         table = render_table(records, seed, template, labels)
     write_table(table, Path(path))
@@ -179,6 +183,45 @@ def embed_images(records: list[dict], path: Path) -> list[dict]:
                 tar.addfile(member, io.BytesIO(data))
             reference = {k: v for k, v in image.items() if k not in ("bytes", "format")}
             out.append({**record, "image": {**reference, "shard": str(tar_path), "key": keys[data]}})
+    return out
+
+
+def portable_images(records: list[dict], run_dir: Path, roots: dict[str, str]) -> list[dict]:
+    """The records, their image references (`image`, `frames`) written so the run folder and the datasets
+    can move: a shard or file inside `run_dir` relative to it (`ingest/pairs/00000.tar`), a file under one of
+    the named folders `roots` (the deepest that holds it) as {root: NAME, path: relative to that folder}.
+    Anything else (a URL, a file elsewhere) is kept as it is, so it still loads where it is."""
+    folders = sorted(((name, os.path.normpath(os.path.abspath(folder))) for name, folder in roots.items()),
+                     key=lambda named: -len(named[1]))
+    run = os.path.normpath(os.path.abspath(run_dir))
+
+    def inside(path: str, folder: str) -> str | None:
+        return os.path.relpath(path, folder).replace(os.sep, "/") if path.startswith(folder + os.sep) else None
+
+    def portable(image: dict | None) -> dict | None:
+        if not image:
+            return image
+        image = dict(image)
+        for field in ("shard", "path"):
+            value = image.get(field)
+            if not value or not os.path.isabs(value):
+                continue
+            value = os.path.normpath(value)
+            if (relative := inside(value, run)) is not None:
+                image[field] = relative
+            elif field == "path":
+                for name, folder in folders:
+                    if (relative := inside(value, folder)) is not None:
+                        image.update(root=name, path=relative)
+                        break
+        return image
+
+    out = []
+    for record in records:
+        record = {**record, "image": portable(record.get("image"))}
+        if record.get("frames"):
+            record["frames"] = [portable(frame) for frame in record["frames"]]
+        out.append(record)
     return out
 
 

@@ -62,6 +62,9 @@ def held_out(run):
     """The questions Loom's evaluation answered (its records, in its order) and its answers."""
     records = [r for r in read_render_output(run / "render", split="val", datasets=["vqav2"], task="vqa")
                if r["answers"]][:HELD_OUT]
+    # the demo's images are in the run folder, so its records' references are relative to it: read them from here
+    records = [{**r, "images": [{**image, "path": str(run / image["path"])} for image in r["images"]]}
+               for r in records]
     evaluation = json.loads((run / "train" / "manifest.json").read_text())["evaluation"]
     return records, [example["prediction"] for example in evaluation["examples"]]
 

@@ -115,6 +115,7 @@ class PackedDataset:
         rank: int = 0,
         world_size: int = 1,
         image_size: int | None = None,
+        image_roots: dict[str, str] | None = None,
     ):
         import pyarrow.parquet as pq
 
@@ -139,7 +140,11 @@ class PackedDataset:
         self.rank, self.world_size = rank, world_size
         self.pad_token_id = int(self.manifest["pad_token_id"])
         self.image_token_id = int(self.manifest["image_token_id"])
-        self.images = ImageProcessor(self.preset, root=self.pack_dir, image_size=image_size)
+        # references relative to the run folder start from the one the pack output sits in (wherever it moved);
+        # {root, path} references from the render's named folders, `image_roots` re-pointing any of them
+        run_folder = self.pack_dir / self.manifest.get("run_folder", ".")
+        self.images = ImageProcessor(self.preset, root=run_folder, image_size=image_size,
+                                     roots={**self.manifest.get("image_roots", {}), **(image_roots or {})})
         self._cached: tuple[int, _ShardRows] | None = None
 
     @property

@@ -70,8 +70,25 @@ def _resolve(path: str, root: Path | None) -> str:
     return str(p)
 
 
-def load_image(reference: Any, root: str | Path | None = None, shards: TarShards | None = None) -> Image.Image:
-    """The RGB image a reference points to (a dict with shard+key or path, a path, or a PIL image)."""
+def _under_root(reference: Mapping, roots: Mapping[str, str | Path] | None) -> str:
+    """The file a {root: NAME, path: relative} reference names, from the folder `roots` gives NAME."""
+    name, path = reference["root"], reference["path"]
+    folder = (roots or {}).get(name)
+    if folder is None:
+        raise FileNotFoundError(f"image {path!r} (root {name!r}): no folder declared for root {name!r}; "
+                                f"set train.image_roots: {{{name}: FOLDER}} to the folder holding its images")
+    file = Path(folder) / path
+    if not file.is_file():
+        raise FileNotFoundError(f"image {path!r} (root {name!r}): {file} does not exist (root {name!r} is {folder}); "
+                                f"if its dataset moved, set train.image_roots: {{{name}: NEW_FOLDER}}")
+    return str(file)
+
+
+def load_image(reference: Any, root: str | Path | None = None, shards: TarShards | None = None,
+               roots: Mapping[str, str | Path] | None = None) -> Image.Image:
+    """The RGB image a reference points to (a dict with shard+key or path, a path, or a PIL image). A
+    relative shard or path is read from `root` (the run folder) where it is not found as given; a
+    {root: NAME, path} reference from the folder `roots` names NAME (the render manifest's image_roots)."""
     if isinstance(reference, Image.Image):
         return reference.convert("RGB")
     root = Path(root) if root is not None else None
@@ -84,7 +101,7 @@ def load_image(reference: Any, root: str | Path | None = None, shards: TarShards
         data = (shards or _default_shards).read(shard, str(reference["key"]))
         where = f"shard {shard}, key {reference['key']}"
     elif reference.get("path"):
-        path = _resolve(reference["path"], root)
+        path = _under_root(reference, roots) if reference.get("root") else _resolve(reference["path"], root)
         data = Path(path).read_bytes()
         where = path
     elif reference.get("url"):
@@ -116,7 +133,7 @@ class ImageProcessor:
     """Turns image references into normalised (3, H, W) tensors for one preset."""
 
     def __init__(self, preset: Preset, root: str | Path | None = None, shards: TarShards | None = None,
-                 image_size: int | None = None):
+                 image_size: int | None = None, roots: Mapping[str, str | Path] | None = None):
         self.preset = preset
         self.image_size = image_size or preset.image_size  # a stage may train at its own resolution
         # LLaVA-1.5's expand2square colour, tuple(int(x * 255) for x in image_mean): truncated, not rounded, as
@@ -125,10 +142,11 @@ class ImageProcessor:
         self.mean = torch.tensor(preset.image_mean).view(3, 1, 1)
         self.std = torch.tensor(preset.image_std).view(3, 1, 1)
         self.root = root
+        self.roots = dict(roots or {})  # named image folders: {root: NAME, path} references are read from them
         self.shards = shards or TarShards()
 
     def __call__(self, reference: Any) -> torch.Tensor:
-        image = load_image(reference, root=self.root, shards=self.shards)
+        image = load_image(reference, root=self.root, shards=self.shards, roots=self.roots)
         image = expand_to_square(image, self.fill)
         image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
@@ -142,7 +160,8 @@ class ImageProcessor:
 
         factor = self.preset.patch_size * self.preset.vision.get("spatial_merge_size", 2)
         height, width = qwen2_vl_resized(int(reference["height"]), int(reference["width"]), factor=factor)
-        image = load_image(reference, root=self.root, shards=self.shards).resize((width, height), Image.Resampling.BICUBIC)
+        image = load_image(reference, root=self.root, shards=self.shards, roots=self.roots)
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
         pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
         pixels = pixels.view(height, width, 3).permute(2, 0, 1).float() / 255.0  # (3, H, W)
         return (pixels - self.mean) / self.std

@@ -71,6 +71,7 @@ class TrainConfig:
     strategy: str = "ddp"
     progress: bool = True
     tensorboard: bool = True
+    image_roots: dict[str, str] | None = None  # root name -> folder, over the render manifest's (a moved dataset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +368,7 @@ def train_stage(
         model.to(device)
     model.train()
     dataset = PackedDataset(pack_dir, batch_size=config.batch_size, seed=config.seed, preset=model.preset,
-                            rank=rank, world_size=world, image_size=stage.image_size)
+                            rank=rank, world_size=world, image_size=stage.image_size, image_roots=config.image_roots)
     epochs = config.epochs if config.epochs is not None else stage.epochs
     total_steps = config.max_steps or stage.max_steps or math.ceil(epochs * dataset.batches_per_epoch / config.grad_accum)
     warmup_ratio = config.warmup_ratio if config.warmup_ratio is not None else stage.warmup_ratio
