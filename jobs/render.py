@@ -174,6 +174,14 @@ def image_roots(cfg: dict) -> dict[str, str]:
     return roots
 
 
+def recorded_roots(roots: dict[str, str], out: Path) -> dict[str, str]:
+    """The named image folders as the render manifest keeps them: one inside the run folder `out` relative
+    to it (`demo/coco/train2014`, so it moves with the run), any other as its absolute path."""
+    run = out.resolve()
+    return {name: Path(folder).relative_to(run).as_posix() if Path(folder).is_relative_to(run) else folder
+            for name, folder in roots.items()}
+
+
 def entry_tasks(entry: dict) -> list[str]:
     """The tasks of an entry's records, known before reading them."""
     if "card" in entry:
@@ -498,7 +506,7 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
                                              + (f" (+{b['long']} long)" if b["long"] else "")
                                              for b in brevity_report.values()))
     # the folders records' {root, path} references are relative to; `train.image_roots` re-points a moved one
-    record.extra["image_roots"] = image_roots(cfg)
+    record.extra["image_roots"] = recorded_roots(image_roots(cfg), Path(out))
     images = sorted(p.name for p in (stage_dir / IMAGES_FOLDER).glob("*.tar"))
     if images:  # the images datasets gave as bytes, which instruction records point into
         record.extra["image_files"] = [f"{IMAGES_FOLDER}/{name}" for name in images]

@@ -245,8 +245,10 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
 def render_images(render_dir: Path, image_roots: dict | None) -> dict:
     """Where a render output's image references lead (ImageProcessor's root and roots): run-relative ones
     from the run folder above it, {root, path} ones from its manifest's image_roots, `image_roots` over them."""
-    manifest = read_manifest(render_dir) or {}
-    return {"root": Path(render_dir).parent, "roots": {**manifest.get("image_roots", {}), **(image_roots or {})}}
+    from vlm.data import run_roots
+
+    run_folder = Path(render_dir).parent
+    return {"root": run_folder, "roots": run_roots(run_folder, read_manifest(render_dir) or {}, image_roots)}
 
 
 def _generate_answers(model, preset, encoder: Encoder, items: list[dict], batch_size: int, max_new_tokens: int,

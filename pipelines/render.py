@@ -188,15 +188,16 @@ def embed_images(records: list[dict], path: Path) -> list[dict]:
 
 def portable_images(records: list[dict], run_dir: Path, roots: dict[str, str]) -> list[dict]:
     """The records, their image references (`image`, `frames`) written so the run folder and the datasets
-    can move: a shard or file inside `run_dir` relative to it (`ingest/pairs/00000.tar`), a file under one of
-    the named folders `roots` (the deepest that holds it) as {root: NAME, path: relative to that folder}.
-    Anything else (a URL, a file elsewhere) is kept as it is, so it still loads where it is."""
+    can move: a file under one of the named folders `roots` (the deepest that holds it) as {root: NAME, path:
+    relative to that folder}, so train.image_roots can re-point it; any other shard or file inside `run_dir`
+    relative to it (`ingest/shards/pairs-00000.tar`). Anything else (a URL, a file elsewhere) is kept as it
+    is, so it still loads where it is."""
     folders = sorted(((name, os.path.normpath(os.path.abspath(folder))) for name, folder in roots.items()),
                      key=lambda named: -len(named[1]))
     run = os.path.normpath(os.path.abspath(run_dir))
 
     def inside(path: str, folder: str) -> str | None:
-        return os.path.relpath(path, folder).replace(os.sep, "/") if path.startswith(folder + os.sep) else None
+        return path[len(folder) + 1:].replace(os.sep, "/") if path.startswith(folder + os.sep) else None
 
     def portable(image: dict | None) -> dict | None:
         if not image:
@@ -207,13 +208,12 @@ def portable_images(records: list[dict], run_dir: Path, roots: dict[str, str]) -
             if not value or not os.path.isabs(value):
                 continue
             value = os.path.normpath(value)
-            if (relative := inside(value, run)) is not None:
+            named = next(((name, relative) for name, folder in folders if field == "path"
+                          and (relative := inside(value, folder)) is not None), None)
+            if named is not None:
+                image.update(root=named[0], path=named[1])
+            elif (relative := inside(value, run)) is not None:
                 image[field] = relative
-            elif field == "path":
-                for name, folder in folders:
-                    if (relative := inside(value, folder)) is not None:
-                        image.update(root=name, path=relative)
-                        break
         return image
 
     out = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +50,9 @@ def exported(world):
             config = {"pack": {"preset": preset.name, "tokenizer": {"train": {"vocab_size": 400}}, "seq_len": 512,
                                "outputs": {s.data: {"datasets": ["vqav2"], "split": "train"} for s in preset.stages}},
                       "train": {"stages": {s.name: {"max_steps": STEPS} for s in preset.stages},
+                                # the copied render's images stayed in the world's run folder: re-pointed there
+                                "image_roots": {"vqav2": str(world / "world" / "demo" / "coco" / "train2014"),
+                                                "vqav2.val": str(world / "world" / "demo" / "coco" / "val2014")},
                                 "evaluate": {"datasets": ["vqav2"], "limit": HELD_OUT, "examples": HELD_OUT}}}
             (world / f"{name}.yaml").write_text(yaml.safe_dump(config))
             assert main(["run", str(world / f"{name}.yaml"), "--out", str(run)]) == 0
@@ -62,9 +66,10 @@ def held_out(run):
     """The questions Loom's evaluation answered (its records, in its order) and its answers."""
     records = [r for r in read_render_output(run / "render", split="val", datasets=["vqav2"], task="vqa")
                if r["answers"]][:HELD_OUT]
-    # the demo's images are in the run folder, so its records' references are relative to it: read them from here
-    records = [{**r, "images": [{**image, "path": str(run / image["path"])} for image in r["images"]]}
-               for r in records]
+    # records name their images {root, path}: the folders the run's train.image_roots gives (the world's)
+    roots = yaml.safe_load((run.parent / f"{run.name}.yaml").read_text())["train"]["image_roots"]
+    records = [{**r, "images": [{**image, "path": str(Path(roots[image["root"]]) / image["path"]), "root": None}
+                                for image in r["images"]]} for r in records]
     evaluation = json.loads((run / "train" / "manifest.json").read_text())["evaluation"]
     return records, [example["prediction"] for example in evaluation["examples"]]
 

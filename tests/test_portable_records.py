@@ -16,6 +16,7 @@ from jobs.pack import run_pack
 from jobs.render import run_render
 from jobs.schema import Train
 from pipelines.shapes_world.formats.okvqa import write_okvqa
+from pipelines.shapes_world.formats.vizwiz import write_vizwiz
 from test_render_pairs import write_ingest_output
 from vlm.data import PackedDataset
 
@@ -37,12 +38,14 @@ def all_images(dataset: PackedDataset) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def moved(tmp_path_factory):
-    """A run (ingest pairs, a card dataset read from its own folder, a parquet with embedded image bytes)
-    rendered and packed, its pixels read; then the run folder and the dataset folder moved elsewhere."""
+    """A run (ingest pairs, a card dataset read from its own folder, another whose folder is in the run folder,
+    a parquet with embedded image bytes) rendered and packed, its pixels read; then the run folder and the
+    outside dataset's folder moved elsewhere."""
     home = tmp_path_factory.mktemp("portable")
     okvqa = write_okvqa(home / "datasets" / "okvqa", seed=1, scenes=4)["train2014"]
     run = home / "run"
     write_ingest_output(run / "ingest", (3, 2))
+    vizwiz = write_vizwiz(run / "demo" / "vizwiz", seed=1, scenes=4)
     pq.write_table(pa.table({"picture": [jpeg("red"), jpeg("blue")], "text": ["A red picture.", "A blue one."]}),
                    home / "colours.parquet")
     render = run_render({"render": {"ray": "never", "datasets": [
@@ -50,9 +53,13 @@ def moved(tmp_path_factory):
         {"card": "okvqa", "questions_file": okvqa["questions_file"], "annotations_file": okvqa["annotations_file"],
          "image_root": okvqa["images"]},
         {"adapter": "generic", "path": str(home / "colours.parquet"), "task": "captioning", "lang": "en",
-         "name": "colours", "columns": {"image": "picture", "caption": "text"}}]}}, run, log=quiet)
+         "name": "colours", "columns": {"image": "picture", "caption": "text"}},
+        {"card": "vizwiz", "annotation_file": vizwiz["files"]["train"],
+         "image_root": vizwiz["image_folders"]["train"]}]}},
+        run, log=quiet)
     run_pack({"pack": {"preset": "llava-tiny", "tokenizer": {"train": {"vocab_size": 400}}, "seq_len": 1024,
-                       "outputs": {"instruct": {"datasets": ["pairs", "okvqa", "colours"], "split": "train"}}}},
+                       "outputs": {"instruct": {"datasets": ["pairs", "okvqa", "colours", "vizwiz"],
+                                                 "split": "train"}}}},
              run, log=quiet)
     before = all_images(PackedDataset(run / "pack" / "instruct", shuffle=False))
     records = [r for name in render["files"] for r in pq.read_table(run / "render" / name).to_pylist()]
@@ -72,7 +79,14 @@ def test_references_inside_the_run_folder_are_written_relative_to_it(moved):
 def test_a_datasets_images_are_written_relative_to_its_named_root(moved):
     okvqa = [image for r in moved["records"] if r["dataset"] == "okvqa" for image in r["images"]]
     assert okvqa and all(image["root"] == "okvqa" and not image["path"].startswith("/") for image in okvqa)
-    assert moved["render"]["image_roots"] == {"okvqa": moved["images_were"]}  # colours' images are in the run
+    assert moved["render"]["image_roots"]["okvqa"] == moved["images_were"]
+    assert "colours" not in moved["render"]["image_roots"]  # its images are in the run folder's render/images
+
+
+def test_a_dataset_folder_inside_the_run_folder_is_recorded_relative_to_it_and_moves_with_it(moved):
+    assert moved["render"]["image_roots"]["vizwiz"] == "demo/vizwiz/train"
+    vizwiz = [image for r in moved["records"] if r["dataset"] == "vizwiz" for image in r["images"]]
+    assert vizwiz and all(image["root"] == "vizwiz" for image in vizwiz)
 
 
 def test_the_moved_run_trains_on_the_same_pixels_with_the_moved_root_given(moved):

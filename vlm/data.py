@@ -102,6 +102,13 @@ class _ShardRows:
         return values[offsets[row]: offsets[row + 1]]
 
 
+def run_roots(run_folder: Path, manifest: dict, image_roots: dict[str, str] | None = None) -> dict[str, str]:
+    """The named image folders of a render (or pack) manifest's `image_roots`, a relative one read from
+    `run_folder` (it moved with the run), with `image_roots` (train.image_roots) over them."""
+    roots = {name: str(run_folder / folder) for name, folder in manifest.get("image_roots", {}).items()}
+    return {**roots, **(image_roots or {})}
+
+
 class PackedDataset:
     """Packed shards of one pack directory, served as deterministic, resumable batches."""
 
@@ -144,7 +151,7 @@ class PackedDataset:
         # {root, path} references from the render's named folders, `image_roots` re-pointing any of them
         run_folder = self.pack_dir / self.manifest.get("run_folder", ".")
         self.images = ImageProcessor(self.preset, root=run_folder, image_size=image_size,
-                                     roots={**self.manifest.get("image_roots", {}), **(image_roots or {})})
+                                     roots=run_roots(run_folder, self.manifest, image_roots))
         self._cached: tuple[int, _ShardRows] | None = None
 
     @property

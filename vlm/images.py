@@ -63,9 +63,9 @@ class TarShards:
 
 
 def _resolve(path: str, root: Path | None) -> str:
-    """A reference's path as given, or relative to `root` when it only exists there."""
+    """A reference's path: a relative one from `root` (the run folder), unless it exists only as given."""
     p = Path(path)
-    if not p.is_absolute() and not p.exists() and root is not None:
+    if not p.is_absolute() and root is not None and ((root / p).exists() or not p.exists()):
         return str(root / p)
     return str(p)
 
