@@ -43,16 +43,18 @@ def answer_questions(
     use_cache: bool = True,
     image_root: str | Path | None = None,
     num_beams: int = 1,
+    image_roots: dict[str, str] | None = None,
 ) -> list[str]:
     """Answers to visual questions, one string per item (greedy, or beam search with num_beams > 1).
 
     Each item has an `image` (a reference: shard+key, path, or a PIL image) and either a
     `prompt` already in the model's chat format with one `<image>`, or whatever
-    `prompt_fn(item)` needs to write that prompt.
+    `prompt_fn(item)` needs to write that prompt. `image_root` is the run folder relative references
+    start from, `image_roots` the folders of {root, path} references (a render manifest's image_roots).
     """
     was_training = model.training
     model.eval()
-    images = ImageProcessor(model.preset, root=image_root)
+    images = ImageProcessor(model.preset, root=image_root, roots=image_roots)
     eos = _eos_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.pad_token_id
     device = next(model.parameters()).device
