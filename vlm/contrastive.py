@@ -47,7 +47,7 @@ class PretrainConfig:
     epochs: int = 20
     max_steps: int | None = None  # overrides epochs
     batch_size: int = 64  # pairs per step: each image's negatives are the other captions of its batch
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup_ratio: float = 0.1
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.98)  # CLIP's
