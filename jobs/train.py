@@ -247,7 +247,7 @@ def render_images(render_dir: Path, image_roots: dict | None) -> dict:
     from the run folder above it, {root, path} ones from its manifest's image_roots, `image_roots` over them."""
     from vlm.data import run_roots
 
-    run_folder = Path(render_dir).parent
+    run_folder = Path(render_dir).resolve().parent  # where the render lives, as pack records it
     return {"root": run_folder, "roots": run_roots(run_folder, read_manifest(render_dir) or {}, image_roots)}
 
 
