@@ -21,6 +21,7 @@ from vlm.preset import MINIGPT_V2_LORA, LoRA
 from vlm.train import TrainConfig, load_model, read_log, train_stage
 
 from test_train_stages import red_blue_run
+from test_vlm_train import killed_in_step
 
 MINIGPT_V2 = vlm.get_preset("minigpt-v2", size="tiny")
 ADAPTED = ("q_proj", "v_proj")
@@ -81,19 +82,8 @@ def lora_stage(tmp_path_factory):
     before = snapshot(uninterrupted)
     summary = train_stage(uninterrupted, stage, pack_dir, root / "whole", quick())
 
-    real_append = vlm.train._append_log
-
-    def killed_at_step_3(path, record):
-        if record["step"] == 3:
-            raise KeyboardInterrupt("killed")
-        real_append(path, record)
-
-    vlm.train._append_log = killed_at_step_3
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_stage(new_model(pack_dir), stage, pack_dir, root / "killed", quick())
-    finally:
-        vlm.train._append_log = real_append
+    with killed_in_step(3):
+        train_stage(new_model(pack_dir), stage, pack_dir, root / "killed", quick())
     mid_stage = {name: (root / "killed" / "checkpoint" / name).read_bytes() for name in ("model.safetensors", lora.ADAPTERS)}
     resumed = new_model(pack_dir, seed=5)  # everything must come from the checkpoint
     resumed_summary = train_stage(resumed, stage, pack_dir, root / "killed", quick())
