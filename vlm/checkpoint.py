@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .checkpoint_files import DamagedCheckpoint, verify, written_folder
+from .qwen_vl_published import is_qwen_vl_published, load_qwen_vl
 
 FORMATS = ("loom", "hf")
 
@@ -72,7 +73,7 @@ def is_loom_checkpoint(config: dict) -> bool:
 
 def from_pretrained(path: str | Path, device: str | torch.device = "cpu", attn_implementation: str | None = None):
     """The model in folder `path`: Loom's format or an official checkpoint (llava, blip-2, instructblip,
-    qwen2_vl), told apart by its config.json."""
+    qwen2_vl, and Qwen-VL's own layout), told apart by its config.json."""
     from .model import VisionLanguageModel
 
     path = Path(path)
@@ -91,6 +92,8 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", attn_i
         model = VisionLanguageModel.from_config_dict(config["model"], attn_implementation=attn_implementation)
         load_weights(model, path / "model.safetensors")
         return model.to(device)
+    if is_qwen_vl_published(config):  # Qwen-VL ships its own modeling code, not a transformers class
+        return load_qwen_vl(path, read_state_dict(path), device=device, attn_implementation=attn_implementation)
     if "model_type" in config:
         from .convert import load_hf
 

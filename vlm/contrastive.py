@@ -36,7 +36,7 @@ from .preset import Preset
 from .train import LOG, read_log, warmup_cosine
 from .vision import build_vision_tower
 
-CONTRASTIVE_KINDS = ("clip", "eva")  # towers with a pooled CLS output; Qwen2-VL's trains in its own stage 1
+CONTRASTIVE_KINDS = ("clip", "eva")  # towers with a pooled CLS output; Qwen-VL's and Qwen2-VL's train in their stage 1
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the learned temperature so logits stay within x100
 
 
@@ -67,8 +67,8 @@ def contrastive_model(preset: Preset, vocab_size: int, eos_token_id: int, pad_to
 
     if preset.vision_kind not in CONTRASTIVE_KINDS:
         raise ValueError(f"preset {preset.name}: its {preset.vision_kind} tower has no pooled image embedding to "
-                         f"pretrain contrastively; towers of kind {' or '.join(CONTRASTIVE_KINDS)} can be (Qwen2-VL "
-                         "trains its tower in its own first stage)")
+                         f"pretrain contrastively; towers of kind {' or '.join(CONTRASTIVE_KINDS)} can be (Qwen-VL and "
+                         "Qwen2-VL train their towers in their own first stage)")
     vision = preset.vision
     width = vision["hidden_size"]
     text = dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=text_layers,

@@ -23,7 +23,7 @@ from typing import Any
 GROUPS = ("vision", "connector", "projection", "llm")
 SIZES = ("published", "tiny")
 OBJECTIVES = ("lm", "itc_itm_itg")  # next-token loss; BLIP-2's Q-Former stage-1 losses
-VISION_KINDS = ("clip", "eva", "qwen2_vl")
+VISION_KINDS = ("clip", "eva", "qwen_vl", "qwen2_vl")
 LLM_KINDS = ("llama", "opt", "t5", "qwen2", "qwen2_vl")
 CONNECTOR_KINDS = ("linear", "mlp2x_gelu", "qformer", "instruct_qformer", "qformer_linear", "resampler",
                    "token_concat", "patch_merger")
@@ -347,13 +347,14 @@ def _published() -> list[Preset]:
                      "salesforce/LAVIS lavis/models/blip2_models/blip2_vicuna_instruct.py"),
         ),
         Preset(
-            # Qwen-VL: OpenCLIP ViT-bigG/14 at 448 px (48 layers, width 1664), its last layer's output into
-            # one cross-attention layer with 256 queries and 2D sin-cos positions, then Qwen-7B.
+            # Qwen-VL: its own ViT (visual.py's VisionTransformer: ViT-bigG/14 shaped, initialised from OpenCLIP's,
+            # no CLS token; vlm.qwen_vl_vision) at 448 px, 48 layers of width 1664, mlp width int(1664 * 4.9231);
+            # its last layer's output into one cross-attention layer with 256 queries and 2D sin-cos positions,
+            # then Qwen-7B (config.json's visual: width 1664, layers 48, heads 16, mlp_ratio 4.9231, patch 14).
             name="qwen-vl", architecture="qwen-vl", size="published", chat_format="qwen_vl_chatml",
             image_size=448, patch_size=14, visual_tokens=256,
-            vision_kind="clip", vision=dict(hidden_size=1664, intermediate_size=8192, num_hidden_layers=48,
-                                            num_attention_heads=16, image_size=448, patch_size=14, projection_dim=1280,
-                                            hidden_act="gelu", layer_norm_eps=1e-6),
+            vision_kind="qwen_vl", vision=dict(hidden_size=1664, intermediate_size=8192, num_hidden_layers=48,
+                                               num_attention_heads=16, image_size=448, patch_size=14),
             vision_feature_layer=-1,
             connector="resampler", connector_config=dict(num_queries=256, embed_dim=4096, kv_dim=1664, num_heads=32),
             llm_kind="qwen2", llm=dict(vocab_size=151936, hidden_size=4096, intermediate_size=11008,
@@ -455,6 +456,8 @@ def _published() -> list[Preset]:
 
 TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
                  patch_size=8, projection_dim=32, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+TINY_QWEN_VL_VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                        patch_size=8)
 TINY_EVA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
                 patch_size=8, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True)
 # Each tiny part is its published part with small widths, so it keeps every other setting.
@@ -480,7 +483,7 @@ def _tiny_stages(stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
 
 def _tiny(preset: Preset) -> Preset:
     kind = preset.vision_kind
-    vision = {"clip": TINY_CLIP, "eva": TINY_EVA}.get(kind)
+    vision = {"clip": TINY_CLIP, "eva": TINY_EVA, "qwen_vl": TINY_QWEN_VL_VIT}.get(kind)
     image_size, patch_size = 32, 8
     if kind == "qwen2_vl":
         vision = dict(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=4, in_channels=3, patch_size=8,

@@ -1,6 +1,7 @@
 """Vision towers: the bundled architectures' image encoders, built from transformers' own classes.
 
-- clip: `CLIPVisionModel` (LLaVA's ViT-L/14 at 224 and 336 px; the ViT-bigG-class tower of Qwen-VL)
+- clip: `CLIPVisionModel` (LLaVA's ViT-L/14 at 224 and 336 px)
+- qwen_vl: Qwen-VL's own ViT (`vlm.qwen_vl_vision`): no CLS token, 256 positions resized to the patch grid
 - eva: `Blip2VisionModel`, which is EVA ViT-g/14 as BLIP-2 ships it (InstructBLIP, MiniGPT-4, MiniGPT-v2)
 - qwen2_vl: `Qwen2VisionTransformerPretrainedModel`, Qwen2-VL's native-resolution ViT with 2D-RoPE; its
   patch merger is Loom's connector slot (see `vlm.qwen2_vl`)
@@ -25,12 +26,16 @@ def build_vision_tower(kind: str, config: dict) -> nn.Module:
         from transformers import Blip2VisionConfig, Blip2VisionModel
 
         return Blip2VisionModel(Blip2VisionConfig(**config))
+    if kind == "qwen_vl":
+        from .qwen_vl_vision import QwenVLVisionTransformer
+
+        return QwenVLVisionTransformer(config)
     if kind == "qwen2_vl":
         from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
         from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
         return Qwen2VisionTransformerPretrainedModel(Qwen2VLVisionConfig(**config))
-    raise ValueError(f"vision tower kind {kind!r}; expected clip, eva or qwen2_vl")
+    raise ValueError(f"vision tower kind {kind!r}; expected clip, eva, qwen_vl or qwen2_vl")
 
 
 def _post_layernorm(tower: nn.Module) -> nn.Module:
@@ -39,7 +44,14 @@ def _post_layernorm(tower: nn.Module) -> nn.Module:
 
 
 def image_features(tower: nn.Module, pixel_values: torch.Tensor, layer: int, post_norm: bool, keep_cls: bool) -> torch.Tensor:
-    """(N, P[+1], Dv) features of N images from hidden state `layer` of a clip or eva tower."""
+    """(N, P[+1], Dv) features of N images from hidden state `layer` of a clip, eva or qwen_vl tower."""
+    from .qwen_vl_vision import QwenVLVisionTransformer
+
+    if isinstance(tower, QwenVLVisionTransformer):  # patches alone: Qwen-VL's ViT has no CLS token to keep or drop
+        if keep_cls or post_norm:
+            raise ValueError("Qwen-VL's tower has no CLS token and no final LayerNorm of its own (ln_post follows its "
+                             "resampler); its preset needs keep_cls=False and vision_post_norm=False")
+        return tower(pixel_values, layer)  # (N, P, Dv)
     # a stage at another resolution than the tower's (Qwen-VL's 224-px first stage of a 448-px model):
     # the position embeddings are interpolated to the image's patch grid
     other_size = pixel_values.shape[-1] != tower.config.image_size or pixel_values.shape[-2] != tower.config.image_size
