@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from catalog.records import TASK_FIELDS
+
 CARDS_DIR = Path(__file__).with_name("cards")
 KINDS = ("dataset", "pairs")
 REQUIRED_FIELDS = {
@@ -23,9 +25,9 @@ REQUIRED_FIELDS = {
               "sources"),
 }
 HELD_VALUES = ("held-in", "held-out")
-# The 11 task categories of InstructBLIP's 26 datasets (arXiv 2305.06500, Figure 2), as card `tasks` ids.
-TASKS = ("captioning", "captioning_reading", "visual_reasoning", "vqa", "knowledge_vqa", "reading_vqa",
-         "question_generation", "video_qa", "visual_dialog", "classification", "llava_instruct")
+# The 11 task categories of InstructBLIP's 26 datasets (arXiv 2305.06500, Figure 2), as card `tasks` ids: the
+# tasks of the canonical record (catalog/records.py)
+TASKS = tuple(TASK_FIELDS)
 # The file formats a URL list can come in; pipelines.ingest.sources reads each of them.
 METADATA_FORMATS = ("parquet", "tsv", "csv", "jsonl", "json")
 LAYOUT_FIELDS = ("where", "format", "url_col", "caption_col")
@@ -144,7 +146,7 @@ def pairs_layout(card: dict, layout: str | None = None) -> dict:
     return card["layouts"][name]
 
 
-# the user's own card folders (render.catalog_paths), read alongside CARDS_DIR: `use_card_folders`
+# the user's own card folders (a config's catalog.paths), read alongside CARDS_DIR: `use_card_folders`
 _user_folders: tuple[Path, ...] = ()
 
 

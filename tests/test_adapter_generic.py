@@ -77,6 +77,16 @@ def test_a_captioning_parquet_with_one_language_for_the_file(tmp_path, images):
     assert record["caption"] == "A blue picture." and record["dataset"] == "caps"
 
 
+def test_a_classification_table_gives_the_text_shown_with_the_image_and_its_label(tmp_path, images):
+    pq.write_table(pa.table({"img": ["red.jpg"], "overlay": ["everyone loves red"], "hateful": ["no"]}),
+                   tmp_path / "memes.parquet")
+    [record] = read_generic(str(tmp_path / "memes.parquet"), task="classification", lang="en", image_root=str(images),
+                            columns={"image": "img", "text": "overlay", "answer": "hateful"})
+    assert (record["text"], record["answer"]) == ("everyone loves red", "no")
+    [messages] = render_table([record], seed=0)["messages"].to_pylist()
+    assert "everyone loves red" in messages[0]["content"] and messages[1]["content"] == "no"
+
+
 def test_a_missing_column_is_named_with_the_columns_the_table_has(tmp_path, images):
     with pytest.raises(AnnotationError, match=r"no column for question \(column 'question'\).*"
                                               r"the table has \['a', 'img', 'language', 'q'\]"):

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from catalog.adapters import AnnotationError
-from catalog.adapters import video_qa
-from catalog.adapters.video_qa import read_ivqa, read_msrvtt_qa, read_msvd_qa, sample_frames, segment_centres
+from catalog import video_frames
+from catalog.adapters.video_qa import read_ivqa, read_msrvtt_qa, read_msvd_qa
+from catalog.video_frames import sample_frames, segment_centres
 from catalog.cards import get_card
 from pipelines.shapes_world.draw import BACKGROUND_RGB, COLOUR_RGB, nearest_colour_name
 from pipelines.shapes_world.formats.video_qa import ivqa_row, moving_scene, write_video_qa
@@ -100,7 +101,7 @@ def test_frames_written_before_are_reused_without_decoding(world, tmp_path, monk
     def no_decoding(*args):
         raise AssertionError("decoded a video whose frames were already written")
 
-    monkeypatch.setattr(video_qa, "_decode_frames", no_decoding)
+    monkeypatch.setattr(video_frames, "_decode_frames", no_decoding)
     again = msrvtt(world, "val", tmp_path)
     assert again == first
     assert all(Path(path).read_bytes() == data for path, data in written.items())

@@ -44,3 +44,37 @@ def test_pipelines_import_without_torch():
         import catalog.adapters.vsr, pipelines.shapes_world.formats
     """)
     assert result.returncode == 0, result.stderr
+
+
+CATALOG_MAY_NOT_IMPORT = {"pipelines", "jobs", "templates", "vlm", "ray", "polars", "torch"}
+
+
+def catalog_modules() -> list[str]:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    return sorted(".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+                  for path in (root / "catalog").rglob("*.py"))
+
+
+def test_catalog_is_the_bottom_layer_every_module_imports_without_pipelines_jobs_or_templates():
+    modules = catalog_modules()
+    assert {"catalog.records", "catalog.video_frames", "catalog.adapters.pairs", "catalog.adapters.video_qa"} <= set(modules)
+    result = run_blocked(CATALOG_MAY_NOT_IMPORT, "import importlib\n" + "".join(
+        f"importlib.import_module({module!r})\n" for module in modules))
+    assert result.returncode == 0, result.stderr
+
+
+def test_catalog_names_no_upper_layer_even_in_an_import_inside_a_function():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for path in sorted((root / "catalog").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{path.relative_to(root)}:{node.lineno} imports {name}" for name in names
+                      if name.split(".")[0] in CATALOG_MAY_NOT_IMPORT]
+    assert not found, found

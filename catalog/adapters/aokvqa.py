@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, image_size, load_annotation_list, string_list
 
@@ -88,20 +89,16 @@ def read_aokvqa(
             images[key] = {"path": str(image_path), "width": width, "height": height}
 
         records.append(
-            {
-                "id": f"{DATASET}:{split}:{question_id}",
-                "dataset": DATASET,
-                "task": TASK,
-                "split": split,
-                "lang": "en",
-                "image": dict(images[key]),
-                "question": question,
-                "answer": choices[answer_index] if answer_index is not None else None,
-                "answers": _strings(row, "direct_answers", path, where, required=False),
-                "choices": choices,
-                "answer_index": answer_index,
-                "rationales": _strings(row, "rationales", path, where, required=False),
-                "difficult_direct_answer": difficult,
-            }
+            canonical_record(
+                TASK, id=record_id(DATASET, split, question_id), dataset=DATASET, split=split, lang="en",
+                image=dict(images[key]),
+                question=question,
+                answer=choices[answer_index] if answer_index is not None else None,
+                answers=_strings(row, "direct_answers", path, where, required=False),
+                choices=choices,
+                answer_index=answer_index,
+                rationales=_strings(row, "rationales", path, where, required=False),
+                difficult_direct_answer=difficult,
+            )
         )
     return records

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, load_annotation_json
 
@@ -48,14 +49,10 @@ def read_coco_captions(annotation_file: str | os.PathLike, image_root: str | os.
         if image_id not in images:
             raise AnnotationError(f"{path}: {where}: image_id {image_id} is not in 'images'")
         records.append(
-            {
-                "id": f"{DATASET}:{split}:{annotation_id}",
-                "dataset": DATASET,
-                "task": TASK,
-                "split": split,
-                "lang": "en",
-                "image": dict(images[image_id]),
-                "caption": caption.strip(),
-            }
+            canonical_record(
+                TASK, id=record_id(DATASET, split, annotation_id), dataset=DATASET, split=split, lang="en",
+                image=dict(images[image_id]),
+                caption=caption.strip(),
+            )
         )
     return records

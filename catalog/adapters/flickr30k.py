@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, image_entry, load_annotation_json
 
@@ -51,15 +52,11 @@ def read_flickr30k(annotation_file: str | os.PathLike, image_root: str | os.Path
         references = [raw for _, raw in sentences]
         for sentid, raw in sentences:
             records.append(
-                {
-                    "id": f"{DATASET}:{split}:{sentid}",
-                    "dataset": DATASET,
-                    "task": TASK,
-                    "split": split,
-                    "lang": "en",
-                    "image": dict(image),
-                    "caption": raw,
-                    "answers": list(references),
-                }
+                canonical_record(
+                    TASK, id=record_id(DATASET, split, sentid), dataset=DATASET, split=split, lang="en",
+                    image=dict(image),
+                    caption=raw,
+                    answers=list(references),
+                )
             )
     return records

@@ -13,8 +13,9 @@ A render entry names the file, the task and which column holds what:
       columns: {image: img, question: q, answers: a}
 
 Columns a task needs: `caption` (captioning); `question` and `answer` or `answers` (the VQA tasks);
-`messages` (conversation: a list of {role, content} or ShareGPT's {from, value}, the image marked
-`<image>` in the first user turn). `id` and `lang` are optional. A missing column is named with the
+`text` and `answer` (classification: the text shown with the image, and its label word); `messages`
+(conversation: a list of {role, content} or ShareGPT's {from, value}, the image marked `<image>` in the
+first user turn). `id` and `lang` are optional. A missing column is named with the
 columns the table has.
 
 A Hugging Face dataset is read by name instead of `path`: `hub: NAME` goes to `datasets.load_dataset(NAME,
@@ -31,14 +32,17 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import image_entry
 
 FORMATS = ("jsonl", "json", "parquet", "csv", "hf")
 # what each kind of task reads of a row, beside the image
-TASK_COLUMNS = {"captioning": ("caption",), "conversation": ("messages",)}
-QUESTION_TASKS = ("vqa", "knowledge_vqa", "reading_vqa", "visual_reasoning", "video_qa", "classification")
-COLUMN_NAMES = ("id", "image", "question", "answer", "answers", "caption", "messages", "lang")
+TASK_COLUMNS = {"captioning": ("caption",), "conversation": ("messages",), "classification": ("text",)}
+# tasks whose records are a question and its answer(s); classification too reads an answer, with its text
+QUESTION_TASKS = ("vqa", "knowledge_vqa", "reading_vqa", "visual_reasoning", "video_qa")
+ANSWERED_TASKS = (*QUESTION_TASKS, "classification")
+COLUMN_NAMES = ("id", "image", "question", "answer", "answers", "caption", "text", "messages", "lang")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -135,7 +139,7 @@ def _needed(task: str) -> tuple[str, ...]:
         return TASK_COLUMNS[task]
     if task in QUESTION_TASKS:
         return ("question",)
-    raise AnnotationError(f"task {task!r}: the generic reader reads captioning, conversation and "
+    raise AnnotationError(f"task {task!r}: the generic reader reads captioning, conversation, classification and "
                           f"{', '.join(QUESTION_TASKS)}")
 
 
@@ -171,7 +175,7 @@ def read_generic(path: str | None, task: str, columns: dict | None = None, name:
     table = read_table(path, format) if hub is None else load_hub_table(hub, hub_config, hub_split or split)
     have = set(table.column_names)
     needed = ["image", *_needed(task)]
-    if task in QUESTION_TASKS and not ({columns["answer"], columns["answers"]} & have):
+    if task in ANSWERED_TASKS and not ({columns["answer"], columns["answers"]} & have):
         needed.append("answer")
     if lang is None:
         needed.append("lang")
@@ -200,20 +204,19 @@ def read_generic(path: str | None, task: str, columns: dict | None = None, name:
         elif image_name not in images:
             images[image_name] = image_entry(root / image_name, path, f"row {row_number}",
                                              f"column {columns['image']!r} names {image_name!r}")
-        record_id = row.get(columns["id"], row_number) if columns["id"] in have else row_number
-        # a conversation passes through untemplated, as LLaVA-Instruct's do (chat formats know that task)
-        record = {"id": f"{dataset}:{split}:{record_id}", "dataset": dataset,
-                  "task": "llava_instruct" if task == "conversation" else task, "split": split,
-                  "lang": row[columns["lang"]] if lang is None else lang, "image": dict(images[image_name])}
-        if task == "captioning":
-            record["caption"] = row[columns["caption"]]
-        elif task == "conversation":
-            record["messages"] = _messages(row[columns["messages"]], path, row_number)
+        native_id = row.get(columns["id"], row_number) if columns["id"] in have else row_number
+        if task == "conversation":
+            fields = {"messages": _messages(row[columns["messages"]], path, row_number)}
         else:
+            fields = {role: row[columns[role]] for role in _needed(task)}
+        if task in ANSWERED_TASKS:
             answers = row.get(columns["answers"]) if columns["answers"] in have else None
             answer = row.get(columns["answer"]) if columns["answer"] in have else None
             answers = answers if isinstance(answers, list) else [answer] if answer is not None else [answers]
-            record.update(question=row[columns["question"]], answers=[str(a) for a in answers],
-                          answer=str(answer if answer is not None else answers[0]))
-        records.append(record)
+            fields.update(answers=[str(a) for a in answers], answer=str(answer if answer is not None else answers[0]))
+        # a conversation passes through untemplated, as LLaVA-Instruct's do (chat formats know that task)
+        records.append(canonical_record("llava_instruct" if task == "conversation" else task,
+                                        id=record_id(dataset, split, native_id), dataset=dataset, split=split,
+                                        lang=row[columns["lang"]] if lang is None else lang,
+                                        image=dict(images[image_name]), **fields))
     return records

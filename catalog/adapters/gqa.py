@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, image_size, load_annotation_json
 
@@ -49,19 +50,15 @@ def read_gqa(questions_file: str | os.PathLike, image_root: str | os.PathLike, s
 
         answer = field(question, "answer", str, path, where) if has_answers else None
         records.append(
-            {
-                "id": f"{DATASET}:{split}:{question_id}",
-                "dataset": DATASET,
-                "task": TASK,
-                "split": split,
-                "lang": "en",
-                "image": dict(images[image_id]),
-                "question": text,
-                "answer": answer,
-                "answers": [answer] if has_answers else None,
-                "question_type": question_type,
-                "full_answer": field(question, "fullAnswer", str, path, where) if has_answers else None,
-            }
+            canonical_record(
+                TASK, id=record_id(DATASET, split, question_id), dataset=DATASET, split=split, lang="en",
+                image=dict(images[image_id]),
+                question=text,
+                answer=answer,
+                answers=[answer] if has_answers else None,
+                question_type=question_type,
+                full_answer=field(question, "fullAnswer", str, path, where) if has_answers else None,
+            )
         )
     return records
 

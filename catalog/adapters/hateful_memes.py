@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, image_entry, load_annotation_jsonl
 
@@ -52,16 +53,12 @@ def read_hateful_memes(annotation_file: str | os.PathLike, image_root: str | os.
                 raise AnnotationError(f"{path}: {where}: field 'label' is {label}; expected 0 (not hateful) or 1 (hateful)")
         image = image_entry(root / image_name, path, where, f"field 'img' names {image_name!r}")
         records.append(
-            {
-                "id": f"{DATASET}:{split}:{meme_id}",
-                "dataset": DATASET,
-                "task": TASK,
-                "split": split,
-                "lang": "en",
-                "image": image,
-                "text": text,
-                "label": label,
-                "answer": ANSWERS.get(label),
-            }
+            canonical_record(
+                TASK, id=record_id(DATASET, split, meme_id), dataset=DATASET, split=split, lang="en",
+                image=image,
+                text=text,
+                label=label,
+                answer=ANSWERS.get(label),
+            )
         )
     return records

@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, image_entry, load_annotation_json, string_list
 
@@ -102,20 +103,16 @@ def _problem_record(pid: str, folder: Path, sub_task: str, split: str) -> dict:
         answer_index = _answer_index(problem, choices, path, where)
         answer = choices[answer_index]
 
-    return {
-        "id": f"{DATASET}:{split}:{pid}",
-        "dataset": DATASET,
-        "task": TASK,
-        "split": split,
-        "lang": "en",
-        "image": image,
-        "question": question,
-        "choices": choices,
-        "answer_index": answer_index,
-        "answer": answer,
-        "answers": [answer],
-        "question_type": question_type,
-    }
+    return canonical_record(
+        TASK, id=record_id(DATASET, split, pid), dataset=DATASET, split=split, lang="en",
+        image=image,
+        question=question,
+        choices=choices,
+        answer_index=answer_index,
+        answer=answer,
+        answers=[answer],
+        question_type=question_type,
+    )
 
 
 def read_iconqa(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, image_entry, load_annotation_list
 
@@ -87,19 +88,10 @@ def read_llava_instruct(
         messages = _messages(field(row, "conversations", list, path, where), path, where)
         if image_name not in images:
             images[image_name] = image_entry(root / image_name, path, where, f"field 'image' names {image_name!r}")
-        record_id = native_id if native_id not in seen else f"{native_id}#{index}"
+        unique_id = native_id if native_id not in seen else f"{native_id}#{index}"
         seen.add(native_id)
-        records.append(
-            {
-                "id": f"{dataset}:{split}:{record_id}",
-                "dataset": dataset,
-                "task": TASK,
-                "split": split,
-                "lang": "en",
-                "image": dict(images[image_name]),
-                "messages": messages,
-            }
-        )
+        records.append(canonical_record(TASK, id=record_id(dataset, split, unique_id), dataset=dataset, split=split,
+                                        lang="en", image=dict(images[image_name]), messages=messages))
     return records
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, load_annotation_json
 
@@ -45,17 +46,13 @@ def _read_images(path: Path, data: dict, root: Path) -> dict[int, dict]:
 
 
 def _record(split: str, native_id: int, image: dict, caption: str | None, answers: list[str] | None) -> dict:
-    return {
-        "id": f"{DATASET}:{split}:{native_id}",
-        "dataset": DATASET,
-        "task": TASK,
-        "split": split,
-        "lang": "en",
-        "image": dict(image["image"]),
-        "caption": caption,
-        "answers": answers,
-        "domain": image["domain"],
-    }
+    return canonical_record(
+        TASK, id=record_id(DATASET, split, native_id), dataset=DATASET, split=split, lang="en",
+        image=dict(image["image"]),
+        caption=caption,
+        answers=answers,
+        domain=image["domain"],
+    )
 
 
 def read_nocaps(annotation_file: str | os.PathLike, image_root: str | os.PathLike, split: str) -> list[dict]:

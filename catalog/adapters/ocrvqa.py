@@ -6,6 +6,7 @@ import os
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, image_size, load_annotation_json
 
@@ -70,16 +71,12 @@ def read_ocrvqa(
                 if not isinstance(value, str):
                     raise AnnotationError(f"{path}: {where}: {name}[{n}] is {value!r:.60}; expected a string")
             records.append(
-                {
-                    "id": f"{DATASET}:{split}:{key}_{n}",
-                    "dataset": DATASET,
-                    "task": TASK,
-                    "split": split,
-                    "lang": "en",
-                    "image": {"path": str(image_path), "width": width, "height": height},
-                    "question": question,
-                    "answer": answer,
-                    "answers": [answer],
-                }
+                canonical_record(
+                    TASK, id=record_id(DATASET, split, f"{key}_{n}"), dataset=DATASET, split=split, lang="en",
+                    image={"path": str(image_path), "width": width, "height": height},
+                    question=question,
+                    answer=answer,
+                    answers=[answer],
+                )
             )
     return records

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from catalog.adapters import AnnotationError
+from catalog.records import canonical_record
 
 # the index columns a record is made of (the rest: hashes, original sizes, row ids, stay on disk)
 RECORD_COLUMNS = ("key", "source", "url", "caption", "lang", "width", "height")
@@ -54,15 +55,11 @@ def _unreadable(index_path, err: Exception) -> str:
 def pairs_records(index: pa.Table, split: str = "train") -> list[dict]:
     """One captioning record per row of a shard index (as `read_shard_index` gives it)."""
     columns = {name: index.column(name).to_pylist() for name in (*RECORD_COLUMNS, "shard")}
-    return [{
-        "id": f"pairs:{key}",
-        "dataset": f"pairs/{source}",
-        "task": "captioning",
-        "split": split,
-        "lang": lang,
-        "image": {"shard": shard, "key": key, "url": url, "width": width, "height": height},
-        "caption": caption,
-    } for key, source, url, caption, lang, width, height, shard in zip(*columns.values())]
+    # the id is the pair's key alone, unique across the ingest output whatever its source
+    return [canonical_record("captioning", id=f"pairs:{key}", dataset=f"pairs/{source}", split=split, lang=lang,
+                             image={"shard": shard, "key": key, "url": url, "width": width, "height": height},
+                             caption=caption)
+            for key, source, url, caption, lang, width, height, shard in zip(*columns.values())]
 
 
 def read_pairs(ingest_dir: str, split: str = "train", limit: int | None = None) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from ..records import canonical_record, record_id
 from .aokvqa import DEFAULT_IMAGE_NAME as AOKVQA_IMAGE_NAME
 from .aokvqa import read_aokvqa
 from .okvqa import DEFAULT_IMAGE_NAME as OKVQA_IMAGE_NAME
@@ -43,19 +44,11 @@ def read_question_generation(source_records: list[dict], dataset: str) -> list[d
                 f"source_records[{index}]: id {source['id']!r} does not start with {prefix!r} (dataset:split:)"
             )
         native_id = source["id"][len(prefix):]
-        records.append(
-            {
-                "id": f"{dataset}:{source['split']}:{native_id}",
-                "dataset": dataset,
-                "task": TASK,
-                "split": source["split"],
-                "lang": source.get("lang", "en"),
-                "image": dict(source["image"]),
-                "answer": source["answer"],
-                "question": source["question"],
-                "source_id": source["id"],
-            }
-        )
+        records.append(canonical_record(
+            TASK, id=record_id(dataset, source["split"], native_id), dataset=dataset, split=source["split"],
+            lang=source.get("lang", "en"), image=dict(source["image"]), answer=source["answer"],
+            question=source["question"], source_id=source["id"],
+        ))
     return records
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, image_size, load_annotation_json, string_list
 
@@ -92,22 +93,18 @@ def read_scienceqa(
         except OSError as error:
             raise AnnotationError(f"{problems_path}: {where}: {image_path} is not a readable image ({error})") from error
         records.append(
-            {
-                "id": f"{DATASET}:{split}:{pid}",
-                "dataset": DATASET,
-                "task": TASK,
-                "split": split,
-                "lang": "en",
-                "image": {"path": str(image_path), "width": width, "height": height},
-                "question": question,
-                "choices": list(choices),
-                "answer_index": answer_index,
-                "answer": choices[answer_index],
-                "answers": [choices[answer_index]],
-                "hint": field(problem, "hint", str, problems_path, where),
-                "lecture": field(problem, "lecture", str, problems_path, where),
-                "solution": field(problem, "solution", str, problems_path, where),
-            }
+            canonical_record(
+                TASK, id=record_id(DATASET, split, pid), dataset=DATASET, split=split, lang="en",
+                image={"path": str(image_path), "width": width, "height": height},
+                question=question,
+                choices=list(choices),
+                answer_index=answer_index,
+                answer=choices[answer_index],
+                answers=[choices[answer_index]],
+                hint=field(problem, "hint", str, problems_path, where),
+                lecture=field(problem, "lecture", str, problems_path, where),
+                solution=field(problem, "solution", str, problems_path, where),
+            )
         )
     log.info(
         "scienceqa %s: %d problems, %d with an image kept, %d without an image skipped",

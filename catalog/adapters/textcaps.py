@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, load_annotation_json, string_list
 # TextCaps ships no OCR of its own: it shares TextVQA's images and Rosetta OCR files, so it shares their reader.
@@ -46,27 +47,15 @@ def read_textcaps(
         where = f"data[{index}]"
         image_id = field(row, "image_id", str, path, where)
         image = row_image(row, image_id, root, seen_images, path, where)
-        record = {
-            "id": f"{DATASET}:{split}:{image_id}",
-            "dataset": DATASET,
-            "task": TASK,
-            "split": split,
-            "lang": "en",
-            "image": image,
-            "caption": None,
-            "answers": None,
-            "ocr_tokens": None,
-        }
+        native_id, caption, references = image_id, None, None  # the test split: an image without captions
         if has_captions:
-            caption_id = field(row, "caption_id", int, path, where)
+            native_id = field(row, "caption_id", int, path, where)
             references = [reference.strip() for reference in string_list(row, "reference_strs", path, where)]
             if not references:
                 raise AnnotationError(f"{path}: {where}: field 'reference_strs' is an empty list; expected the image's captions")
-            record.update(
-                id=f"{DATASET}:{split}:{caption_id}",
-                caption=field(row, "caption_str", str, path, where).strip(),
-                answers=references,
-            )
-        record["ocr_tokens"] = ocr_of(ocr_tokens, image_id, ocr_path, path, where)
-        records.append(record)
+            caption = field(row, "caption_str", str, path, where).strip()
+        records.append(canonical_record(
+            TASK, id=record_id(DATASET, split, native_id), dataset=DATASET, split=split, lang="en", image=image,
+            caption=caption, answers=references, ocr_tokens=ocr_of(ocr_tokens, image_id, ocr_path, path, where),
+        ))
     return records

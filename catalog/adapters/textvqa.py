@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, load_annotation_json, most_common_answer, string_list
 
@@ -83,24 +84,14 @@ def read_textvqa(
         image_id = field(question, "image_id", str, path, where)
         text = field(question, "question", str, path, where)
         image = row_image(question, image_id, root, seen_images, path, where)
-        record = {
-            "id": f"{DATASET}:{split}:{question_id}",
-            "dataset": DATASET,
-            "task": TASK,
-            "split": split,
-            "lang": "en",
-            "image": image,
-            "question": text,
-            "answer": None,
-            "answers": None,
-            "ocr_tokens": None,
-        }
+        answers = None  # the test split: questions without answers
         if has_answers:
-            answers = string_list(question, "answers", path, where)
+            answers = list(string_list(question, "answers", path, where))
             if not answers:
                 raise AnnotationError(f"{path}: {where}: field 'answers' is an empty list; expected the human answers")
-            record["answers"] = list(answers)
-            record["answer"] = most_common_answer(answers)
-        record["ocr_tokens"] = ocr_of(ocr_tokens, image_id, ocr_path, path, where)
-        records.append(record)
+        records.append(canonical_record(
+            TASK, id=record_id(DATASET, split, question_id), dataset=DATASET, split=split, lang="en", image=image,
+            question=text, answer=most_common_answer(answers) if answers else None, answers=answers,
+            ocr_tokens=ocr_of(ocr_tokens, image_id, ocr_path, path, where),
+        ))
     return records

@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, image_entry, load_annotation_json
 
@@ -124,23 +125,12 @@ def read_visdial(
                         )
 
             records.append(
-                {
-                    "id": f"{DATASET}:{split}:{image_id}_{r + 1}",
-                    "dataset": DATASET,
-                    "task": TASK,
-                    "split": split,
-                    "lang": "en",
-                    "image": dict(image),
-                    "image_id": image_id,
-                    "round": r + 1,
-                    "caption": caption,
-                    "history": [dict(h) for h in history],
-                    "question": question,
-                    "answer": answer,
-                    "answers": [answer] if answer is not None else None,
-                    "choices": choices,
-                    "answer_index": answer_index,
-                }
+                canonical_record(
+                    TASK, id=record_id(DATASET, split, f"{image_id}_{r + 1}"), dataset=DATASET, split=split,
+                    lang="en", image=dict(image), image_id=image_id, round=r + 1, caption=caption,
+                    history=[dict(h) for h in history], question=question, answer=answer,
+                    answers=[answer] if answer is not None else None, choices=choices, answer_index=answer_index,
+                )
             )
             history.append({"question": question, "answer": answer})
     log.info("visdial %s: %d dialogs, %d rounds", split, len(dialogs), len(records))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, image_entry, load_annotation_list, most_common_answer
 
@@ -34,19 +35,7 @@ def read_vizwiz(annotation_file: str | os.PathLike, image_root: str | os.PathLik
         text = field(row, "question", str, path, where)
         image = image_entry(root / image_name, path, where, f"field 'image' names {image_name!r}")
 
-        record = {
-            "id": f"{DATASET}:{split}:{Path(image_name).stem}",
-            "dataset": DATASET,
-            "task": TASK,
-            "split": split,
-            "lang": "en",
-            "image": image,
-            "question": text,
-            "answer": None,
-            "answers": None,
-            "answer_type": None,
-            "answerable": None,
-        }
+        answered = dict.fromkeys(("answer", "answers", "answer_type", "answerable"))  # None on the test split
         if has_answers:
             answers = [
                 field(answer, "answer", str, path, f"{where}.answers[{n}]")
@@ -57,11 +46,14 @@ def read_vizwiz(annotation_file: str | os.PathLike, image_root: str | os.PathLik
             answerable = field(row, "answerable", int, path, where)
             if answerable not in (0, 1):
                 raise AnnotationError(f"{path}: {where}: field 'answerable' is {answerable}; expected 0 or 1")
-            record.update(
+            answered.update(
                 answer=most_common_answer(answers),
                 answers=answers,
                 answer_type=field(row, "answer_type", str, path, where),
                 answerable=bool(answerable),
             )
-        records.append(record)
+        records.append(canonical_record(
+            TASK, id=record_id(DATASET, split, Path(image_name).stem), dataset=DATASET, split=split, lang="en",
+            image=image, question=text, **answered,
+        ))
     return records

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import msgspec
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import columns, decode_typed, field, first_repeat, image_entry, load_annotation_json, strings_of_each
 
@@ -148,9 +149,9 @@ def join_questions(
         rows = _answer_rows_of(questions_path, question_ids, image_ids, answers, answers_path)
         answer_columns = [[answers[1][name][row] for row in rows] for name in ANSWER_COLUMNS]
     return [
-        {"id": f"{dataset}:{split}:{question_id}", "dataset": dataset, "task": task, "split": split, "lang": "en",
-         "image": dict(images[image_id]), "question": text,
-         "answer": answer, "answers": human_answers, "answer_type": answer_type, "question_type": question_type}
+        canonical_record(task, id=record_id(dataset, split, question_id), dataset=dataset, split=split, lang="en",
+                         image=dict(images[image_id]), question=text, answer=answer, answers=human_answers,
+                         answer_type=answer_type, question_type=question_type)
         for question_id, image_id, text, answer, human_answers, answer_type, question_type
         in zip(question_ids, image_ids, questions["question"], *answer_columns)
     ]

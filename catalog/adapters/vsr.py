@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, image_size, load_annotation_jsonl
 
@@ -54,20 +55,16 @@ def read_vsr(annotation_file: str | os.PathLike, image_root: str | os.PathLike, 
                 raise AnnotationError(f"{path}: {where}: {image_path} is not a readable image ({error})") from error
         width, height = images[image_path]
         records.append(
-            {
-                "id": f"{DATASET}:{split}:{number}",
-                "dataset": DATASET,
-                "task": TASK,
-                "split": split,
-                "lang": "en",
-                "image": {"path": str(image_path), "width": width, "height": height},
-                "caption": caption.strip(),
-                "label": label,
-                "answer": ANSWERS[label],
-                "relation": relation,
+            canonical_record(
+                TASK, id=record_id(DATASET, split, number), dataset=DATASET, split=split, lang="en",
+                image={"path": str(image_path), "width": width, "height": height},
+                caption=caption.strip(),
+                label=label,
+                answer=ANSWERS[label],
+                relation=relation,
                 # subj/obj are in the current files but not in the README's example.
-                "subj": row.get("subj"),
-                "obj": row.get("obj"),
-            }
+                subj=row.get("subj"),
+                obj=row.get("obj"),
+            )
         )
     return records

@@ -6,6 +6,7 @@ import os
 import posixpath
 from pathlib import Path
 
+from ..records import canonical_record, record_id
 from . import AnnotationError
 from .fields import field, image_entry, load_annotation_list
 
@@ -72,14 +73,10 @@ def read_web_capfilt(
         relative = _relative_image_path(image, strip_prefix, root, path, where)
         named = f"field 'image' is {image!r} (image_root/{relative}; check image_root and strip_prefix)"
         records.append(
-            {
-                "id": f"{DATASET}:{split}:{index}",
-                "dataset": DATASET,
-                "task": TASK,
-                "split": split,
-                "lang": "en",
-                "image": image_entry(root / relative, path, where, named),
-                "caption": caption.strip(),
-            }
+            canonical_record(
+                TASK, id=record_id(DATASET, split, index), dataset=DATASET, split=split, lang="en",
+                image=image_entry(root / relative, path, where, named),
+                caption=caption.strip(),
+            )
         )
     return records
