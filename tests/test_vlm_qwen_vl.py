@@ -173,3 +173,17 @@ def test_the_published_preset_has_qwen_vls_vit_shape():
     assert preset.vision_kind == "qwen_vl" and not preset.keep_cls
     assert preset.vision == dict(hidden_size=1664, intermediate_size=int(1664 * 4.9231), num_hidden_layers=48,
                                  num_attention_heads=16, image_size=448, patch_size=14)
+
+
+def test_train_init_vision_starts_the_tower_from_a_published_qwen_vl_folder(tmp_path):
+    from vlm.checkpoint import init_from_pretrained
+
+    model = vlm.build("qwen-vl", size="tiny", vocab_size=256, image_token_id=5)
+    tower = model.preset.vision  # the tiny tower's shape, written as Qwen-VL's config.json spells it
+    config = dict(CONFIG, visual=dict(CONFIG["visual"], width=tower["hidden_size"], heads=tower["num_attention_heads"],
+                                      layers=tower["num_hidden_layers"], patch_size=tower["patch_size"],
+                                      mlp_ratio=tower["intermediate_size"] / tower["hidden_size"]))
+    state = published_state_dict(config)
+    init_from_pretrained(model, vision=write_published(tmp_path, config, state), log=lambda *_: None)
+    ours = model.vision_tower.state_dict()
+    assert all(torch.equal(tensor, state["transformer.visual." + name]) for name, tensor in ours.items())
