@@ -108,6 +108,14 @@ def test_frames_written_before_are_reused_without_decoding(world, tmp_path, monk
     assert not list(tmp_path.rglob(".*.tmp-*"))
 
 
+def test_a_frame_that_cannot_be_written_leaves_no_temporary_file_and_no_sidecar(world, tmp_path):
+    frames = tmp_path / "frames"
+    (frames / "2.jpg").mkdir(parents=True)  # a folder where the third frame goes: its rename fails
+    with pytest.raises(IsADirectoryError):
+        sample_frames(world / "msrvtt_qa" / "video" / "video0.mp4", frames, frames=4)
+    assert sorted(p.name for p in frames.iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]  # no .2.jpg.tmp-*, no sampling.json
+
+
 def test_a_changed_video_or_frame_count_is_sampled_again(world, tmp_path):
     source = world / "msrvtt_qa" / "video" / "video1.mp4"
     video = tmp_path / "video1.mp4"
