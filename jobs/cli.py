@@ -125,7 +125,7 @@ def _report(args) -> int:
 def _catalog(args) -> int:
     from catalog.cards import card_kind, card_languages, get_card, load_cards, select_cards
 
-    if args.config:  # the config's own card folders (render.catalog_paths) too
+    if args.config:  # the config's own card folders (catalog.paths) too
         from jobs.template_tools import use_config_folders
 
         use_config_folders(args.config)
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", default="en", help="preview: en or zh (default en)")
     p.add_argument("--chat", default="llava_v1", help="preview: the chat format to lay them out in (templates/chat/)")
     p.add_argument("--config", default=None,
-                   help="read this run config's render.template_paths and render.catalog_paths alongside Loom's "
+                   help="read this run config's templates.paths and catalog.paths alongside Loom's "
                         "templates and cards; preview: draw records from its render.datasets instead of the shapes world")
     p.add_argument("--dataset", default=None, help="preview: with --config, only this card or adapter")
     p.add_argument("--seed", type=int, default=0)
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("catalog", help="list|show the cards: annotated datasets and caption-pair sources")
     p.add_argument("action", choices=["list", "show"])
     p.add_argument("name", nargs="?")
-    p.add_argument("--config", default=None, help="also the cards of this run config's render.catalog_paths")
+    p.add_argument("--config", default=None, help="also the cards of this run config's catalog.paths")
     p.add_argument("--kind", choices=["pairs", "dataset"], default=None,
                    help="list only caption-pair sources (pairs) or annotated datasets (dataset)")
     p.add_argument("--lang", default=None, help="list only cards in this language, e.g. en or zh")
@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from catalog.adapters import AnnotationError
     from catalog.cards import UnknownCardError
+    from catalog.records import RecordError
     from jobs.config import ConfigError
     from jobs.out_lock import OutInUse
     from pipelines.shapes_world import PortInUseError
@@ -302,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"loom: config error: {err}", file=sys.stderr)
         return 2
-    except (UnknownCardError, AnnotationError, TemplateError, PortInUseError, OutInUse, DamagedCheckpoint) as err:
+    except (UnknownCardError, AnnotationError, RecordError, TemplateError, PortInUseError, OutInUse,
+            DamagedCheckpoint) as err:
         print(f"loom: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     except OSError as err:  # a missing file, a full disk, a folder without write permission: say which path

@@ -32,8 +32,10 @@ from pipelines.manifest import (
 
 def ingest_settings(config: dict) -> dict:
     cfg = section(config, "ingest")  # types and ranges: jobs/schema.py
+    from jobs.user_folders import use_user_folders
     from pipelines.ingest.sources import SourceConfigError
 
+    use_user_folders(config, ("catalog",))  # a caption-pair card of the user's names its URL list's columns
     entry_of_prefix: dict[str, int] = {}
     for i, src in enumerate(cfg["sources"]):
         try:

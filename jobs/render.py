@@ -122,21 +122,15 @@ def in_mixture(entry: dict, cfg: dict) -> bool:
     return cfg["mixture"] is not None and entry.get("split", "train") == "train" and entry.get("adapter") != "pairs"
 
 
-def use_user_folders(config: dict) -> dict:
-    """The render section with its template and card folders checked and read alongside Loom's own
-    (render.template_paths, render.catalog_paths): the templates commands and render alike see them."""
-    from catalog.cards import CardError, use_card_folders
-    from templates.library import use_template_folders
+def render_section(config: dict) -> dict:
+    """The render section, with the config's template and card folders (templates.paths, catalog.paths, or
+    their older names render.template_paths, render.catalog_paths) checked and read alongside Loom's own;
+    the section keeps them as template_paths and catalog_paths, which its Ray workers read again."""
+    from jobs.user_folders import use_user_folders
 
     cfg = section(config, "render")
-    for key, use in (("template_paths", use_template_folders), ("catalog_paths", use_card_folders)):
-        folders = cfg[key]
-        require(isinstance(folders, list) and all(isinstance(f, str) and f for f in folders),
-                f"render.{key}: {folders!r}; expected a list of folders")
-        try:
-            use(folders)
-        except (TemplateError, CardError) as err:
-            raise ConfigError(f"render.{key}: {err}") from err
+    folders = use_user_folders(config)
+    cfg["template_paths"], cfg["catalog_paths"] = folders["templates"], folders["catalog"]
     return cfg
 
 
@@ -260,11 +254,11 @@ def _check_brevity(cfg: dict) -> None:
                         f"render.datasets[{i}] ({dataset_name(entry)}): a brevity share of {share:g} for {label} "
                         f"({brevity['from']}), but task {task} has no {label}-worded {lang} templates; set "
                         f"render.brevity.{dataset_name(entry)} (or the entry's brevity) to leave {label} at 0, or "
-                        "add such templates (render.template_paths)")
+                        "add such templates (templates.paths)")
 
 
 def render_settings(config: dict) -> dict:
-    cfg = use_user_folders(config)
+    cfg = render_section(config)
     for i, entry in enumerate(cfg["datasets"]):
         where = f"render.datasets[{i}]"
         if isinstance(entry, dict) and "card" in entry:  # any dataset whose card names an adapter

@@ -259,9 +259,9 @@ class Render(Settings):
                                                    "for short or {short, long}; an entry's own brevity wins; default: "
                                                    "the paper's share for a short-answer card, else 0")
     template_paths: list[Annotated[str, Field(min_length=1)]] = Field(
-        [], description="folders of your own task templates, TASK.yaml each, read alongside Loom's")
+        [], description="the older name of templates.paths, still read")
     catalog_paths: list[Annotated[str, Field(min_length=1)]] = Field(
-        [], description="folders of your own dataset cards, NAME.yaml each, read alongside Loom's")
+        [], description="the older name of catalog.paths, still read")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,6 +447,28 @@ class Train(Settings):
 
 
 # ---------------------------------------------------------------------------------------------
+# templates, catalog: your own folders, read by every command (jobs/user_folders.py)
+# ---------------------------------------------------------------------------------------------
+
+Folders = list[Annotated[str, Field(min_length=1)]]
+
+
+class Templates(Settings):
+    """Your own instruction templates, read alongside Loom's by render, `loom templates` and their checks."""
+
+    paths: Folders = Field([], description="folders of task files, TASK.yaml each in the format of templates/tasks/: "
+                                           "a task's templates in your wording or language")
+
+
+class Catalog(Settings):
+    """Your own cards, read alongside Loom's by render, ingest and `loom catalog`."""
+
+    paths: Folders = Field([], description="folders of cards, NAME.yaml each in the format of catalog/cards/: a "
+                                           "dataset card names the adapter render reads it with, a pairs card the "
+                                           "columns ingest reads its URL lists by")
+
+
+# ---------------------------------------------------------------------------------------------
 # The whole file
 # ---------------------------------------------------------------------------------------------
 
@@ -461,6 +483,8 @@ class RunConfig(Settings):
     render: Render | None = None
     pack: Pack | None = None
     train: Train | None = None
+    templates: Templates | None = None
+    catalog: Catalog | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -471,6 +495,18 @@ class RunConfig(Settings):
             raise KeyedError("evaluate", "not a section of its own; expected under train:, as train.evaluate")
         # a section given with nothing under it (`ingest:`) is the section with its defaults
         return {name: {} if value is None and name in cls.model_fields else value for name, value in raw.items()}
+
+    @model_validator(mode="after")
+    def _folders_named_once(self):
+        for kind, older in (("templates", "template_paths"), ("catalog", "catalog_paths")):
+            top, render = getattr(self, kind), self.render
+            if top is None or render is None or older not in render.model_fields_set:
+                continue
+            if "paths" in top.model_fields_set and getattr(render, older) != top.paths:
+                raise KeyedError(f"render.{older}", f"{getattr(render, older)} differs from {kind}.paths {top.paths}; "
+                                                    f"expected the folders once, as {kind}.paths (render.{older} is "
+                                                    "its older name)")
+        return self
 
 
 SECTIONS = tuple(RunConfig.model_fields)

@@ -85,10 +85,10 @@ def print_preview(task: str, lang: str, count: int, seed: int, chat: str, config
 
 
 def use_config_folders(config: str | None) -> None:
-    """With --config: the run config's own template and card folders (render.template_paths,
-    render.catalog_paths) are read alongside Loom's, as `loom render` reads them."""
+    """With --config: the run config's own template and card folders (templates.paths, catalog.paths) are
+    read alongside Loom's, as `loom render` reads them."""
     if config:
-        from jobs.render import use_user_folders
+        from jobs.user_folders import use_user_folders
 
         use_user_folders(load_config(config, tempfile.gettempdir()))
 
@@ -145,7 +145,7 @@ def _words(prompt: str) -> list[str]:
 
 
 def lint_templates(log=print, config: str | None = None) -> list[str]:
-    """Every problem with the task templates (Loom's, and with `config` its render.template_paths'), as
+    """Every problem with the task templates (Loom's, and with `config` its templates.paths'), as
     lines naming the task, template and dataset.
 
     Each task of the catalog has 10-15 short and open templates per language that render may draw (and
@@ -163,7 +163,8 @@ def lint_templates(log=print, config: str | None = None) -> list[str]:
     from catalog.cards import TASKS, load_cards, select_cards
     from pipelines.render import render_record
     from pipelines.shapes_world.formats.samples import SAMPLES, sample_records
-    from templates.library import CONVERSATION_TASKS, TemplateError, TemplateRefused, load_task_templates
+    from templates.library import (CONVERSATION_TASKS, TemplateError, TemplateRefused, load_task_templates,
+                                   task_files, task_names)
 
     use_config_folders(config)
     problems: list[str] = []
@@ -192,6 +193,7 @@ def lint_templates(log=print, config: str | None = None) -> list[str]:
                 problems.append(f"{task}: {err}")
                 continue
             problems += _lint_wording(task, templates, cards, datasets[task])
+            problems += _lint_fields(templates, (task,))
             rendered = {t.id: [] for t in templates}  # the datasets each template renders
             first_error = {}
             for name, records in samples.items():
@@ -225,6 +227,37 @@ def lint_templates(log=print, config: str | None = None) -> list[str]:
             langs = sorted({t.lang for t in templates})
             log(f"{task}: {len(templates)} templates ({', '.join(langs)}; {sum(not t.draw for t in templates)} "
                 f"pinned for evaluation), rendered on {', '.join(samples) or 'no dataset'}")
+    problems += [f"{task}: templates for a task no record has ({', '.join(map(str, task_files(task)))}); tasks: "
+                 f"{', '.join(TASKS)}" for task in task_names() if task not in TASKS]
+    problems += _lint_set_fields()
+    return problems
+
+
+def _lint_fields(templates, tasks: tuple[str, ...], where: str = "") -> list[str]:
+    """A template that prints a field no record of its task(s) has (catalog/records.py's TASK_FIELDS):
+    it would fail on every record, or print nothing where render fills the field in empty."""
+    from catalog.records import template_fields
+
+    allowed = list(dict.fromkeys(name for task in tasks for name in template_fields(task)))
+    return [f"{where or tasks[0]}: template {t.id} uses field(s) {', '.join(sorted(set(t.fields) - set(allowed)))} "
+            f"that a {' or '.join(tasks)} record does not have; its fields: {', '.join(allowed)}"
+            for t in templates if set(t.fields) - set(allowed)]
+
+
+def _lint_set_fields() -> list[str]:
+    """`_lint_fields` for the named template sets: a set's file serves every task it covers, so its templates
+    may print a field any one of them has."""
+    from templates.library import DEFAULT_SET, set_templates, template_set, template_sets
+
+    problems = []
+    for name in template_sets():
+        if name == DEFAULT_SET:
+            continue
+        served: dict[str, list[str]] = {}
+        for task, file in template_set(name)["covers"].items():
+            served.setdefault(file, []).append(task)
+        for file, tasks in served.items():
+            problems += _lint_fields(set_templates(name, tasks[0]), tuple(tasks), f"template set {name} ({file})")
     return problems
 
 

@@ -85,6 +85,11 @@ class InstructionTemplate:
     response: str
     draw: bool = True  # False: an evaluation prompt, used only where a config pins it by id
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The record fields the prompt and response read (`loom templates lint` checks them against the task's)."""
+        return _compiled(self.prompt, self.response)[1]
+
     def render(self, record: dict) -> list[dict]:
         """The conversation for one record: a user turn (with `<image>`) and an assistant turn."""
         fields = {**dict.fromkeys(OPTIONAL_FIELDS), **record}
@@ -127,7 +132,7 @@ class InstructionTemplate:
         return TemplateRefused(f"template {self.id}, record {record.get('id')}: {detail}{hint}", reason)
 
 
-# the user's own template folders (render.template_paths), read alongside TASKS_DIR: `use_template_folders`
+# the user's own template folders (a config's templates.paths), read alongside TASKS_DIR: `use_template_folders`
 _user_folders: tuple[Path, ...] = ()
 
 
@@ -298,7 +303,7 @@ def choose_template(task: str, lang: str, record_id: str, seed: int, set_name: s
     if not pool:
         wording = f"{brevity}-worded " if brevity else ""
         fix = (f"; set this dataset's brevity share for {brevity} to 0 (render.brevity), or add such templates "
-               "(render.template_paths)") if brevity else ""
+               "(templates.paths)") if brevity else ""
         raise TemplateError(f"no {wording}{lang!r} templates for task {task!r}{fix}")
     digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
     return pool[int.from_bytes(digest[:8], "big") % len(pool)]

@@ -1,6 +1,7 @@
-"""Your own templates and cards: folders named by render.template_paths and render.catalog_paths are read
-alongside Loom's by `loom render` and by `loom templates lint|stats|preview` and `loom catalog list`; an id
-or a name that is already taken is refused naming both files."""
+"""Your own templates and cards: folders named by templates.paths and catalog.paths (or their older names
+render.template_paths and render.catalog_paths) are read alongside Loom's by `loom render` and its Ray
+workers, `loom ingest`, `loom templates lint|stats|preview` and `loom catalog list`; an id or a name that
+is already taken is refused naming both files."""
 from __future__ import annotations
 
 import json
@@ -59,14 +60,16 @@ def card_folder(folder, name="vqa_zh_mine", lang="zh"):
     return folder
 
 
-def write_config(path, datasets, **render):
-    path.write_text(json.dumps({"render": {"ray": "never", "datasets": datasets, **render}}), encoding="utf-8")
+def write_config(path, datasets, sections=None, **render):
+    """A render config; `sections` adds top-level ones (templates:, catalog:)."""
+    config = {"render": {"ray": "never", "datasets": datasets, **render}, **(sections or {})}
+    path.write_text(json.dumps(config), encoding="utf-8")
     return str(path)
 
 
-def refusal(tmp_path, capsys, datasets, **render) -> str:
+def refusal(tmp_path, capsys, datasets, sections=None, **render) -> str:
     """What `loom render` says on stderr when it refuses the config (exit 2) before any work."""
-    config = write_config(tmp_path / "render.yaml", datasets, **render)
+    config = write_config(tmp_path / "render.yaml", datasets, sections, **render)
     assert main(["render", config, "--out", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run" / "render").exists()
     return capsys.readouterr().err
@@ -158,10 +161,93 @@ def test_a_malformed_card_of_your_own_is_named_before_any_work(vqav2, tmp_path, 
 def test_ray_workers_read_the_same_folders_as_a_render_here(vqav2, tmp_path):
     from jobs.render import run_render
 
-    settings = {"datasets": [{**vqav2, "lang": "fr"}, {**vqav2, "card": "vqa_zh_mine"}], "part_records": 5,
-                "template_paths": [str(french(tmp_path / "mine"))], "catalog_paths": [str(card_folder(tmp_path / "cards"))]}
-    here = run_render({"render": {**settings, "ray": "never"}}, tmp_path / "here", log=lambda *_: None)
-    on_ray = run_render({"render": {**settings, "ray": "always"}}, tmp_path / "ray", log=lambda *_: None)
+    settings = {"datasets": [{**vqav2, "lang": "fr"}, {**vqav2, "card": "vqa_zh_mine"}], "part_records": 5}
+    folders = {"templates": {"paths": [str(french(tmp_path / "mine"))]},
+               "catalog": {"paths": [str(card_folder(tmp_path / "cards"))]}}
+    here = run_render({"render": {**settings, "ray": "never"}, **folders}, tmp_path / "here", log=lambda *_: None)
+    on_ray = run_render({"render": {**settings, "ray": "always"}, **folders}, tmp_path / "ray", log=lambda *_: None)
     assert on_ray["on_ray"] and on_ray["files"] == here["files"]
     assert rows_of(tmp_path / "ray")[1] == rows_of(tmp_path / "here")[1]
     assert {r["template_id"].rsplit("_", 1)[0] for r in rows_of(tmp_path / "ray")[1]} == {"mine_fr", "vqa_zh"}
+
+
+# ---------------------------------------------------------------- templates.paths and catalog.paths
+
+
+def test_top_level_templates_and_catalog_paths_are_what_render_reads(vqav2, tmp_path, capsys):
+    sections = {"templates": {"paths": [str(french(tmp_path / "mine"))]},
+                "catalog": {"paths": [str(card_folder(tmp_path / "cards"))]}}
+    config = write_config(tmp_path / "render.yaml", [{**vqav2, "lang": "fr"}, {**vqav2, "card": "vqa_zh_mine"}],
+                          sections)
+    assert main(["render", config, "--out", str(tmp_path / "run")]) == 0
+    _, rows = rows_of(tmp_path / "run")
+    assert {(r["lang"], r["template_id"].rsplit("_", 1)[0]) for r in rows} == {("fr", "mine_fr"), ("zh", "vqa_zh")}
+    assert main(["catalog", "list", "--config", config, "--lang", "zh", "--kind", "dataset"]) == 0
+    assert "vqa_zh_mine" in capsys.readouterr().out
+
+
+def test_the_older_and_the_top_level_name_given_different_folders_are_refused(vqav2, tmp_path, capsys):
+    mine, other = french(tmp_path / "mine"), french(tmp_path / "other")
+    err = refusal(tmp_path, capsys, [vqav2], {"templates": {"paths": [str(mine)]}}, template_paths=[str(other)])
+    assert err == (f"loom: config error: render.template_paths: ['{other}'] differs from templates.paths ['{mine}']; "
+                   "expected the folders once, as templates.paths (render.template_paths is its older name)\n")
+
+
+def test_the_same_folders_under_both_names_are_read_once(vqav2, tmp_path):
+    mine = str(french(tmp_path / "mine"))
+    config = write_config(tmp_path / "render.yaml", [{**vqav2, "lang": "fr"}], {"templates": {"paths": [mine]}},
+                          template_paths=[mine])
+    assert main(["render", config, "--out", str(tmp_path / "run")]) == 0
+
+
+def test_a_folder_list_that_is_not_a_list_is_one_schema_line(vqav2, tmp_path, capsys):
+    err = refusal(tmp_path, capsys, [vqav2], {"catalog": {"paths": str(tmp_path)}})
+    assert err.startswith("loom: config error: catalog.paths: ") and "expected a list" in err and err.count("\n") == 1
+
+
+def test_a_missing_folder_is_named_under_the_key_the_config_gives(vqav2, tmp_path, capsys):
+    err = refusal(tmp_path, capsys, [vqav2], {"templates": {"paths": [str(tmp_path / "nowhere")]}})
+    assert err.startswith(f"loom: config error: templates.paths: template folder {tmp_path / 'nowhere'}: no such folder")
+
+
+def pairs_card_folder(folder, name="our_alt_texts"):
+    """A folder holding the user's caption-pair card: their URL lists' own column names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.yaml").write_text(textwrap.dedent(f"""\
+        name: {name}
+        title: Our crawl's alt texts
+        kind: pairs
+        lang: en
+        size: {{pairs: 3}}
+        default_layout: ours
+        layouts:
+          ours: {{where: our crawler, format: parquet, url_col: image_link, caption_col: alt}}
+        license: internal
+        citation: none
+        sources: [{{fact: the crawler writes image_link and alt, read_at: our wiki}}]
+        """), encoding="utf-8")
+    return folder
+
+
+def test_ingest_reads_a_url_list_through_a_caption_pair_card_of_your_own(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.config import load_config
+    from jobs.ingest import ingest_settings
+    from pipelines.ingest.sources import Source, read_source
+
+    urls = tmp_path / "crawl.parquet"
+    pq.write_table(pa.table({"image_link": ["http://127.0.0.1:1/a.jpg", "http://127.0.0.1:1/b.jpg"],
+                             "alt": ["a red circle", "two blue squares"]}), urls)
+    config = tmp_path / "ingest.yaml"
+    config.write_text(json.dumps({"ingest": {"sources": [{"card": "our_alt_texts", "path": str(urls)}]},
+                                  "catalog": {"paths": [str(pairs_card_folder(tmp_path / "cards"))]}}))
+    assert main(["config", "check", str(config)]) == 0
+    cfg = ingest_settings(load_config(str(config), str(tmp_path / "run")))
+    [source] = Source.from_config(cfg["sources"][0])
+    assert read_source(source).column("caption").to_pylist() == ["a red circle", "two blue squares"]
+    use_card_folders([])
+    config.write_text(json.dumps({"ingest": {"sources": [{"card": "our_alt_texts", "path": str(urls)}]}}))
+    assert main(["config", "check", str(config)]) == 2
+    assert "ingest.sources[0].card: 'our_alt_texts' is not a card" in capsys.readouterr().err
