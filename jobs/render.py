@@ -145,6 +145,12 @@ def dataset_name(entry: dict) -> str:
     return entry["adapter"]
 
 
+# entry keys whose value may name a folder that holds no image a record points into: a table or a saved
+# datasets folder, a dataset repository read by name, and the records' dataset name (a folder of that name
+# in the working directory is no image root)
+NOT_IMAGE_FOLDERS = {"path", "hub", "name"}
+
+
 def image_roots(cfg: dict) -> dict[str, str]:
     """The image folders the entries read (every value naming a folder: `images`, `image_root`, a card's
     image directory), each under a name their records' references use ({root: NAME, path: relative}): the
@@ -155,7 +161,7 @@ def image_roots(cfg: dict) -> dict[str, str]:
         if entry.get("adapter") == "pairs":  # ingest's shards: inside the run folder, or absolute
             continue
         folders = [(key, value) for key, value in entry.items()
-                   if key != "path" and isinstance(value, str) and Path(value).is_dir()]
+                   if key not in NOT_IMAGE_FOLDERS and isinstance(value, str) and Path(value).is_dir()]
         for n, (key, folder) in enumerate(folders):
             folder = str(Path(folder).resolve())
             name = dataset_name(entry) if n == 0 else f"{dataset_name(entry)}.{key}"
@@ -364,6 +370,11 @@ def _source(entry: dict) -> str:
     return entry.get("card") or entry["adapter"]
 
 
+def _shown(entry: dict) -> str:
+    """An entry as the log names it: its card or adapter, and a generic entry's dataset name."""
+    return f"generic {dataset_name(entry)}" if entry.get("adapter") == "generic" else _source(entry)
+
+
 def _stem(i: int, entry: dict) -> str:
     """The name every file of entry `i` starts with: `03-vqav2-val`."""
     return f"{i:02d}-{_source(entry)}-{entry.get('split', 'train')}"
@@ -493,7 +504,7 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
         for reason, count in dropped.items():
             record.drop(reason, count)
         refused = "; dropped " + ", ".join(f"{n} as {reason}" for reason, n in sorted(dropped.items())) if dropped else ""
-        log(f"render: {_source(entry)} ({entry.get('split', 'train')}): {rows} instruction records{refused}")
+        log(f"render: {_shown(entry)} ({entry.get('split', 'train')}): {rows} instruction records{refused}")
     record.extra.update(files=files, datasets=per_dataset, templates=dict(sorted(templates_used.items())),
                         brevity=brevity_report, phase_seconds=phases, on_ray=on_ray)
     log("render: brevity-worded " + ", ".join(f"{b['dataset']} {b['short']}/{b['records']}"
@@ -550,7 +561,7 @@ def _pairs_part_calls(i: int, entry: dict, plan: list, cfg: dict, folder: str) -
 def _log_part(log, entry: dict, done: int, summary: dict, parts: int) -> None:
     if parts > 1:
         kept = " (written by an earlier run; kept)" if summary["kept"] else ""
-        log(f"render: {_source(entry)} ({entry.get('split', 'train')}): part {done}/{parts}{kept}")
+        log(f"render: {_shown(entry)} ({entry.get('split', 'train')}): part {done}/{parts}{kept}")
 
 
 def _pairs_result(plan: list, names: list[str], summaries: list[dict]) -> dict:

@@ -125,6 +125,19 @@ def test_loom_render_renders_a_users_jsonl_and_datasets_folder(tmp_path, images,
     assert "loom: " not in capsys.readouterr().err
 
 
+def test_only_an_image_folder_is_an_image_root_not_a_table_a_repository_or_a_folder_named_like_the_dataset(
+        tmp_path, images, monkeypatch):
+    from jobs.render import image_roots
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("hf", "repo", "mine"):  # `mine` is also the first entry's dataset name
+        (tmp_path / folder).mkdir()
+    entries = [{"adapter": "generic", "path": str(tmp_path / "hf"), "task": "captioning", "name": "mine",
+                "image_root": str(images)},
+               {"adapter": "generic", "hub": str(tmp_path / "repo"), "task": "vqa", "name": "mine"}]
+    assert image_roots({"datasets": entries}) == {"mine": str(images)}
+
+
 def jpeg(colour: str, size=(40, 30)) -> bytes:
     import io
 
