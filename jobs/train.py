@@ -1,15 +1,14 @@
 """`loom train`: packed sequences → a model trained through its preset's stages, then evaluated."""
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 from pathlib import Path
 
 from jobs.config import ConfigError, require, section
+from jobs.evaluate import evaluate_captions, evaluate_vqa
 from pipelines.manifest import StageRecord, is_complete, manifest_hash, read_manifest, start_or_resume
 from pipelines.pack_window import packed_shards
-from pipelines.render import read_render_output
 from pipelines.tokenize import Encoder, load_tokenizer
 from templates.chat import get_chat_format
 
@@ -195,26 +194,30 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
             record.rows_in += summaries[-1]["steps"] * cfg["batch_size"] * cfg["grad_accum"] * cfg["workers"]
             previous = str(stage_dir / stage.name)
             if k < len(stages) - 1:  # held-out accuracy after every stage (the last one's is below)
-                evaluated = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir,
-                                         image_size=stage.image_size, image_roots=cfg["image_roots"])
-                summaries[-1]["accuracy"] = evaluated["accuracy"] if evaluated else None
-                summaries[-1]["cider"] = _caption_score(model, preset, encoder, Path(out), cfg, log, qformer_dir,
-                                                        stage.image_size)
+                _evaluate_stage(model, preset, encoder, stage, summaries[-1], Path(out), cfg, qformer_dir, log)
     model = load_model(previous, device=cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
-    image_size = stages[-1].image_size  # the model is scored at the resolution it last trained at
-    evaluation = evaluate_vqa(model, preset, encoder, Path(out) / "render", cfg["evaluate"], log, qformer_dir,
-                              image_size=image_size, image_roots=cfg["image_roots"])
-    summaries[-1]["accuracy"] = evaluation["accuracy"] if evaluation else None
-    captions = None
-    if cfg["evaluate"]["captions"]:
-        captions = evaluate_captions(model, preset, encoder, Path(out) / "render", cfg["evaluate"]["captions"], log,
-                                     qformer_dir, image_size=image_size, image_roots=cfg["image_roots"])
-        summaries[-1]["cider"] = captions["cider"] if captions else None
-    if evaluation is not None and captions is not None:
-        evaluation["captions"] = captions
+    # the model is scored at the resolution it last trained at
+    evaluation = _evaluate_stage(model, preset, encoder, stages[-1], summaries[-1], Path(out), cfg, qformer_dir, log)
     record.rows_out = record.rows_in  # training drops nothing; the evaluation reports its own count
     record.extra.update(preset=preset.name, stages=summaries, evaluation=evaluation, workers=cfg["workers"])
     return record.finish(stage_dir)
+
+
+def _evaluate_stage(model, preset, encoder: Encoder, stage, summary: dict, out: Path, cfg: dict, qformer_dir: Path,
+                    log) -> dict | None:
+    """A trained stage's held-out VQA (its predictions.parquet and TensorBoard scalars in the stage's folder) and
+    captions, where asked; their figures go into its `summary`. The VQA result, the captions' inside it."""
+    settings, render = cfg["evaluate"], out / "render"
+    evaluation = evaluate_vqa(model, preset, encoder, render, settings, log, qformer_dir, stage.image_size,
+                              cfg["image_roots"], stage_dir=out / "train" / stage.name, step=summary["steps"])
+    summary["accuracy"] = evaluation["accuracy"] if evaluation else None
+    if settings["captions"]:
+        captions = evaluate_captions(model, preset, encoder, render, settings["captions"], log, qformer_dir,
+                                     stage.image_size, cfg["image_roots"])
+        summary["cider"] = captions["cider"] if captions else None
+        if evaluation is not None and captions is not None:
+            evaluation["captions"] = captions
+    return evaluation
 
 
 def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previous: str | None, ray, log) -> dict:
@@ -240,156 +243,6 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
         f"loss {curve[0][1]:.3f} → {curve[-1][1]:.3f}")
     return {**summary, "name": stage.name, "trainable": list(stage.trainable), "data": stage.data,
             "steps": len(curve), "final_loss": curve[-1][1] if curve else float("nan"), "loss_curve": curve}
-
-
-def render_images(render_dir: Path, image_roots: dict | None) -> dict:
-    """Where a render output's image references lead (ImageProcessor's root and roots): run-relative ones
-    from the run folder above it, {root, path} ones from its manifest's image_roots, `image_roots` over them."""
-    from vlm.data import run_roots
-
-    run_folder = Path(render_dir).resolve().parent  # where the render lives, as pack records it
-    return {"root": run_folder, "roots": run_roots(run_folder, read_manifest(render_dir) or {}, image_roots)}
-
-
-def _generate_answers(model, preset, encoder: Encoder, items: list[dict], batch_size: int, max_new_tokens: int,
-                      qformer_dir: Path | None, image_size: int | None = None,
-                      images: dict | None = None) -> list[str]:
-    """Greedy continuations of each record's first user turn (its one image, at `image_size` where a stage
-    trained at its own resolution, read from where `images` says: `render_images`), decoded to text."""
-    from vlm.evaluate import generate
-    from vlm.images import ImageProcessor
-
-    processor = ImageProcessor(preset, image_size=image_size, **(images or {}))
-    instructions = None
-    if preset.qformer_text == "instruction":  # InstructBLIP: the question in the Q-Former's vocabulary too
-        from pipelines.qformer_text import QFormerInstructions
-
-        instructions = QFormerInstructions(str(qformer_dir), min(128, preset.connector_config.get("max_position_embeddings", 512)))
-    model.eval()
-    device = next(model.parameters()).device
-    predictions: list[str] = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start:start + batch_size]
-        prompts = [encoder.encode_prompt([r["messages"][0]], task=r["task"], images=r["images"][:1]).tolist()
-                   for r in batch]
-        pixels, image_inputs = _image_inputs(preset, processor, [r["images"][0] for r in batch], instructions,
-                                             [r["messages"][0] for r in batch])
-        outputs = generate(model, prompts, pixels.to(device), encoder.stop_id, model.pad_token_id, max_new_tokens,
-                           **{k: v.to(device) for k, v in image_inputs.items()})
-        predictions += [encoder.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
-    return predictions
-
-
-def evaluate_captions(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print,
-                      qformer_dir: Path | None = None, image_size: int | None = None,
-                      image_roots: dict | None = None) -> dict | None:
-    """Greedy captions of held-out images, scored by CIDEr-D against every reference caption of the image."""
-    from vlm.evaluate import cider_d
-
-    records = read_render_output(render_dir, split=settings["split"], datasets=settings["datasets"],
-                                 task="captioning") or []
-    by_image: dict[str, list[dict]] = collections.defaultdict(list)  # COCO has several captions per image
-    for r in records:
-        by_image[r["images"][0]["path"] or r["images"][0]["key"]].append(r)
-    items = [group[0] for group in by_image.values()][: settings["limit"]]
-    if not items:
-        log(f"train: no held-out captions to evaluate (render a split {settings['split']!r} of {settings['datasets']})")
-        return None
-    predictions = _generate_answers(model, preset, encoder, items, settings["batch_size"],
-                                    settings["max_new_tokens"], qformer_dir, image_size,
-                                    render_images(render_dir, image_roots))
-    references = [[g["messages"][1]["content"] for g in by_image[k]] for k in list(by_image)[:len(items)]]
-    result = {"images": len(items), "cider": cider_d(predictions, references),
-              "examples": [{"caption": p, "references": refs[:3]} for p, refs in list(zip(predictions, references))[:6]]}
-    log(f"evaluate: held-out captions CIDEr-D {result['cider']:.3f} on {len(items)} images")
-    return result
-
-
-def _image_inputs(preset, processor, images: list[dict], instructions, questions: list[dict]) -> tuple:
-    """(pixel_values, other image inputs) of one image per question, as the preset's model reads them."""
-    import torch
-
-    inputs = {}
-    if preset.vision_kind == "qwen2_vl":  # native resolution: patches and their grids
-        from vlm.qwen2_vl import patchify
-
-        pixels, inputs["image_grid_thw"] = patchify([processor.native(image) for image in images],
-                                                    patch_size=preset.patch_size,
-                                                    merge_size=preset.vision.get("spatial_merge_size", 2))
-    else:
-        pixels = processor.stack(images)
-    if instructions is not None:
-        from pipelines.qformer_text import qformer_text as _qformer_text
-
-        ids = [instructions(_qformer_text([message], "instruction")) for message in questions]
-        width = max(len(row) for row in ids)
-        inputs["qformer_input_ids"] = torch.tensor([row + [instructions.pad] * (width - len(row)) for row in ids])
-        inputs["qformer_attention_mask"] = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
-    return pixels, inputs
-
-
-def _caption_score(model, preset, encoder, out: Path, cfg: dict, log, qformer_dir, image_size=None) -> float | None:
-    if not cfg["evaluate"]["captions"]:
-        return None
-    captions = evaluate_captions(model, preset, encoder, out / "render", cfg["evaluate"]["captions"], log, qformer_dir,
-                                 image_size, cfg["image_roots"])
-    return captions["cider"] if captions else None
-
-
-def _vqa_records(render_dir: Path, settings: dict) -> tuple[list[dict], list[dict]]:
-    """(held-out questions to score, training questions for the baselines: their answers and question types),
-    read from the render output with only those rows and columns."""
-    heldout = [r for r in read_render_output(render_dir, split=settings["split"], datasets=settings["datasets"],
-                                             task="vqa") or [] if r["answers"]]
-    train = read_render_output(render_dir, split="train", task="vqa", columns=["messages", "question_type"]) or []
-    return (heldout[: settings["limit"]] if settings["limit"] else heldout), train
-
-
-def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print,
-                 qformer_dir: Path | None = None, image_size: int | None = None,
-                 image_roots: dict | None = None) -> dict | None:
-    """Greedy answers to held-out questions, scored against the majority-answer baselines. `qformer_dir` is
-    the Q-Former's tokenizer the pack stage used (InstructBLIP)."""
-
-    from vlm.evaluate import normalize_answer, vqa_accuracy
-
-    items, train = _vqa_records(render_dir, settings)
-    if not items:
-        log("train: no held-out VQA records to evaluate (render a split "
-            f"{settings['split']!r} of {settings['datasets']}); evaluation skipped")
-        return None
-    predictions = _generate_answers(model, preset, encoder, items, settings["batch_size"], settings["max_new_tokens"],
-                                    qformer_dir, image_size, render_images(render_dir, image_roots))
-    answers = [r["answers"] for r in items]
-    scores = vqa_accuracy(predictions, answers)
-
-    # Baselines a blind model could reach from the training answers alone.
-    overall = collections.Counter(normalize_answer(r["messages"][1]["content"]) for r in train)
-    majority = overall.most_common(1)[0][0]
-    by_type: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for r in train:
-        by_type[r["question_type"]][normalize_answer(r["messages"][1]["content"])] += 1
-    type_prior = [by_type[r["question_type"]].most_common(1)[0][0] if by_type[r["question_type"]] else majority
-                  for r in items]
-    baselines = {
-        "majority_answer": {"answer": majority, "accuracy": vqa_accuracy([majority] * len(items), answers)["exact_match"]},
-        "per_question_type_majority": {"accuracy": vqa_accuracy(type_prior, answers)["exact_match"]},
-    }
-    per_type = collections.defaultdict(list)
-    for r, p in zip(items, predictions):
-        per_type[r["question_type"]].append((p, r["answers"]))
-    by_question_type = {t: {"n": len(v), "accuracy": vqa_accuracy([p for p, _ in v], [a for _, a in v])["exact_match"]}
-                        for t, v in sorted(per_type.items())}
-    result = {
-        "questions": len(items), "accuracy": scores["exact_match"], "vqa_accuracy": scores["vqa"],
-        "baselines": baselines, "by_question_type": by_question_type,
-        "examples": [{"question": r["messages"][0]["content"].split("\n")[1], "prediction": p, "answer": r["answers"][0]}
-                     for r, p in list(zip(items, predictions))[: settings["examples"]]],
-    }
-    log(f"evaluate: held-out VQA accuracy {result['accuracy']:.3f} on {len(items)} questions; majority answer "
-        f"{majority!r} scores {baselines['majority_answer']['accuracy']:.3f}, per-type majority "
-        f"{baselines['per_question_type_majority']['accuracy']:.3f}")
-    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -213,8 +213,8 @@ def test_a_q_former_export_answers_as_looms_evaluation_did(name, exported):
 def test_a_q_former_export_continues_a_prompt_token_for_token_as_loom_does(name, exported):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from jobs.train import _image_inputs
-    from pipelines.qformer_text import QFormerInstructions
+    from pipelines.qformer_text import QFormerInstructions, qformer_text
+    from vlm.evaluate import image_inputs
     from vlm.generate import generate
     from vlm.images import ImageProcessor
 
@@ -227,13 +227,15 @@ def test_a_q_former_export_continues_a_prompt_token_for_token_as_loom_does(name,
         instructions = QFormerInstructions(str(run / "pack" / "qformer_tokenizer"), 64)
     for record in records:
         inputs = hf_inputs(processor, record)
-        pixels, image_inputs = _image_inputs(model.preset, ImageProcessor(model.preset), record["images"][:1],
-                                             instructions, record["messages"][:1])
+        instruction, pad = None, 0
+        if instructions is not None:  # what the Q-Former reads: the instruction alone
+            instruction, pad = [instructions(qformer_text(record["messages"][:1], "instruction"))], instructions.pad
+        pixels, extra = image_inputs(model.preset, ImageProcessor(model.preset), record["images"][:1], instruction, pad)
         assert torch.equal(inputs["pixel_values"], pixels)
         if instructions is not None:  # the Q-Former reads the instruction alone, as in training
-            assert inputs["qformer_input_ids"].tolist() == image_inputs["qformer_input_ids"].tolist()
+            assert inputs["qformer_input_ids"].tolist() == extra["qformer_input_ids"].tolist()
         ours = generate(model, [loom_prompt(encoder, record)], pixels, model.pad_token_id, model.pad_token_id, 8,
-                        **image_inputs)[0]
+                        **extra)[0]
         theirs = hf.generate(**inputs, max_new_tokens=8, eos_token_id=model.pad_token_id)[0].tolist()
         assert continuation(theirs, inputs["input_ids"].shape[1], False) == ours
 
@@ -255,7 +257,7 @@ def qwen2_vl_inputs(out, record, image_token_id):
 def test_qwen2_vl_export_answers_and_continues_as_loom_does_at_native_resolution(exported):
     from transformers import AutoModelForImageTextToText
 
-    from jobs.train import _image_inputs
+    from vlm.evaluate import image_inputs
     from vlm.generate import generate
     from vlm.images import ImageProcessor
 
@@ -267,13 +269,13 @@ def test_qwen2_vl_export_answers_and_continues_as_loom_does_at_native_resolution
     for record in records:
         inputs = qwen2_vl_inputs(out, record, model.image_token_id)
         assert inputs["input_ids"][0].tolist() == loom_prompt(encoder, record)
-        pixels, image_inputs = _image_inputs(model.preset, ImageProcessor(model.preset), record["images"][:1], None, [])
+        pixels, extra = image_inputs(model.preset, ImageProcessor(model.preset), record["images"][:1])
         assert torch.equal(inputs["pixel_values"], pixels)
-        assert torch.equal(inputs["image_grid_thw"], image_inputs["image_grid_thw"])
+        assert torch.equal(inputs["image_grid_thw"], extra["image_grid_thw"])
         length = inputs["input_ids"].shape[1]
         answers.append(hf.generate(**inputs, max_new_tokens=8)[0, length:])
         ours = generate(model, [loom_prompt(encoder, record)], pixels, model.pad_token_id, model.pad_token_id, 8,
-                        **image_inputs)[0]
+                        **extra)[0]
         assert hf.generate(**inputs, max_new_tokens=8, eos_token_id=model.pad_token_id)[0, length:].tolist() == ours
     tokenizer = encoder.tokenizer
     assert [tokenizer.decode(a.tolist(), skip_special_tokens=True).strip() for a in answers] == loom_answers

@@ -1,4 +1,5 @@
-"""Visual question answering with a trained model (greedy or beam search), and VQA accuracy."""
+"""Visual question answering with a trained model: Loom's one answering loop (every preset, batched, greedy or
+beam search), which `loom train`'s held-out evaluation and `answer_questions` both run; VQA accuracy and CIDEr-D."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
 from .generate import generate
 from .images import ImageProcessor
 from .model import VisionLanguageModel
+from .qwen2_vl import patchify
 
-__all__ = ["answer_questions", "generate", "normalize_answer", "vqa_accuracy"]
+__all__ = ["answer_prompts", "answer_questions", "exact_matches", "generate", "image_inputs", "normalize_answer",
+           "vqa_accuracy"]
 
 
 def _prompt_ids(tokenizer, prompt: str, image_token_id: int, visual_tokens: int) -> list[int]:
@@ -33,6 +38,89 @@ def _eos_id(tokenizer) -> int:
     return int(eos)
 
 
+def _visual_tokens(model: VisionLanguageModel, image: Any) -> int:
+    """LLM positions `image` takes: the model's count, or Qwen2-VL's for the image's width and height."""
+    if model.preset.vision_kind != "qwen2_vl":
+        return model.visual_tokens
+    if isinstance(image, dict) and "width" in image and "height" in image:
+        return model.preset.visual_tokens_for(image)
+    if hasattr(image, "size"):  # a PIL image
+        return model.preset.visual_tokens_for({"width": image.size[0], "height": image.size[1]})
+    raise ValueError(f"image {str(image)[:80]}: Qwen2-VL sizes its visual tokens by the image; give a reference "
+                     "with width and height (as a record's images carry) or a PIL image")
+
+
+def image_inputs(preset, processor: ImageProcessor, images: Sequence[Any],
+                 instructions: Sequence[list[int]] | None = None, instruction_pad: int = 0) -> tuple:
+    """(pixel_values, other image inputs) of one image per question, as the preset's model reads them:
+    Qwen2-VL's patches and their grids at native resolution, and with `instructions` (InstructBLIP) each
+    question's ids in the Q-Former's vocabulary, right-padded with `instruction_pad`."""
+    inputs = {}
+    if preset.vision_kind == "qwen2_vl":  # native resolution: patches and their grids
+        pixels, inputs["image_grid_thw"] = patchify([processor.native(image) for image in images],
+                                                    patch_size=preset.patch_size,
+                                                    merge_size=preset.vision.get("spatial_merge_size", 2))
+    else:
+        pixels = processor.stack(list(images))  # (B, 3, H, W)
+    if instructions is not None:
+        width = max(len(row) for row in instructions)
+        inputs["qformer_input_ids"] = torch.tensor([list(row) + [instruction_pad] * (width - len(row))
+                                                    for row in instructions])
+        inputs["qformer_attention_mask"] = torch.tensor([[1] * len(row) + [0] * (width - len(row))
+                                                         for row in instructions])
+    return pixels, inputs
+
+
+def answer_prompts(
+    model: VisionLanguageModel,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    images: Sequence[Any],
+    processor: ImageProcessor,
+    stop_id: int,
+    pad_token_id: int,
+    instructions: Sequence[list[int]] | None = None,
+    instruction_pad: int = 0,
+    batch_size: int = 8,
+    max_new_tokens: int = 8,
+    num_beams: int = 1,
+    use_cache: bool = True,
+) -> list[str]:
+    """Loom's one answering loop: each token-id prompt (its image already expanded to visual tokens)
+    continued from its image, in batches, greedy (or beam search with num_beams > 1), until `stop_id`;
+    decoded by `tokenizer` without special tokens. Every preset runs here: `instructions` are InstructBLIP's
+    Q-Former ids per prompt, Qwen2-VL's images go in at native resolution (`image_inputs`)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    answers: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            end = start + batch_size
+            pixels, inputs = image_inputs(model.preset, processor, images[start:end],
+                                          instructions[start:end] if instructions is not None else None,
+                                          instruction_pad)
+            continuations = generate(model, prompts[start:end], pixels.to(device), stop_id, pad_token_id,
+                                     max_new_tokens, num_beams=num_beams, use_cache=use_cache,
+                                     **{k: v.to(device) for k, v in inputs.items()})
+            answers.extend(tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in continuations)
+    finally:
+        model.train(was_training)
+    return answers
+
+
+def instruction_length(preset) -> int:
+    """Q-Former ids an instruction takes at most, [CLS] and [SEP] included: as pack writes them."""
+    return min(128, preset.connector_config.get("max_position_embeddings", 512))
+
+
+def _qformer_ids(qformer_tokenizer, text: str, max_length: int) -> list[int]:
+    """[CLS] ids [SEP] of an instruction in the Q-Former's (BERT) vocabulary, as pack writes them."""
+    cls, sep = (qformer_tokenizer.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]"))
+    ids = qformer_tokenizer(text, add_special_tokens=False)["input_ids"][: max_length - 2]
+    return [cls, *ids, sep]
+
+
 def answer_questions(
     model: VisionLanguageModel,
     tokenizer,
@@ -44,35 +132,39 @@ def answer_questions(
     image_root: str | Path | None = None,
     num_beams: int = 1,
     image_roots: dict[str, str] | None = None,
+    qformer_tokenizer=None,
+    stop_id: int | None = None,
+    image_size: int | None = None,
 ) -> list[str]:
-    """Answers to visual questions, one string per item (greedy, or beam search with num_beams > 1).
+    """Answers to visual questions, one string per item (greedy, or beam search with num_beams > 1), by
+    `answer_prompts`, so any preset answers here as in `loom train`'s evaluation.
 
-    Each item has an `image` (a reference: shard+key, path, or a PIL image) and either a
-    `prompt` already in the model's chat format with one `<image>`, or whatever
-    `prompt_fn(item)` needs to write that prompt. `image_root` is the run folder relative references
-    start from, `image_roots` the folders of {root, path} references (a render manifest's image_roots).
-    """
-    was_training = model.training
-    model.eval()
-    images = ImageProcessor(model.preset, root=image_root, roots=image_roots)
-    eos = _eos_id(tokenizer)
+    Each item has an `image` (a reference: shard+key, path, {root, path}, or a PIL image) and either a
+    `prompt` already in the model's chat format with one `<image>`, or whatever `prompt_fn(item)` needs to
+    write that prompt. `image_root` is the run folder relative references start from, `image_roots` the
+    folders of {root, path} references (a render manifest's image_roots). InstructBLIP's Q-Former reads each
+    item's `question` through `qformer_tokenizer` (a transformers BERT tokenizer, e.g. the run's
+    pack/qformer_tokenizer). Generation stops at `stop_id` (default: the tokenizer's end of sequence)."""
+    texts = [prompt_fn(item) if prompt_fn else item["prompt"] for item in items]
+    prompts = [_prompt_ids(tokenizer, text, model.image_token_id, _visual_tokens(model, item["image"]))
+               for text, item in zip(texts, items)]
+    instructions, instruction_pad = None, 0
+    if model.preset.qformer_text == "instruction":
+        if qformer_tokenizer is None:
+            raise ValueError(f"{model.preset.name}: its Q-Former reads each question; pass qformer_tokenizer (the "
+                             "run's pack/qformer_tokenizer, loaded with transformers' AutoTokenizer)")
+        missing = [k for k, item in enumerate(items) if "question" not in item]
+        if missing:
+            raise ValueError(f"item {missing[0]}: no 'question'; {model.preset.name}'s Q-Former reads the question "
+                             "alone, so give each item its question text")
+        instructions = [_qformer_ids(qformer_tokenizer, " ".join(item["question"].replace("<image>", " ").split()),
+                                     instruction_length(model.preset)) for item in items]
+        instruction_pad = qformer_tokenizer.pad_token_id or 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.pad_token_id
-    device = next(model.parameters()).device
-    answers: list[str] = []
-    try:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start: start + batch_size]
-            prompts = [
-                _prompt_ids(tokenizer, prompt_fn(item) if prompt_fn else item["prompt"], model.image_token_id, model.visual_tokens)
-                for item in chunk
-            ]
-            pixel_values = images.stack([item["image"] for item in chunk]).to(device)  # (B, 3, H, W)
-            continuations = generate(model, prompts, pixel_values, eos, pad, max_new_tokens, num_beams=num_beams,
-                                     use_cache=use_cache)
-            answers.extend(tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in continuations)
-    finally:
-        model.train(was_training)
-    return answers
+    return answer_prompts(model, tokenizer, prompts, [item["image"] for item in items],
+                          ImageProcessor(model.preset, root=image_root, roots=image_roots, image_size=image_size),
+                          stop_id if stop_id is not None else _eos_id(tokenizer), pad, instructions, instruction_pad,
+                          batch_size, max_new_tokens, num_beams, use_cache)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +206,15 @@ def normalize_answer(answer: str) -> str:
     return " ".join(words)
 
 
+def exact_matches(predictions: Sequence[str], answers_lists: Sequence[Sequence[str]]) -> list[bool]:
+    """Per item: the normalised prediction equals one of its normalised reference answers (what
+    vqa_accuracy's exact_match averages)."""
+    if len(predictions) != len(answers_lists):
+        raise ValueError(f"{len(predictions)} predictions but {len(answers_lists)} answer lists")
+    return [normalize_answer(prediction) in {normalize_answer(a) for a in answers}
+            for prediction, answers in zip(predictions, answers_lists)]
+
+
 def vqa_accuracy(predictions: Sequence[str], answers_lists: Sequence[Sequence[str]]) -> dict[str, float]:
     """Exact-match accuracy, and the official VQA accuracy where an item has 10 human answers.
 
@@ -126,12 +227,11 @@ def vqa_accuracy(predictions: Sequence[str], answers_lists: Sequence[Sequence[st
         raise ValueError(f"{len(predictions)} predictions but {len(answers_lists)} answer lists")
     if not predictions:
         return {"exact_match": 0.0, "vqa": 0.0, "count": 0}
-    exact, vqa = 0.0, 0.0
-    for prediction, answers in zip(predictions, answers_lists):
+    hits = exact_matches(predictions, answers_lists)
+    exact, vqa = float(sum(hits)), 0.0
+    for prediction, answers, hit in zip(predictions, answers_lists, hits):
         guess = normalize_answer(prediction)
         truths = [normalize_answer(a) for a in answers]
-        hit = float(guess in truths)
-        exact += hit
         if len(truths) >= 10:
             scores = []
             for left_out in range(len(truths)):

@@ -159,7 +159,8 @@ class ImageProcessor:
         from .preset import qwen2_vl_resized
 
         factor = self.preset.patch_size * self.preset.vision.get("spatial_merge_size", 2)
-        height, width = qwen2_vl_resized(int(reference["height"]), int(reference["width"]), factor=factor)
+        size = reference.size if isinstance(reference, Image.Image) else (reference["width"], reference["height"])
+        height, width = qwen2_vl_resized(int(size[1]), int(size[0]), factor=factor)
         image = load_image(reference, root=self.root, shards=self.shards, roots=self.roots)
         image = image.resize((width, height), Image.Resampling.BICUBIC)
         pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
