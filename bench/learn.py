@@ -52,7 +52,6 @@ from jobs.pack import run_pack  # noqa: E402
 from jobs.render import run_render  # noqa: E402
 from jobs.run import run_demo_data  # noqa: E402
 from jobs.train import default_attention, run_train, starting_model, train_settings  # noqa: E402
-from vlm.model import FIXED_TOKEN_CONNECTORS  # noqa: E402
 
 CAPTIONS = ["coco_caption"]
 MIXED = ["coco_caption", "vqav2"]
@@ -88,7 +87,7 @@ def run_config(preset, args, run: Path) -> dict:
     for k, stage in enumerate(preset.stages):
         # the first stage on pairs once; the others --epochs times (BLIP-2's stage 1 learns its own losses)
         stages[stage.name] = {"epochs": 1 if stage.data == "pretrain" and k == 0 else args.epochs}
-    if preset.connector in FIXED_TOKEN_CONNECTORS and preset.image_size < args.image_size:  # see above
+    if preset.visual_token_count_fixed and preset.image_size < args.image_size:  # see above
         for name in stages:
             stages[name]["image_size"] = args.image_size
     if preset.architecture.startswith("blip2"):  # its second stage on captions + questions (see above)

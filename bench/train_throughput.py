@@ -144,7 +144,7 @@ def steps_of(data: list[tuple[int, int]], shape: dict, visual_tokens: int, packe
 
 def loom_model(shape: dict, attention: str):
     import vlm
-    from vlm.model import build_model
+    from vlm.builders import build_model
 
     preset = dataclasses.replace(vlm.get_preset("llava-1.5"), name=f"llava-1.5-bench-{shape['llm']['hidden_size']}",
                                  vision=shape["vision"], llm=shape["llm"], image_size=shape["vision"]["image_size"],

@@ -32,7 +32,7 @@ def train_settings(config: dict, preset, written=()) -> dict:
         require(pretrained_first or Path(str(folder)).is_dir(),
                 f"train.init.{key}: {folder}: no such folder; give a local checkpoint "
                 f"folder (download a hub checkpoint first, e.g. `huggingface-cli download NAME --local-dir DIR`)")
-    from vlm.model import ATTENTION_MODES
+    from vlm.packed_masks import ATTENTION_MODES
     from vlm.train import STRATEGIES
 
     require(cfg["strategy"] in STRATEGIES, f"train.strategy: {cfg['strategy']!r}; expected {' or '.join(STRATEGIES)}")
@@ -53,7 +53,8 @@ def starting_model(preset, cfg: dict, pack_output: Path, log=print) -> tuple:
     image token at the run's attention and seed, with train.init's pretrained parts loaded; and the encoder
     of its prompts."""
     from pipelines.pack_window import visual_token_counter
-    from vlm.model import build_model, count_parameters
+    from vlm.builders import build_model
+    from vlm.model import count_parameters
 
     packed = json.loads((pack_output / "manifest.json").read_text())
     tokenizer = load_tokenizer(pack_output / "tokenizer")
@@ -75,8 +76,6 @@ def stages_of(preset, cfg: dict) -> list:
     """The preset's stages with the config's data, trainable, objective and image_size overrides applied."""
     import dataclasses
 
-    from vlm.model import FIXED_TOKEN_CONNECTORS
-
     stages = []
     for stage in preset.stages:
         overrides = {k: v for k, v in (cfg["stages"].get(stage.name) or {}).items() if k not in SCHEDULE_KEYS}
@@ -84,7 +83,7 @@ def stages_of(preset, cfg: dict) -> list:
             overrides["trainable"] = tuple(overrides["trainable"])
         if "lora" in overrides:
             overrides["lora"] = lora_of(preset, stage, overrides["lora"], overrides.get("trainable", stage.trainable))
-        if overrides.get("image_size") and preset.connector not in FIXED_TOKEN_CONNECTORS:
+        if overrides.get("image_size") and not preset.visual_token_count_fixed:
             raise ConfigError(f"train.stages.{stage.name}.image_size: {preset.name}'s {preset.connector} connector "
                               "gives one visual token per patch group, so another resolution changes the visual "
                               "tokens the pack laid out; only presets with a fixed count (Q-Former, resampler) "
@@ -127,8 +126,8 @@ def check_lora_targets(preset, stages: list) -> None:
     device: no memory, no weights) before any stage trains."""
     import torch
 
+    from vlm.builders import build_model
     from vlm.lora import check_targets
-    from vlm.model import build_model
 
     with torch.device("meta"):
         model = build_model(preset, None, 0, 0)
@@ -281,12 +280,12 @@ def train_stage_on_ray(model, stage, pack_dir: str | Path, out_dir: str | Path, 
 
 def _train_worker(arguments: dict) -> None:
     """One Ray Train worker: the model rebuilt, then the same loop as one process, on its rows."""
+    from vlm.builders import from_config_dict
     from vlm.checkpoint import load_weights
-    from vlm.model import VisionLanguageModel
     from vlm.preset import Stage
     from vlm.train import TrainConfig, train_stage
 
-    model = VisionLanguageModel.from_config_dict(arguments["model"])
+    model = from_config_dict(arguments["model"])
     load_weights(model, Path(arguments["weights"]))
     stage = Stage.from_dict(arguments["stage"])
     config = TrainConfig(**{**arguments["config"], "init_from": None})

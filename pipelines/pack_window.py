@@ -46,7 +46,7 @@ class WindowSettings:
 
 def visual_token_counter(preset):
     """The LLM positions per image: the preset's fixed count, or (Qwen2-VL) a function of the image's size."""
-    return preset.visual_tokens if preset.vision_kind != "qwen2_vl" else preset.visual_tokens_for
+    return preset.visual_tokens_for if preset.native_resolution else preset.visual_tokens
 
 
 def pad_id(encoder: Encoder) -> int:

@@ -118,7 +118,7 @@ def _checkpoint_bytes(configs: Path) -> int:
     """About what one checkpoint of the first stage takes: its weights in fp32 and the tokenizer beside them."""
     import json
 
-    from vlm.model import build_model
+    from vlm.builders import build_model
     from vlm.preset import get_preset
 
     packed = json.loads((configs / "pack" / "pretrain" / "manifest.json").read_text())

@@ -46,6 +46,61 @@ def test_pipelines_import_without_torch():
     assert result.returncode == 0, result.stderr
 
 
+def vlm_import_graph() -> dict[str, set[str]]:
+    """Every vlm module and the vlm modules it imports, at module level or inside a function alike: an import
+    deferred into a function still needs its module in place by the time it runs."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = {".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): path
+             for path in (root / "vlm").rglob("*.py")}
+    # `from vlm import build` reaches the module vlm/__init__.py names for it (its _LAZY table)
+    init = ast.parse((root / "vlm" / "__init__.py").read_text())
+    lazy = next(ast.literal_eval(node.value) for node in init.body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "_LAZY")
+    graph = {}
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                # `from . import lora` imports the module vlm.lora; `from .model import build` the module vlm.model
+                imported.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in files
+                                else f"vlm.{lazy[alias.name]}" if base == "vlm" and alias.name in lazy else base
+                                for alias in node.names)
+        graph[module] = {name for name in imported if name in files and name != module}
+    return graph
+
+
+def test_vlm_imports_nothing_in_a_circle():
+    graph = vlm_import_graph()
+    assert {"vlm.model", "vlm.checkpoint", "vlm.connectors.qformer"} <= set(graph)
+    assert "vlm.checkpoint" in graph["vlm.export"]  # the parser sees function-level imports
+    done, path = set(), []
+
+    def visit(module):
+        if module in path:
+            circle = path[path.index(module):] + [module]
+            raise AssertionError(f"vlm imports in a circle: {' -> '.join(circle)}")
+        if module in done:
+            return
+        path.append(module)
+        for name in sorted(graph[module]):
+            visit(name)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+
+
 CATALOG_MAY_NOT_IMPORT = {"pipelines", "jobs", "templates", "vlm", "ray", "polars", "torch"}
 
 

@@ -16,7 +16,7 @@ from jobs.pack import run_pack
 from jobs.train import run_train, stages_of, train_settings
 from vlm import lora
 from vlm.checkpoint import weights_to_save
-from vlm.model import build_model
+from vlm.builders import build_model
 from vlm.preset import MINIGPT_V2_LORA, LoRA
 from vlm.train import TrainConfig, load_model, read_log, train_stage
 

@@ -203,7 +203,7 @@ def test_a_packed_row_from_loom_pack_gives_a_real_model_each_samples_own_logits(
     from PIL import Image
 
     from vlm.data import PackedDataset
-    from vlm.model import build_model
+    from vlm.builders import build_model
 
     for i, colour in enumerate(["red", "blue", "green", "yellow"] * 3):
         Image.new("RGB", (64, 64), colour).save(tmp_path / f"{i}.png")

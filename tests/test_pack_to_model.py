@@ -8,7 +8,7 @@ from PIL import Image
 import vlm
 from jobs.pack import run_pack
 from vlm.data import PackedDataset
-from vlm.model import build_model
+from vlm.builders import build_model
 
 from test_pack_job import instruction, write_render
 
@@ -47,6 +47,6 @@ def test_a_packed_batch_of_every_architecture_trains_its_tiny_model(name, render
         assert batch.decoder_labels is not None and batch.labels.eq(-100).all()
     if dataset.preset.qformer_text:
         assert batch.qformer_input_ids.shape[0] == batch.pixel_values.shape[0]
-    if dataset.preset.vision_kind == "qwen2_vl":
+    if dataset.preset.native_resolution:
         # 64x48 px is under Qwen2-VL's 56x56-pixel floor: scaled up to 80x64 (multiples of 8-px patch x 2)
         assert {tuple(g[1:]) for g in batch.image_grid_thw.tolist()} == {(8, 10), (10, 8)}

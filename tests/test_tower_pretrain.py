@@ -70,7 +70,7 @@ def test_train_init_vision_loads_the_tower_into_the_preset(tower_run):
     from transformers import CLIPVisionModel
 
     from vlm.checkpoint import init_from_pretrained
-    from vlm.model import build_model
+    from vlm.builders import build_model
     from vlm.preset import get_preset
 
     tower, _ = tower_run
@@ -102,7 +102,7 @@ def test_an_eva_tower_pretrains_and_loads_into_blip2(tmp_path):
 
     from jobs.tower import run_tower
     from vlm.checkpoint import init_from_pretrained
-    from vlm.model import build_model
+    from vlm.builders import build_model
     from vlm.preset import get_preset
 
     ingest = write_ingest_output(tmp_path / "ingest", (24,), seed=1)

@@ -6,7 +6,7 @@ import torch
 
 import vlm
 from jobs.pack import run_pack
-from vlm.model import build_model
+from vlm.builders import build_model
 from vlm.train import TrainConfig, train_stage
 
 from test_pack_to_model import rendered  # noqa: F401 - the shared fixture: render output with images on disk

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from vlm.flex import bucket_length
-from vlm.model import build_attention_mask, build_model
+from vlm.builders import build_model
+from vlm.packed_masks import build_attention_mask
 from vlm.preset import get_preset
 
 IMAGE, PAD = 5, 0

@@ -7,7 +7,9 @@ import torch
 
 import vlm
 from vlm.data import PackedDataset
-from vlm.model import build_attention_mask, build_model, count_parameters
+from vlm.builders import build_model
+from vlm.model import count_parameters
+from vlm.packed_masks import build_attention_mask
 from vlm.preset import get_preset
 
 from test_vlm_data import write_packed_corpus

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import vlm
-from vlm.model import build_model, count_parameters
+from vlm.builders import build_model
+from vlm.model import count_parameters
 from vlm.preset import get_preset
 
 IMAGE, PAD = 5, 0
@@ -135,7 +136,7 @@ def test_flex_attention_gives_the_packed_logits_sdpa_gives(name):
 
 
 def test_flash_attention_sees_every_packed_segment_as_its_own_sequence():
-    from vlm.model import varlen_kwargs
+    from vlm.packed_masks import varlen_kwargs
 
     document_ids = torch.tensor([[0, 0, 0, 1, 1, 2], [0, 0, 0, 0, 1, 1]])  # row 0 ends in padding (segment 2)
     kwargs = varlen_kwargs(document_ids)

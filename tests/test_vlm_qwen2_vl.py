@@ -6,15 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vlm.model import VisionLanguageModel, build_model, count_parameters, positions_from_document_ids
+from vlm.builders import build_model, from_config_dict
+from vlm.convert import from_hf_qwen2_vl_state_dict, to_hf_qwen2_vl_state_dict
+from vlm.model import count_parameters
+from vlm.packed_masks import positions_from_document_ids
 from vlm.preset import get_preset
-from vlm.qwen2_vl import (
-    Qwen2VLM,
-    from_hf_qwen2_vl_state_dict,
-    mrope_position_ids,
-    patchify,
-    to_hf_qwen2_vl_state_dict,
-)
+from vlm.qwen2_vl import Qwen2VLM, mrope_position_ids, patchify
 
 IMAGE, PAD = 5, 0
 PRESET = get_preset("qwen2-vl", size="tiny")  # patch 8, merge 2: sides are multiples of 16 pixels
@@ -232,7 +229,7 @@ def test_images_of_the_preset_size_are_patchified_by_the_model():
 def test_a_checkpoint_rebuilds_the_same_model(tmp_path):
     model = tiny_model().eval()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "model.safetensors")
-    rebuilt = VisionLanguageModel.from_config_dict(model.config_dict())
+    rebuilt = from_config_dict(model.config_dict())
     assert type(rebuilt) is Qwen2VLM
     rebuilt.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=True)
     batch = packed([samples()])

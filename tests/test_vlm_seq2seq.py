@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import Blip2Config, Blip2ForConditionalGeneration, InstructBlipConfig, InstructBlipForConditionalGeneration
 
-from vlm.model import VisionLanguageModel, build_model
+from vlm.builders import build_model, from_config_dict
+from vlm.model import VisionLanguageModel
 from vlm.preset import TINY_EVA, TINY_QFORMER, TINY_T5, get_preset
 from vlm.convert import STAGE1_ONLY, from_hf_blip, to_hf_blip
 from vlm.seq2seq import EncoderDecoderVLM, decoder_inputs_from_labels
@@ -98,7 +99,7 @@ def test_published_flant5_builds_on_the_meta_device_with_flan_t5_xl_widths():
 
 def test_config_dict_rebuilds_the_encoder_decoder_model():
     model = tiny_model("blip2-flant5").eval()
-    again = VisionLanguageModel.from_config_dict(model.config_dict())
+    again = from_config_dict(model.config_dict())
     assert type(again) is EncoderDecoderVLM
     again.load_state_dict(model.state_dict(), strict=True)
     batch = packed_batch(model.preset, rows=1)

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 import vlm.train
 from vlm.evaluate import answer_questions, normalize_answer, vqa_accuracy, _prompt_ids
 from vlm.generate import generate as generate_greedy
-from vlm.model import build_model
+from vlm.builders import build_model
 from vlm.preset import get_preset
 from vlm.train import TrainConfig, load_model, read_log, train_stage
 

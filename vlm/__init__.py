@@ -15,8 +15,8 @@ from .preset import GROUPS, PRESETS, LoRA, Preset, Stage, get_preset, presets, s
 
 _LAZY = {
     "VisionLanguageModel": "model",
-    "build_model": "model",
-    "build": "model",
+    "build_model": "builders",
+    "build": "builders",
     "from_pretrained": "checkpoint",
     "count_parameters": "model",
     "PackedDataset": "data",

@@ -1,8 +1,9 @@
-"""Saving and loading models: Loom's own format (safetensors + JSON config) and official checkpoints.
+"""Loading models: a folder in Loom's own format (safetensors + JSON config) or an official checkpoint, and
+starting a run from pretrained parts.
 
-Loom's format is what the trainer writes: `model.safetensors` and a `config.json` whose "model" entry
-rebuilds the model (`VisionLanguageModel.config_dict`). `from_pretrained` reads a folder in either that
-format or one of the official transformers formats `vlm.convert` knows, telling them apart by config.json.
+Loom's format is what the trainer and `save_pretrained` (vlm.saving) write: `model.safetensors` and a
+`config.json` whose "model" entry rebuilds the model. `from_pretrained` reads a folder in either that format
+or one of the official transformers formats `vlm.convert` knows, telling them apart by config.json.
 """
 
 from __future__ import annotations
@@ -11,60 +12,13 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from .checkpoint_files import DamagedCheckpoint, verify, written_folder
+from .builders import from_config_dict, model_class
+from .checkpoint_files import DamagedCheckpoint, verify
+from .convert import assign_weights, read_hf
 from .qwen_vl_published import is_qwen_vl_published, load_qwen_vl
-
-FORMATS = ("loom", "hf")
-
-
-def weights_to_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict as safetensors can hold it: a parameter the model ties under two names (an LM head
-    that is the input embeddings) is written once, under its first name, and a model rebuilt from the
-    config ties it again; two parameters that merely share storage are written apart, each its own copy,
-    so that a file never lacks a tensor its model holds on its own."""
-    every = [name for name, _ in model.named_parameters(remove_duplicate=False)]
-    tied = set(every) - {name for name, _ in model.named_parameters()}  # the second names of tied parameters
-    weights, written = {}, set()
-    for name, tensor in model.state_dict().items():
-        if name in tied:
-            continue
-        tensor = tensor.detach().contiguous().cpu()
-        if tensor.numel() and tensor.data_ptr() in written:
-            tensor = tensor.clone()  # safetensors refuses shared storage
-        written.add(tensor.data_ptr())
-        weights[name] = tensor
-    return weights
-
-
-def load_weights(model: torch.nn.Module, file: Path) -> None:
-    """Load a safetensors file written by weights_to_save: only tied parameters may be absent."""
-    state = load_file(file)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    own = model.state_dict()
-    loaded = {own[name].data_ptr() for name in state if name in own}
-    missing = [name for name in missing if own[name].data_ptr() not in loaded]  # tied to a loaded one: fine
-    if missing or unexpected:
-        raise ValueError(f"{file}: weights do not fit the model in its config.json; missing {missing[:8]}, "
-                         f"unexpected {unexpected[:8]}")
-
-
-def save_pretrained(model, path: str | Path, format: str = "loom") -> Path:
-    """Write `model` to folder `path` (replaced atomically): Loom's format, or with format="hf" the
-    official transformers checkpoint of its architecture."""
-    if format not in FORMATS:
-        raise ValueError(f"format {format!r}; expected one of {FORMATS}")
-    path = Path(path)
-    with written_folder(path, needed=sum(p.numel() * p.element_size() for p in model.state_dict().values())) as tmp:
-        if format == "hf":
-            from .convert import save_hf
-
-            save_hf(model, tmp)
-        else:
-            save_file(weights_to_save(model), tmp / "model.safetensors")
-            (tmp / "config.json").write_text(json.dumps({"model": model.config_dict()}, indent=2))
-    return path
+# the writing half, named here too: `from vlm.checkpoint import save_pretrained` is where callers find it
+from .saving import FORMATS, load_weights, read_state_dict, save_pretrained, weights_to_save  # noqa: F401
 
 
 def is_loom_checkpoint(config: dict) -> bool:
@@ -74,8 +28,6 @@ def is_loom_checkpoint(config: dict) -> bool:
 def from_pretrained(path: str | Path, device: str | torch.device = "cpu", attn_implementation: str | None = None):
     """The model in folder `path`: Loom's format or an official checkpoint (llava, blip-2, instructblip,
     qwen2_vl, and Qwen-VL's own layout), told apart by its config.json."""
-    from .model import VisionLanguageModel
-
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -89,16 +41,28 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", attn_i
     except DamagedCheckpoint as err:
         raise DamagedCheckpoint(f"{err}; write the folder again (save_pretrained) or copy it again") from err
     if is_loom_checkpoint(config):
-        model = VisionLanguageModel.from_config_dict(config["model"], attn_implementation=attn_implementation)
+        model = from_config_dict(config["model"], attn_implementation=attn_implementation)
         load_weights(model, path / "model.safetensors")
         return model.to(device)
     if is_qwen_vl_published(config):  # Qwen-VL ships its own modeling code, not a transformers class
         return load_qwen_vl(path, read_state_dict(path), device=device, attn_implementation=attn_implementation)
     if "model_type" in config:
-        from .convert import load_hf
-
         return load_hf(path, device=device, attn_implementation=attn_implementation)
     raise ValueError(f"{config_file}: neither Loom's format (a 'model' entry) nor a transformers config (model_type)")
+
+
+def load_hf(path, device: str | torch.device = "cpu", attn_implementation: str | None = None):
+    """A Loom model holding the weights of the official checkpoint in folder `path`.
+
+    The tensors transformers loaded are handed over, not copied; building the Loom model allocates
+    its own (random) weights first, so the peak is two models' worth of memory for a moment."""
+    official = read_hf(path)
+    preset = official.preset
+    model = model_class(preset)(preset, preset.vision, preset.llm, official.image_token_id, official.pad_token_id,
+                                attn_implementation=attn_implementation or "sdpa",
+                                connector_config=preset.connector_config)
+    assign_weights(model, official.state, official.what)
+    return model.to(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,19 +91,6 @@ def init_from_pretrained(model, whole: str | Path | None = None, llm: str | Path
         _load_matching(lm, read_state_dict(llm), f"llm {llm}", resize_vocab=vocab_keys, log=log)
         loaded["llm"] = str(llm)
     return loaded
-
-
-def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint folder: its safetensors files (sharded or not), else pytorch_model*.bin."""
-    folder = Path(folder)
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    if not files:
-        raise FileNotFoundError(f"{folder}: no *.safetensors or pytorch_model*.bin; give a checkpoint folder "
-                                "written by save_pretrained")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(load_file(file) if file.suffix == ".safetensors" else torch.load(file, map_location="cpu"))
-    return state
 
 
 def _load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, resize_vocab, log) -> None:

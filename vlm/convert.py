@@ -3,7 +3,7 @@
 Each format says which transformers class holds it, which Loom preset its config maps to, and how
 parameter names translate. Loading goes through transformers' own class (so sharded files, dtype and
 its renaming of older checkpoint layouts are handled there) and hands the tensors to Loom's model
-without copying them (ties follow the model: see `_assign`); exporting builds the transformers class on the meta device and assigns Loom's
+without copying them (ties follow the model: see `assign_weights`); exporting builds the transformers class on the meta device and assigns Loom's
 tensors to it, so neither direction holds two copies of the weights.
 """
 
@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from .connectors.qformer import QFormerConfig, from_hf_state_dict, to_hf_state_dict
 from .preset import Preset, get_preset
 
 # transformers config keys that describe a file rather than a model; not carried into a preset
@@ -122,8 +123,6 @@ BLIP_PREFIXES = [("vision_model.", "vision_tower."), ("language_projection.", "p
 def from_hf_blip(state: dict[str, torch.Tensor], variant: str) -> dict[str, torch.Tensor]:
     """A transformers Blip2ForConditionalGeneration ("blip2") or InstructBlipForConditionalGeneration
     ("instructblip") state dict, with any language model, under Loom's names."""
-    from .connectors.qformer import from_hf_state_dict
-
     qformer = {k: v for k, v in state.items() if k == "query_tokens" or k.startswith("qformer.")}
     rest = rename({k: v for k, v in state.items() if k not in qformer}, BLIP_PREFIXES)
     return {**rest, **{f"connector.{k}": v for k, v in from_hf_state_dict(qformer, variant).items()}}
@@ -132,8 +131,6 @@ def from_hf_blip(state: dict[str, torch.Tensor], variant: str) -> dict[str, torc
 def to_hf_blip(state: dict[str, torch.Tensor], variant: str) -> dict[str, torch.Tensor]:
     """Loom's state dict of a BLIP-2 / InstructBLIP preset under transformers' names; what those classes have
     no place for (BLIP-2's stage-1 text path and heads) is left out."""
-    from .connectors.qformer import to_hf_state_dict
-
     connector = {k[len("connector."):]: v for k, v in state.items() if k.startswith("connector.")}
     if variant == "blip2":
         connector = {k: v for k, v in connector.items() if not STAGE1_ONLY.match(k)}
@@ -142,8 +139,6 @@ def to_hf_blip(state: dict[str, torch.Tensor], variant: str) -> dict[str, torch.
 
 
 def _blip_preset(config, variant: str) -> tuple[Preset, int, int]:
-    from .connectors.qformer import QFormerConfig
-
     kind = _llm_kind(config.text_config, ("opt", "llama", "t5"), f"{variant} checkpoint")
     name = {("blip2", "opt"): "blip2-opt", ("blip2", "t5"): "blip2-flant5", ("instructblip", "t5"): "instructblip-flant5",
             ("instructblip", "llama"): "instructblip-vicuna"}.get((variant, kind))
@@ -168,8 +163,6 @@ def _blip_preset(config, variant: str) -> tuple[Preset, int, int]:
 def _blip_hf_config(variant: str) -> Callable:
     def hf_config(model):
         from transformers import AutoConfig, Blip2Config, InstructBlipConfig
-
-        from .connectors.qformer import QFormerConfig
 
         q = QFormerConfig(**{k: v for k, v in model.connector_config.items()
                              if k in {f.name for f in dataclasses.fields(QFormerConfig)}})
@@ -209,15 +202,65 @@ def _qwen2_vl_hf_config(model):
     return model.transformers_config()
 
 
-def _qwen2_vl_from_hf(state: dict, preset: Preset) -> dict:
-    from .qwen2_vl import from_hf_qwen2_vl_state_dict
+# (transformers prefix, Loom prefix), most specific first. transformers >= 4.52 nests the ViT and the
+# text model under `model.`; the Hub's Qwen/Qwen2-VL-* checkpoints keep the older `visual.` / `model.`.
+QWEN2_VL_PREFIXES = {
+    "transformers": (("model.visual.merger.", "connector."), ("model.visual.", "vision_tower."),
+                     ("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head.")),
+    "checkpoint": (("visual.merger.", "connector."), ("visual.", "vision_tower."),
+                   ("model.", "language_model.model."), ("lm_head.", "language_model.lm_head.")),
+}
 
+
+def _renamed_key(key: str, rules: Sequence[tuple[str, str]]) -> str | None:
+    for old, new in rules:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return None
+
+
+def from_hf_qwen2_vl_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Qwen2VLM weights from a transformers Qwen2VLForConditionalGeneration state dict or a Hub checkpoint.
+
+    Either layout is read (see QWEN2_VL_PREFIXES). A checkpoint file with tied embeddings holds no lm_head
+    (Qwen2-VL-2B's): the LM head gets a copy of the input embeddings, which a tied Loom model (its LLM
+    config says tie_word_embeddings, as `_qwen2_vl_preset` sets it) holds as one parameter again on loading.
+    """
+    layout = "transformers" if any(k.startswith(("model.visual.", "model.language_model.")) for k in state_dict) \
+        else "checkpoint"
+    converted = {}
+    for key, value in state_dict.items():
+        name = _renamed_key(key, QWEN2_VL_PREFIXES[layout])
+        if name is None:
+            raise ValueError(f"weight {key!r} is not part of a Qwen2-VL checkpoint ({layout} layout): expected a key "
+                             f"under {', '.join(old for old, _ in QWEN2_VL_PREFIXES[layout])}")
+        converted[name] = value
+    if "language_model.lm_head.weight" not in converted and "language_model.model.embed_tokens.weight" in converted:
+        converted["language_model.lm_head.weight"] = converted["language_model.model.embed_tokens.weight"].clone()
+    return converted
+
+
+def to_hf_qwen2_vl_state_dict(state_dict: Mapping[str, torch.Tensor], layout: str = "transformers") -> dict[str, torch.Tensor]:
+    """A Qwen2VLM state dict under transformers' names: `layout` "transformers" (Qwen2VLForConditionalGeneration's
+    own state dict) or "checkpoint" (the Hub files' `visual.` / `model.` names)."""
+    if layout not in QWEN2_VL_PREFIXES:
+        raise ValueError(f"layout {layout!r}; expected one of {list(QWEN2_VL_PREFIXES)}")
+    rules = [(new, old) for old, new in QWEN2_VL_PREFIXES[layout]]
+    converted = {}
+    for key, value in state_dict.items():
+        name = _renamed_key(key, rules)
+        if name is None:
+            raise ValueError(f"weight {key!r} is not a Qwen2VLM weight: expected a key under "
+                             f"{', '.join(new for new, _ in rules)}")
+        converted[name] = value
+    return converted
+
+
+def _qwen2_vl_from_hf(state: dict, preset: Preset) -> dict:
     return from_hf_qwen2_vl_state_dict(state)
 
 
 def _qwen2_vl_to_hf(state: dict, preset: Preset) -> dict:
-    from .qwen2_vl import to_hf_qwen2_vl_state_dict
-
     return to_hf_qwen2_vl_state_dict(state)
 
 
@@ -251,26 +294,29 @@ def hf_format_of(model_type: str) -> HFFormat:
     return FORMATS[model_type]
 
 
-def load_hf(path, device: str | torch.device = "cpu", attn_implementation: str | None = None):
-    """A Loom model holding the weights of the official checkpoint in folder `path`.
+@dataclass(frozen=True)
+class HFWeights:
+    """An official checkpoint as Loom reads it: the preset its config maps to, its image and pad token ids,
+    and its tensors under Loom's names (those transformers loaded, not copies)."""
 
-    The tensors transformers loaded are handed over, not copied; building the Loom model allocates
-    its own (random) weights first, so the peak is two models' worth of memory for a moment."""
+    preset: Preset
+    image_token_id: int
+    pad_token_id: int
+    state: dict[str, torch.Tensor]
+    what: str  # the folder and its transformers class, as an error names them
+
+
+def read_hf(path) -> HFWeights:
+    """The official checkpoint in folder `path`, loaded by its own transformers class (so sharded files, dtype
+    and its renaming of older layouts are handled there); `vlm.checkpoint.load_hf` builds the Loom model."""
     import transformers
-
-    from .model import model_class
 
     config = transformers.AutoConfig.from_pretrained(path)
     fmt = hf_format_of(config.model_type)
     preset, image_token_id, pad_token_id = fmt.preset_of(config)
     hf_model = getattr(transformers, fmt.hf_class).from_pretrained(path, dtype=torch.float32)
     state = fmt.from_hf(hf_model.state_dict(), preset)
-    del hf_model
-    model = model_class(preset)(preset, preset.vision, preset.llm, image_token_id, pad_token_id,
-                                attn_implementation=attn_implementation or "sdpa",
-                                connector_config=preset.connector_config)
-    _assign(model, state, f"{path} ({fmt.hf_class})")
-    return model.to(device)
+    return HFWeights(preset, image_token_id, pad_token_id, state, f"{path} ({fmt.hf_class})")
 
 
 def save_hf(model, path) -> None:
@@ -288,11 +334,11 @@ def to_transformers(model):
                          f"(formats with a transformers class: {', '.join(sorted(EXPORTS))})")
     fmt = FORMATS[EXPORTS[name]]
     hf_model = getattr(transformers, fmt.hf_class)(fmt.hf_config_of(model))
-    _assign(hf_model, fmt.to_hf(dict(model.state_dict()), model.preset), fmt.hf_class)
+    assign_weights(hf_model, fmt.to_hf(dict(model.state_dict()), model.preset), fmt.hf_class)
     return hf_model
 
 
-def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+def assign_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """Put `state`'s tensors into `module` (no copy); every parameter must be given, and nothing else.
 
     Ties follow `module`, not the checkpoint: parameters the module ties (an LM head that is the input

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 
 from .images import ImageProcessor
-from .model import positions_from_document_ids, shifted_targets
+from .packed_masks import positions_from_document_ids, shifted_targets
 from .preset import Preset, get_preset
 
 
@@ -227,7 +227,7 @@ class PackedDataset:
             real_tokens=sum(len(t) for t in input_ids),
             ids=ids,
         )
-        if self.preset.vision_kind == "qwen2_vl" and images:
+        if self.preset.native_resolution and images:
             from .qwen2_vl import patchify
 
             batch.pixel_values, batch.image_grid_thw = patchify(

@@ -40,7 +40,7 @@ def _eos_id(tokenizer) -> int:
 
 def _visual_tokens(model: VisionLanguageModel, image: Any) -> int:
     """LLM positions `image` takes: the model's count, or Qwen2-VL's for the image's width and height."""
-    if model.preset.vision_kind != "qwen2_vl":
+    if not model.preset.native_resolution:
         return model.visual_tokens
     if isinstance(image, dict) and "width" in image and "height" in image:
         return model.preset.visual_tokens_for(image)
@@ -56,7 +56,7 @@ def image_inputs(preset, processor: ImageProcessor, images: Sequence[Any],
     Qwen2-VL's patches and their grids at native resolution, and with `instructions` (InstructBLIP) each
     question's ids in the Q-Former's vocabulary, right-padded with `instruction_pad`."""
     inputs = {}
-    if preset.vision_kind == "qwen2_vl":  # native resolution: patches and their grids
+    if preset.native_resolution:  # patches and their grids
         pixels, inputs["image_grid_thw"] = patchify([processor.native(image) for image in images],
                                                     patch_size=preset.patch_size,
                                                     merge_size=preset.vision.get("spatial_merge_size", 2))

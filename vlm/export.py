@@ -269,7 +269,7 @@ def _write_hf(model, out: Path, chat, tokenizer, ids: dict, image_size: int, fou
         **({"decoder_start_token_id": text.decoder_start_token_id} if preset.encoder_decoder else {}))
     hf_model.save_pretrained(out)
     return {"transformers_class": type(hf_model).__name__, "image_size": image_size,
-            "visual_tokens": "per image" if preset.vision_kind == "qwen2_vl" else model.visual_tokens,
+            "visual_tokens": "per image" if preset.native_resolution else model.visual_tokens,
             **_write_processor(model, out, chat, tokenizer, image_size, found)}
 
 
@@ -279,7 +279,7 @@ def _write_processor(model, out: Path, chat, tokenizer, image_size: int, found: 
     import transformers
 
     preset = model.preset
-    if preset.vision_kind == "qwen2_vl":
+    if preset.native_resolution:
         return _write_qwen2_vl_processor(preset, out, chat, tokenizer)
     # vlm.images: pad to a square with the mean colour, resize bicubic to the stage's size, normalise
     square = {"height": image_size, "width": image_size}

@@ -9,8 +9,8 @@ lengths (128, 256, ..., its seq_len), each compiled once (~15 s on a CPU, cold),
 of a known bucket reuses its kernel. The padding costs little: each padded query attends to itself
 alone, so it adds one diagonal block per 128 padded positions, which flex's block sparsity skips to.
 
-The mask is built at the bucket's lengths by `document_block_mask`; `bucketed_flex_attention` reads
-them from it, so the two cannot disagree. Each new (batch, heads, bucket, head_dim, dtype) is one more
+The mask is built at the bucket's lengths by `vlm.packed_masks.document_block_mask`; `bucketed_flex_attention`
+reads them from it, so the two cannot disagree. Each new (batch, heads, bucket, head_dim, dtype) is one more
 compiled kernel; past torch._dynamo's recompile_limit (8) torch runs flex attention unfused, still exact.
 """
 
@@ -26,29 +26,6 @@ ATTENTION_NAME = "loom_bucketed_flex"  # the name the kernel is registered under
 def bucket_length(length: int) -> int:
     """The padded length a row of `length` tokens runs at: the next power of two, at least one block."""
     return max(BLOCK, 1 << (max(length, 1) - 1).bit_length())
-
-
-def document_block_mask(query_document_ids: torch.Tensor, key_document_ids: torch.Tensor, query_offset: int = 0):
-    """The causal, block-diagonal BlockMask of packed rows, at bucketed lengths.
-
-    Query i (absolute index i + query_offset among the keys) sees key j iff both are in the same document
-    and j <= i + query_offset. A padded query sees only the key at its own absolute index (itself, or a
-    padded key): no row is fully masked and the padding adds no off-diagonal work."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    batch, q_len = query_document_ids.shape
-    q_bucket = bucket_length(q_len)
-    # keys reach at least every padded query's own absolute index
-    k_bucket = bucket_length(max(key_document_ids.shape[1], q_bucket + query_offset))
-    # padded queries and padded keys in documents of their own (-1, -2) that nothing else is in
-    query_docs = F.pad(query_document_ids, (0, q_bucket - q_len), value=-1)
-    key_docs = F.pad(key_document_ids, (0, k_bucket - key_document_ids.shape[1]), value=-2)
-
-    def document_causal(b, h, q, k):
-        same_document = (query_docs[b, q] == key_docs[b, k]) & (k <= q + query_offset)
-        return same_document | ((query_docs[b, q] == -1) & (k == q + query_offset))
-
-    return create_block_mask(document_causal, batch, None, q_bucket, k_bucket, device=query_document_ids.device)
 
 
 _compiled_flex = None

@@ -16,7 +16,8 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
-from .model import VisionLanguageModel, build_attention_mask
+from .model import VisionLanguageModel
+from .packed_masks import build_attention_mask
 
 PADDING, PROMPT = 0, 1  # document ids during generation
 

@@ -1,11 +1,9 @@
 """A vision-language model as three slots: vision tower, connector, language model (any bundled preset).
 
-Read top to bottom: how packed rows become attention masks, the connectors a preset can name, the
-model (image features scattered into token embeddings at the image placeholders, per-token loss), and
-the builders. Packed rows hold several samples; attention is causal *and* block-diagonal per sample,
-which this module enforces with an explicit mask built from document ids rather than leaving it to
-transformers' inference from position_ids (that inference is silently skipped whenever a KV cache
-object exists, which the LLMs create by default when `use_cache` is not False).
+Read top to bottom: the attention kernels that keep packed samples apart, the connectors a preset can
+name, and the model (image features scattered into token embeddings at the image placeholders,
+per-token loss). How packed rows become document ids and masks is `vlm.packed_masks`; which class runs
+a preset, and building one, is `vlm.builders`.
 """
 
 from __future__ import annotations
@@ -18,21 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
 
-from .flex import ATTENTION_NAME as BUCKETED_FLEX, bucketed_flex_attention, document_block_mask
+from .saving import save_pretrained as write_pretrained
+from .connectors.projector import LinearProjector, MLPProjector
+from .connectors.qformer import QFormer, QFormerConfig
+from .connectors.resampler import QwenResampler
+from .connectors.token_concat import ConcatProjector
+from .flex import ATTENTION_NAME as BUCKETED_FLEX, bucketed_flex_attention
 from .language import build_language_model, decoder_stack
-from .preset import Preset, get_preset
+from .packed_masks import (ATTENTION_MODES, build_attention_mask, document_ids_from_segments, positions_from_document_ids,
+                           segment_bounds, shifted_targets, varlen_kwargs)
+from .preset import Preset
 from .vision import build_vision_tower, image_features
-
-ATTENTION_MODES = ("sdpa", "eager", "flex_attention", "segment_sdpa", "flash_attention_2")
-
-
-def segment_bounds(document_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
-    """(start, end) of every run of equal document ids, per row: the samples of a packed row."""
-    bounds = []
-    for row in document_ids.tolist():
-        starts = [0] + [i for i in range(1, len(row)) if row[i] != row[i - 1]]
-        bounds.append(list(zip(starts, starts[1:] + [len(row)])))
-    return bounds
 
 
 def segment_sdpa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -64,131 +58,33 @@ AttentionInterface.register("segment_sdpa", segment_sdpa_attention)
 AttentionInterface.register(BUCKETED_FLEX, bucketed_flex_attention)
 
 
-def varlen_kwargs(document_ids: torch.Tensor) -> dict[str, Any]:
-    """flash-attn's variable-length arguments for packed rows: every segment of every row (padding
-    included) as one sequence of the flattened (B * L) batch, so no token attends outside its sample."""
-    lengths = [e - s for row in segment_bounds(document_ids) for s, e in row]
-    cu_seqlens = torch.tensor([0, *lengths], dtype=torch.int32, device=document_ids.device).cumsum(0, dtype=torch.int32)
-    longest = max(lengths)
-    return {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": longest, "max_length_k": longest}
-
-
-# ---------------------------------------------------------------------------------------------
-# Packed rows → document ids, positions and the block-diagonal causal mask
-# ---------------------------------------------------------------------------------------------
-
-def document_ids_from_segments(
-    segment_lengths: Sequence[Sequence[int]] | torch.Tensor, length: int, device: torch.device | str | None = None
-) -> torch.Tensor:
-    """(B, L) segment index of every position; a row's tail beyond its segments is one more segment (padding)."""
-    rows = segment_lengths.tolist() if isinstance(segment_lengths, torch.Tensor) else segment_lengths
-    document_ids = torch.empty(len(rows), length, dtype=torch.long)
-    for b, lengths in enumerate(rows):
-        lengths = [int(n) for n in lengths if int(n) > 0]
-        total = sum(lengths)
-        if total > length:
-            raise ValueError(f"row {b}: segment_lengths sum to {total}, more than the {length} positions in input_ids")
-        if total < length:
-            lengths.append(length - total)
-        document_ids[b] = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    return document_ids.to(device) if device is not None else document_ids
-
-
-def positions_from_document_ids(document_ids: torch.Tensor) -> torch.Tensor:
-    """(B, L) position of every token inside its own segment: restarts at 0 at each segment start."""
-    index = torch.arange(document_ids.shape[1], device=document_ids.device).expand_as(document_ids)
-    is_start = torch.ones_like(document_ids, dtype=torch.bool)
-    is_start[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
-    segment_start = torch.where(is_start, index, torch.zeros_like(index)).cummax(dim=-1).values
-    return index - segment_start
-
-
-def shifted_targets(labels: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
-    """(B, L-1) the label each position predicts; -100 across a segment boundary.
-
-    Labels are unshifted (token t predicts label t+1). A boundary is masked even if a
-    packer forgot to mask a segment's first token: nothing is predicted across samples.
-    """
-    targets = labels[:, 1:].clone()
-    targets[document_ids[:, 1:] != document_ids[:, :-1]] = -100
-    return targets
-
-
-def build_attention_mask(
-    query_document_ids: torch.Tensor,
-    key_document_ids: torch.Tensor,
-    mode: str = "sdpa",
-    query_offset: int = 0,
-):
-    """The causal, block-diagonal mask in the form attention `mode` expects.
-
-    Query i (absolute index i + query_offset in the key sequence) sees key j iff both are
-    in the same document and j <= i. Every query sees at least itself, so no row is
-    fully masked (which would give NaNs). sdpa gets a (B, 1, Lq, Lk) bool tensor, eager
-    an additive float tensor (eager *adds* the mask, so a bool one would be silently
-    wrong), flex_attention a BlockMask built once per batch and shared by all layers, at the
-    lengths padded to a bucket (vlm.flex).
-    """
-    if mode == "flex_attention":
-        return document_block_mask(query_document_ids, key_document_ids, query_offset)
-    q_len, k_len = query_document_ids.shape[1], key_document_ids.shape[1]
-    device = query_document_ids.device
-    q_index = torch.arange(q_len, device=device) + query_offset
-    k_index = torch.arange(k_len, device=device)
-    allowed = (query_document_ids[:, :, None] == key_document_ids[:, None, :]) & (
-        k_index[None, None, :] <= q_index[None, :, None]
-    )  # (B, Lq, Lk)
-    allowed = allowed[:, None]  # (B, 1, Lq, Lk): one mask for all heads
-    if mode == "sdpa":
-        return allowed
-    if mode == "eager":
-        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
-    raise ValueError(f"attention mode {mode!r} is not one of {ATTENTION_MODES}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Connectors
 # ---------------------------------------------------------------------------------------------
-
-QFORMER_CONNECTORS = ("qformer", "instruct_qformer", "qformer_linear")
-# connectors whose visual token count does not depend on the image's patches: a stage may change resolution
-FIXED_TOKEN_CONNECTORS = QFORMER_CONNECTORS + ("resampler",)
-
 
 def build_connector(preset: Preset, config: dict[str, Any], vision_size: int, llm_size: int) -> tuple[nn.Module, nn.Module | None]:
     """(connector, projection or None) of a preset: the module carrying the paper's idea, and the
     layer after a Q-Former that maps its queries to the LLM width."""
     kind = preset.connector
     if kind == "linear":
-        from .connectors.projector import LinearProjector
-
         return LinearProjector(vision_size, llm_size), None
     if kind == "mlp2x_gelu":
-        from .connectors.projector import MLPProjector
-
         return MLPProjector(vision_size, llm_size, depth=2), None
-    if kind in QFORMER_CONNECTORS:
-        from .connectors.projector import LinearProjector
-        from .connectors.qformer import QFormer, QFormerConfig
-
+    if preset.has_qformer:
         # BLIP-2 and InstructBLIP keep the text path and the stage-1 heads (ITC, ITM, ITG: InstructBLIP runs
         # BLIP-2's stages first); MiniGPT-4's frozen Q-Former only turns images into queries.
-        layout = {"qformer": (True, True), "instruct_qformer": (True, True), "qformer_linear": (False, False)}[kind]
         # (a checkpoint's config may say otherwise: BLIP-2's transformers checkpoints carry no text path)
-        qformer = QFormer(QFormerConfig(**{"text_input": layout[0], "stage1_heads": layout[1], **config,
+        text_path = preset.qformer_text is not None
+        qformer = QFormer(QFormerConfig(**{"text_input": text_path, "stage1_heads": text_path, **config,
                                            "encoder_hidden_size": vision_size}))
         return qformer, LinearProjector(config["hidden_size"], llm_size)
     if kind == "resampler":
-        from .connectors.resampler import QwenResampler
-
         if config["embed_dim"] != llm_size:
             raise ValueError(f"preset {preset.name!r}: the resampler's embed_dim {config['embed_dim']} must equal the "
                              f"LLM width {llm_size} (Qwen-VL's adapter output is the LLM's input)")
         return QwenResampler(config["embed_dim"], vision_size, num_queries=config["num_queries"],
                              num_heads=config.get("num_heads")), None
     if kind == "token_concat":
-        from .connectors.token_concat import ConcatProjector
-
         return ConcatProjector(vision_size, llm_size, group=config.get("group", 4)), None
     raise ValueError(f"preset {preset.name!r}: connector {kind!r} cannot be built by this version of Loom")
 
@@ -287,7 +183,7 @@ class VisionLanguageModel(nn.Module):
         self.vision_tower.activation_checkpointing_enable()
 
     def config_dict(self) -> dict[str, Any]:
-        """Everything `from_config_dict` needs to rebuild this model (weights aside)."""
+        """Everything `vlm.builders.from_config_dict` needs to rebuild this model (weights aside)."""
         return {
             "preset_name": self.preset.name,
             "preset": self.preset.to_dict(),
@@ -299,25 +195,10 @@ class VisionLanguageModel(nn.Module):
             "attn_implementation": self.attn_implementation,
         }
 
-    @classmethod
-    def from_config_dict(cls, config: dict[str, Any], attn_implementation: str | None = None) -> "VisionLanguageModel":
-        preset = Preset.from_dict(config["preset"])
-        return model_class(preset)(
-            preset,
-            config["vision_config"],
-            config["llm_config"],
-            image_token_id=config["image_token_id"],
-            pad_token_id=config["pad_token_id"],
-            attn_implementation=attn_implementation or config.get("attn_implementation", "sdpa"),
-            connector_config=config.get("connector_config"),
-        )
-
     def save_pretrained(self, path, format: str = "loom"):
         """Write this model to folder `path`: Loom's format, or format="hf" for the official transformers
         checkpoint of its architecture (llava-1.5, BLIP-2, InstructBLIP, Qwen2-VL)."""
-        from .checkpoint import save_pretrained
-
-        return save_pretrained(self, path, format=format)
+        return write_pretrained(self, path, format=format)
 
     # -- forward -----------------------------------------------------------------------------
 
@@ -332,12 +213,12 @@ class VisionLanguageModel(nn.Module):
             pixel_values = pixel_values.to(next(self.vision_tower.parameters()).dtype)
             features = image_features(self.vision_tower, pixel_values, preset.vision_feature_layer,
                                       preset.vision_post_norm, preset.keep_cls)  # (N, P, Dv)
-        if preset.connector not in QFORMER_CONNECTORS:
+        if not preset.has_qformer:
             return self.connector(features)  # (N, visual_tokens, D)
         # InstructBLIP's Q-Former reads each image's instruction beside its queries; without one (BLIP-2's
         # generative stage, which InstructBLIP runs first) the queries are read alone. BLIP-2's captions are
         # for its stage 1, never read here.
-        if preset.connector != "instruct_qformer":
+        if preset.qformer_text != "instruction":
             qformer_input_ids = qformer_attention_mask = None
         queries = self.connector.visual_tokens(features, instruction_ids=qformer_input_ids,
                                                instruction_mask=qformer_attention_mask)  # (N, 32, 768)
@@ -347,7 +228,7 @@ class VisionLanguageModel(nn.Module):
                               qformer_attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """BLIP-2's stage 1 on N images and their captions (in the Q-Former's vocabulary): ITC, ITM with hard
         negatives and ITG, from the Q-Former on the (frozen) vision tower's features; "loss" is their sum."""
-        if self.preset.connector not in ("qformer", "instruct_qformer"):
+        if self.preset.qformer_text is None:
             raise ValueError(f"preset {self.preset.name!r}: the itc_itm_itg objective is BLIP-2's Q-Former stage 1; "
                              f"this preset's connector is {self.preset.connector!r}")
         vision_learns = any(p.requires_grad for p in self.vision_tower.parameters())
@@ -458,67 +339,6 @@ class VisionLanguageModel(nn.Module):
             kept = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
             logits = lm_head(kept).float()  # (B, L or logits_to_keep, V)
         return VLMOutput(loss=loss, logits=logits, num_tokens=num_tokens, cache=outputs.cache)
-
-
-# ---------------------------------------------------------------------------------------------
-# Builders
-# ---------------------------------------------------------------------------------------------
-
-def build_model(
-    preset: Preset | str,
-    vocab_size: int | None,
-    image_token_id: int,
-    pad_token_id: int,
-    attn_implementation: str = "sdpa",
-    seed: int | None = 0,
-) -> VisionLanguageModel:
-    """A randomly initialised VLM of `preset`, its vocabulary sized for the tokenizer.
-
-    vocab_size None keeps the preset's; `<image>` must be a token of the vocabulary, as
-    its embedding row is where image features are written.
-
-    Published sizes allocate real memory (7B parameters for llava-1.5); wrap the call
-    in `with torch.device("meta"):` to inspect one without allocating.
-    """
-    preset = get_preset(preset) if isinstance(preset, str) else preset
-    llm_config = dict(preset.llm, pad_token_id=pad_token_id)
-    if vocab_size is not None:
-        llm_config["vocab_size"] = int(vocab_size)
-    if not 0 <= image_token_id < llm_config["vocab_size"]:
-        raise ValueError(f"image_token_id {image_token_id} is outside the vocabulary of {llm_config['vocab_size']}")
-    # Seeded without disturbing the caller's RNG stream.
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        return model_class(preset)(
-            preset, preset.vision, llm_config, image_token_id, pad_token_id, attn_implementation=attn_implementation
-        )
-
-
-def model_class(preset: Preset) -> type[VisionLanguageModel]:
-    """The class that runs a preset: this module's for decoder-only LLMs fed spliced visual tokens,
-    vlm.seq2seq's for an encoder-decoder LLM (FlanT5), vlm.qwen2_vl's for Qwen2-VL's native resolution."""
-    if preset.encoder_decoder:
-        from .seq2seq import EncoderDecoderVLM
-
-        return EncoderDecoderVLM
-    if preset.vision_kind == "qwen2_vl":
-        from .qwen2_vl import Qwen2VLM
-
-        return Qwen2VLM
-    return VisionLanguageModel
-
-
-def build(name: str, size: str = "published", vocab_size: int | None = None, image_token_id: int | None = None,
-          pad_token_id: int = 0, attn_implementation: str = "sdpa", seed: int | None = 0) -> VisionLanguageModel:
-    """A randomly initialised model of architecture `name` at `size` ("published" or "tiny").
-
-    The image placeholder takes the last id of the vocabulary unless `image_token_id` is given (a
-    tokenizer with `<image>` added as a special token gives its id)."""
-    preset = get_preset(name, size=size)
-    vocab = vocab_size if vocab_size is not None else preset.llm["vocab_size"]
-    return build_model(preset, vocab, vocab - 1 if image_token_id is None else image_token_id, pad_token_id,
-                       attn_implementation=attn_implementation, seed=seed)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -3,7 +3,7 @@
 A preset fills the three slots of one model (vision tower, connector, language model) with
 transformers config kwargs and a connector config, says how images are prepared and how many
 LLM positions one image takes, names its chat format, and lists the training stages of its
-paper. Building weights is `vlm.model.build_model`'s job; a preset never holds weights, so a
+paper. Building weights is `vlm.builders.build_model`'s job; a preset never holds weights, so a
 published size costs nothing to describe.
 
 `get_preset("blip2-opt")` is the published size; `get_preset("blip2-opt", size="tiny")` (or the
@@ -27,6 +27,7 @@ VISION_KINDS = ("clip", "eva", "qwen_vl", "qwen2_vl")
 LLM_KINDS = ("llama", "opt", "t5", "qwen2", "qwen2_vl")
 CONNECTOR_KINDS = ("linear", "mlp2x_gelu", "qformer", "instruct_qformer", "qformer_linear", "resampler",
                    "token_concat", "patch_merger")
+QFORMER_CONNECTORS = ("qformer", "instruct_qformer", "qformer_linear")  # Q-Former, then a projection to the LLM
 
 # OpenAI CLIP's normalisation constants (CLIP, LLaVA, BLIP-2's EVA tower, Qwen-VL, Qwen2-VL all use them).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -164,8 +165,25 @@ class Preset:
     @property
     def groups(self) -> tuple[str, ...]:
         """The parameter groups this architecture has."""
-        with_projection = self.connector in ("qformer", "instruct_qformer", "qformer_linear")
-        return tuple(g for g in GROUPS if g != "projection" or with_projection)
+        return tuple(g for g in GROUPS if g != "projection" or self.has_qformer)
+
+    @property
+    def has_qformer(self) -> bool:
+        """Whether a Q-Former turns each image into queries (BLIP-2, InstructBLIP, MiniGPT-4's frozen one),
+        followed by a projection to the LLM width: the "projection" group."""
+        return self.connector in QFORMER_CONNECTORS
+
+    @property
+    def visual_token_count_fixed(self) -> bool:
+        """Whether an image takes the same LLM positions at any resolution (a Q-Former's or a resampler's
+        queries, not a token per patch or patch group), so that a stage may train at another image size."""
+        return self.has_qformer or self.connector == "resampler"
+
+    @property
+    def native_resolution(self) -> bool:
+        """Whether images keep their own size (Qwen2-VL): each is cut into patches as it is and takes as many
+        LLM positions as its patches make (`visual_tokens_for`); every other preset resizes to image_size."""
+        return self.vision_kind == "qwen2_vl"
 
     @property
     def qformer_text(self) -> str | None:
@@ -186,7 +204,7 @@ class Preset:
     def visual_tokens_for(self, image: dict) -> int:
         """LLM positions one image takes: the preset's count, or for Qwen2-VL the count of its 14-px patches
         after its resize rule, merged 2x2 (`image` holds the reference's width and height)."""
-        if self.vision_kind != "qwen2_vl":
+        if not self.native_resolution:
             return self.visual_tokens
         return qwen2_vl_visual_tokens(image, self.patch_size, self.vision.get("spatial_merge_size", 2))
 
@@ -490,7 +508,7 @@ def _tiny(preset: Preset) -> Preset:
                       spatial_merge_size=2, temporal_patch_size=2)
     patches = (image_size // patch_size) ** 2
     connector_config = dict(preset.connector_config)
-    if preset.connector in ("qformer", "instruct_qformer", "qformer_linear"):
+    if preset.has_qformer:
         connector_config = dict(TINY_QFORMER)
         visual_tokens = TINY_QFORMER["num_query_tokens"]
     elif preset.connector == "resampler":
@@ -504,7 +522,7 @@ def _tiny(preset: Preset) -> Preset:
            "qwen2_vl": dict(TINY_QWEN2, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})}[preset.llm_kind]
     return dataclasses.replace(
         preset, name=f"{preset.architecture}-tiny", size="tiny", image_size=image_size, patch_size=patch_size,
-        visual_tokens=visual_tokens, vision=dict(vision, **({"image_size": image_size} if kind != "qwen2_vl" else {})),
+        visual_tokens=visual_tokens, vision=dict(vision, **({"image_size": image_size} if not preset.native_resolution else {})),
         connector_config=connector_config, llm=dict(llm), stages=_tiny_stages(preset.stages))
 
 

@@ -10,22 +10,23 @@ Positions are M-RoPE: three ids (temporal, height, width) per token. Text tokens
 all three axes, increasing by one; an image's tokens carry their (t, h, w) grid coordinates offset by
 the id the image starts at; text after an image continues from the image's largest id + 1. In a
 packed row every sample starts again at 0, and attention is causal and block-diagonal per sample as
-in `vlm.model`.
+in every preset (`vlm.packed_masks`).
 
 Facts from arXiv 2409.12191 and transformers' models/qwen2_vl (Qwen2VLImageProcessor.patchify,
-Qwen2VLModel.get_rope_index, Qwen2VisionTransformerPretrainedModel); the *_hf_* functions at the end
-convert weights to and from transformers' Qwen2VLForConditionalGeneration.
+Qwen2VLModel.get_rope_index, Qwen2VisionTransformerPretrainedModel); weights to and from transformers'
+Qwen2VLForConditionalGeneration are `vlm.convert`'s (from_hf_qwen2_vl_state_dict, to_hf_qwen2_vl_state_dict).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from .model import VisionLanguageModel, segment_bounds
+from .model import VisionLanguageModel
+from .packed_masks import segment_bounds
 
 # ---------------------------------------------------------------------------------------------
 # Images → patch sequences
@@ -281,61 +282,3 @@ class Qwen2VLM(VisionLanguageModel):
                                 image_grid_thw=image_grid_thw, mm_token_type_ids=(input_ids == self.image_token_id).int(),
                                 **settings)
         return out[:, input_ids.shape[1]:]
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights to and from transformers' Qwen2VLForConditionalGeneration
-# ---------------------------------------------------------------------------------------------
-
-# (transformers prefix, Loom prefix), most specific first. transformers >= 4.52 nests the ViT and the
-# text model under `model.`; the Hub's Qwen/Qwen2-VL-* checkpoints keep the older `visual.` / `model.`.
-HF_PREFIXES = {
-    "transformers": (("model.visual.merger.", "connector."), ("model.visual.", "vision_tower."),
-                     ("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head.")),
-    "checkpoint": (("visual.merger.", "connector."), ("visual.", "vision_tower."),
-                   ("model.", "language_model.model."), ("lm_head.", "language_model.lm_head.")),
-}
-
-
-def _rename(key: str, rules: Sequence[tuple[str, str]]) -> str | None:
-    for old, new in rules:
-        if key.startswith(old):
-            return new + key[len(old):]
-    return None
-
-
-def from_hf_qwen2_vl_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Qwen2VLM weights from a transformers Qwen2VLForConditionalGeneration state dict or a Hub checkpoint.
-
-    Either layout is read (see HF_PREFIXES). A checkpoint file with tied embeddings holds no lm_head
-    (Qwen2-VL-2B's): the LM head gets a copy of the input embeddings, which a tied Loom model (its LLM
-    config says tie_word_embeddings, as `vlm.convert` sets it) holds as one parameter again on loading.
-    """
-    layout = "transformers" if any(k.startswith(("model.visual.", "model.language_model.")) for k in state_dict) \
-        else "checkpoint"
-    converted = {}
-    for key, value in state_dict.items():
-        name = _rename(key, HF_PREFIXES[layout])
-        if name is None:
-            raise ValueError(f"weight {key!r} is not part of a Qwen2-VL checkpoint ({layout} layout): expected a key "
-                             f"under {', '.join(old for old, _ in HF_PREFIXES[layout])}")
-        converted[name] = value
-    if "language_model.lm_head.weight" not in converted and "language_model.model.embed_tokens.weight" in converted:
-        converted["language_model.lm_head.weight"] = converted["language_model.model.embed_tokens.weight"].clone()
-    return converted
-
-
-def to_hf_qwen2_vl_state_dict(state_dict: Mapping[str, torch.Tensor], layout: str = "transformers") -> dict[str, torch.Tensor]:
-    """A Qwen2VLM state dict under transformers' names: `layout` "transformers" (Qwen2VLForConditionalGeneration's
-    own state dict) or "checkpoint" (the Hub files' `visual.` / `model.` names)."""
-    if layout not in HF_PREFIXES:
-        raise ValueError(f"layout {layout!r}; expected one of {list(HF_PREFIXES)}")
-    rules = [(new, old) for old, new in HF_PREFIXES[layout]]
-    converted = {}
-    for key, value in state_dict.items():
-        name = _rename(key, rules)
-        if name is None:
-            raise ValueError(f"weight {key!r} is not a Qwen2VLM weight: expected a key under "
-                             f"{', '.join(new for new, _ in rules)}")
-        converted[name] = value
-    return converted

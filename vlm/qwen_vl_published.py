@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from .builders import build_model
 from .preset import Preset, get_preset
 
 RESAMPLER_HEAD_SIZE = 128  # visual.py: Resampler(num_heads=output_dim // 128)
@@ -156,8 +157,6 @@ def published_names(names: list[str]) -> list[str]:
 def load_qwen_vl(path: str | Path, published: dict[str, torch.Tensor], device: str | torch.device = "cpu",
                  attn_implementation: str | None = None):
     """A Loom qwen-vl model (fp32) holding `published`, the tensors of the Qwen-VL checkpoint in folder `path`."""
-    from . import build_model
-
     path = Path(path)
     config_file = path / "config.json"
     config = json.loads(config_file.read_text())

@@ -60,7 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import VisionLanguageModel, VLMOutput, document_ids_from_segments
+from .model import VisionLanguageModel, VLMOutput
+from .packed_masks import document_ids_from_segments, segment_attention_mask
 from .preset import Preset
 
 # segment_sdpa runs plain causal sdpa per segment: it has no place for T5's relative position bias.
@@ -70,7 +71,7 @@ SEQ2SEQ_ATTENTION_MODES = ("sdpa", "eager")
 
 
 # ---------------------------------------------------------------------------------------------
-# Packed (encoder, decoder) rows -> decoder inputs and the three masks
+# Packed (encoder, decoder) rows -> decoder inputs and paired segments (their three masks: vlm.packed_masks)
 # ---------------------------------------------------------------------------------------------
 
 def decoder_inputs_from_labels(labels: torch.Tensor, document_ids: torch.Tensor, start_token_id: int,
@@ -86,37 +87,6 @@ def decoder_inputs_from_labels(labels: torch.Tensor, document_ids: torch.Tensor,
     is_start[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
     inputs = inputs.masked_fill(is_start, start_token_id)
     return inputs.masked_fill(inputs == -100, pad_token_id)
-
-
-def segment_attention_mask(
-    query_document_ids: torch.Tensor,
-    key_document_ids: torch.Tensor,
-    mode: str = "sdpa",
-    causal: bool = False,
-    key_is_real: torch.Tensor | None = None,
-    dtype: torch.dtype = torch.float32,
-):
-    """The mask in the form attention `mode` expects: query i sees key j iff both are in the same segment
-    (and j <= i when `causal`, and key j is real when `key_is_real` (B, Lk) is given).
-
-    A query that would see no key at all (padding, or a decoder segment with no encoder segment) sees
-    every key instead: its output is never used, and a fully masked row would give NaNs in some kernels.
-    sdpa gets a (B, 1, Lq, Lk) bool tensor, eager an additive one in the model's `dtype` (eager adds the
-    mask to scores that already carry the position bias, so a bool or float32 mask would be wrong).
-    """
-    allowed = query_document_ids[:, :, None] == key_document_ids[:, None, :]  # (B, Lq, Lk)
-    if causal:
-        q_len, k_len = allowed.shape[1:]
-        allowed = allowed & torch.ones(q_len, k_len, dtype=torch.bool, device=allowed.device).tril()
-    if key_is_real is not None:
-        allowed = allowed & key_is_real.bool()[:, None, :]
-    allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
-    if mode == "sdpa":
-        return allowed[:, None]  # (B, 1, Lq, Lk): one mask for all heads
-    if mode == "eager":
-        return torch.zeros(allowed[:, None].shape, dtype=dtype, device=allowed.device).masked_fill(
-            ~allowed[:, None], torch.finfo(dtype).min)
-    raise ValueError(f"attention mode {mode!r} is not one of {SEQ2SEQ_ATTENTION_MODES}")
 
 
 def _document_ids(ids: torch.Tensor, segment_lengths, document_ids, what: str) -> torch.Tensor:

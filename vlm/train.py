@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import lora
+from .builders import from_config_dict
 from .checkpoint import load_weights, weights_to_save
 from .checkpoint_files import PREVIOUS, DamagedCheckpoint, folder_bytes, kind, verify, written_folder
 from .data import DataPosition, PackedDataset
@@ -112,7 +113,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", attn_implem
         raise DamagedCheckpoint(f"{err}; train the stage again (remove {folder} and re-run) or copy the folder "
                                 "again") from err
     config = json.loads((folder / "config.json").read_text())
-    model = VisionLanguageModel.from_config_dict(config["model"], attn_implementation=attn_implementation)
+    model = from_config_dict(config["model"], attn_implementation=attn_implementation)
     load_weights(model, folder / "model.safetensors")
     return model.to(device)
 
