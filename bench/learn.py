@@ -142,9 +142,9 @@ def pretrain_llm(preset, config: dict, run: Path, args) -> dict:
     target = run / "pretrained_llm"
     model, _ = starting_model(preset, {"attention": default_attention(preset), "seed": 1, "init": {}},
                               run / "pack" / "instruct", log=lambda *_: None)
-    stage = Stage("language", trainable=("llm",), data="text", lr=1e-3)
+    stage = Stage("language", trainable=("llm",), data="text", lr=1e-3, epochs=args.llm_epochs)
     train_stage(model, stage, text_only(run, config), run / "llm_pretraining",
-                TrainConfig(batch_size=args.batch_size, epochs=args.llm_epochs, tensorboard=False))
+                TrainConfig(batch_size=args.batch_size, tensorboard=False))
     if not (target / "config.json").exists():
         model.language_model.save_pretrained(target)
     log = [json.loads(line)["loss"] for line in (run / "llm_pretraining" / "log.jsonl").read_text().splitlines()]

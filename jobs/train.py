@@ -13,7 +13,6 @@ from pipelines.tokenize import Encoder, load_tokenizer
 from templates.chat import get_chat_format
 
 # The train section's keys, types and defaults: jobs/schema.py's Train.
-SCHEDULE_KEYS = {"lr", "epochs", "max_steps", "warmup_ratio", "weight_decay", "betas"}
 LORA_KEYS = ("rank", "alpha", "dropout", "targets", "group")
 
 
@@ -73,14 +72,17 @@ def starting_model(preset, cfg: dict, pack_output: Path, log=print) -> tuple:
 
 
 def stages_of(preset, cfg: dict) -> list:
-    """The preset's stages with the config's data, trainable, objective and image_size overrides applied."""
+    """The preset's stages with every train.stages.NAME override applied (schedule, data, trainable, objective,
+    image_size, lora), once: what a stage learns and for how long is its Stage's, the trainer's TrainConfig
+    holds only how this machine runs it."""
     import dataclasses
 
     stages = []
     for stage in preset.stages:
-        overrides = {k: v for k, v in (cfg["stages"].get(stage.name) or {}).items() if k not in SCHEDULE_KEYS}
-        if "trainable" in overrides:
-            overrides["trainable"] = tuple(overrides["trainable"])
+        overrides = dict(cfg["stages"].get(stage.name) or {})
+        for key in ("trainable", "betas"):  # YAML lists; the Stage holds tuples
+            if key in overrides:
+                overrides[key] = tuple(overrides[key])
         if "lora" in overrides:
             overrides["lora"] = lora_of(preset, stage, overrides["lora"], overrides.get("trainable", stage.trainable))
         if overrides.get("image_size") and not preset.visual_token_count_fixed:
@@ -223,12 +225,11 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
     """One stage, here or on Ray Train workers; its summary with the loss curve."""
     from vlm.train import TrainConfig, train_stage
 
-    overrides = {k: v for k, v in (cfg["stages"].get(stage.name) or {}).items() if k in SCHEDULE_KEYS}
     train_config = TrainConfig(
         batch_size=cfg["batch_size"], grad_accum=cfg["grad_accum"], seed=cfg["seed"],
         checkpoint_every=cfg["checkpoint_every"], device=cfg["device"], init_from=previous, strategy=cfg["strategy"],
         max_grad_norm=cfg["max_grad_norm"], activation_checkpointing=cfg["activation_checkpointing"],
-        compile=cfg["compile"], image_roots=cfg["image_roots"], **overrides)
+        compile=cfg["compile"], image_roots=cfg["image_roots"])
     out_dir = stage_dir / stage.name
     if ray is None:
         summary = train_stage(model, stage, pack_dir / stage.data, out_dir, train_config, log=log)

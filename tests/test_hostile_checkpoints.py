@@ -14,9 +14,9 @@ from vlm.checkpoint_files import CHECKSUMS, DamagedCheckpoint, verify, written_f
 from vlm.train import CHECKPOINT_FILES, read_log, train_stage
 
 from test_vlm_data import write_packed_corpus
-from test_vlm_train import INSTRUCT, killed_in_step, new_model, quick
+from test_vlm_train import INSTRUCT, killed_in_step, new_model, quick, short
 
-CONFIG = dict(max_steps=4, checkpoint_every=1)
+STAGE, CONFIG = short(INSTRUCT, 4), dict(checkpoint_every=1)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def corpus(tmp_path_factory):
 def uninterrupted(corpus, tmp_path_factory):
     """Four steps, a checkpoint after each: the losses every resumed run must log."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    train_stage(new_model(corpus), INSTRUCT, corpus, out, quick(**CONFIG))
+    train_stage(new_model(corpus), STAGE, corpus, out, quick(**CONFIG))
     return out, [r["loss"] for r in read_log(out)]
 
 
@@ -37,7 +37,7 @@ def killed(corpus, tmp_path_factory):
     """The same run killed in step 4: its checkpoint is step 3's, the previous one step 2's."""
     out = tmp_path_factory.mktemp("killed")
     with killed_in_step(4):
-        train_stage(new_model(corpus), INSTRUCT, corpus, out, quick(**CONFIG))
+        train_stage(new_model(corpus), STAGE, corpus, out, quick(**CONFIG))
     return out
 
 
@@ -54,7 +54,7 @@ def step_of(folder) -> int:
 
 def resume(corpus, out) -> tuple[dict, list[str]]:
     lines = []
-    summary = train_stage(new_model(corpus, seed=5), INSTRUCT, corpus, out, quick(**CONFIG), log=lines.append)
+    summary = train_stage(new_model(corpus, seed=5), STAGE, corpus, out, quick(**CONFIG), log=lines.append)
     return summary, lines
 
 

@@ -50,8 +50,7 @@ def new_model(pack_dir, preset=MINIGPT_V2, seed=0):
 
 
 def quick(**overrides):
-    return TrainConfig(**{"batch_size": 2, "max_steps": 4, "checkpoint_every": 2, "progress": False,
-                          "tensorboard": False, **overrides})
+    return TrainConfig(**{"batch_size": 2, "checkpoint_every": 2, "progress": False, "tensorboard": False, **overrides})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +76,7 @@ def lora_stage(tmp_path_factory):
     mid-stage checkpoint (step 2) and resumed; the weights before, and the models after."""
     root = tmp_path_factory.mktemp("lora_stage")
     pack(root, MINIGPT_V2)
-    pack_dir, stage = root / "pack" / "pretrain", MINIGPT_V2.stage("pretrain")
+    pack_dir, stage = root / "pack" / "pretrain", dataclasses.replace(MINIGPT_V2.stage("pretrain"), max_steps=4)
     uninterrupted = new_model(pack_dir)
     before = snapshot(uninterrupted)
     summary = train_stage(uninterrupted, stage, pack_dir, root / "whole", quick())
@@ -155,7 +154,8 @@ def test_resuming_with_another_lora_setting_is_refused(lora_stage, tmp_path):
 
     shutil.copytree(lora_stage["root"] / "killed", tmp_path / "stage")
     (tmp_path / "stage" / vlm.train.COMPLETE).unlink()
-    other = dataclasses.replace(MINIGPT_V2.stage("pretrain"), lora=dataclasses.replace(MINIGPT_V2_LORA, rank=8))
+    other = dataclasses.replace(MINIGPT_V2.stage("pretrain"), max_steps=4,
+                                lora=dataclasses.replace(MINIGPT_V2_LORA, rank=8))
     with pytest.raises(ValueError, match=r"saved with lora=LoRA\(rank=64.*resumed with lora=LoRA\(rank=8"):
         train_stage(new_model(lora_stage["pack_dir"]), other, lora_stage["pack_dir"], tmp_path / "stage", quick())
 

@@ -10,7 +10,7 @@ from jobs.train import train_stage_on_ray
 from vlm.train import read_log, train_stage
 
 from test_vlm_data import write_packed_corpus
-from test_vlm_train import INSTRUCT, new_model, quick, same, snapshot
+from test_vlm_train import INSTRUCT, new_model, quick, same, short, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +25,18 @@ def one_process(corpus, tmp_path_factory):
     pack_dir, _ = corpus
     out = tmp_path_factory.mktemp("one")
     alone = new_model(pack_dir)
-    train_stage(alone, INSTRUCT, pack_dir, out, quick(batch_size=2, max_steps=4))
+    train_stage(alone, short(INSTRUCT, 4), pack_dir, out, quick(batch_size=2))
     return alone, read_log(out)
 
 
 def test_two_workers_follow_the_loss_curve_of_one_process_with_the_same_global_batch(corpus, one_process, tmp_path):
-    stage = INSTRUCT  # projector and LLM learn, the vision tower stays frozen
+    stage = short(INSTRUCT, 4)  # projector and LLM learn, the vision tower stays frozen
     pack_dir, _ = corpus
     alone, one = one_process
     together = new_model(pack_dir)
     frozen_before = snapshot(together.vision_tower)
     with ray_session(num_cpus=2):
-        summary = train_stage_on_ray(together, stage, pack_dir, tmp_path / "two", quick(batch_size=1, max_steps=4),
-                                     workers=2)
+        summary = train_stage_on_ray(together, stage, pack_dir, tmp_path / "two", quick(batch_size=1), workers=2)
     two = read_log(tmp_path / "two")
     assert [r["supervised_tokens"] for r in one] == [r["supervised_tokens"] for r in two]
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4, abs=1e-5)
@@ -50,13 +49,13 @@ def test_two_workers_follow_the_loss_curve_of_one_process_with_the_same_global_b
 def test_two_fsdp_workers_shard_the_model_and_follow_the_loss_curve_of_one_process(corpus, one_process, tmp_path):
     """FSDP (parameters, gradients and optimizer state sharded over 2 gloo workers) gives one process's
     curve; its checkpoint holds the whole model and the whole optimizer state, by parameter name."""
-    stage = INSTRUCT
+    stage = short(INSTRUCT, 4)
     pack_dir, _ = corpus
     alone, one = one_process
     sharded = new_model(pack_dir)
     frozen_before = snapshot(sharded.vision_tower)
     with ray_session(num_cpus=2):
-        train_stage_on_ray(sharded, stage, pack_dir, tmp_path / "two", quick(batch_size=1, max_steps=4, strategy="fsdp"),
+        train_stage_on_ray(sharded, stage, pack_dir, tmp_path / "two", quick(batch_size=1, strategy="fsdp"),
                            workers=2)
     two = read_log(tmp_path / "two")
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4, abs=1e-5)
@@ -86,7 +85,7 @@ def _fsdp_worker(rank: int, pack_dir, out_dir, port: int, fail_at_step: int | No
 
         vlm.train._append_log = crash_at
     model = new_model(pack_dir)
-    train_stage(model, INSTRUCT, pack_dir, out_dir, quick(batch_size=1, max_steps=4, strategy="fsdp", checkpoint_every=2))
+    train_stage(model, short(INSTRUCT, 4), pack_dir, out_dir, quick(batch_size=1, strategy="fsdp", checkpoint_every=2))
     weight = model.language_model.model.layers[0].self_attn.q_proj.weight
     assert weight.to_local().shape[0] == weight.shape[0] // 2  # each worker holds half of every layer
     torch.distributed.destroy_process_group()
@@ -118,11 +117,11 @@ def test_resuming_a_sharded_checkpoint_without_sharding_is_refused(corpus, tmp_p
     import json
 
     pack_dir, _ = corpus
-    train_stage(new_model(pack_dir), INSTRUCT, pack_dir, tmp_path / "s", quick(batch_size=1, max_steps=2))
+    train_stage(new_model(pack_dir), short(INSTRUCT, 2), pack_dir, tmp_path / "s", quick(batch_size=1))
     state_file = tmp_path / "s" / "checkpoint" / "trainer_state.json"
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**state, "sharded": True}))  # as an FSDP run writes it
     (state_file.parent / "checksums.json").unlink()  # edited by hand: the sizes written with it no longer hold
     (tmp_path / "s" / "stage_complete.json").unlink()
     with pytest.raises(ValueError, match="saved with FSDP sharding, resumed without"):
-        train_stage(new_model(pack_dir), INSTRUCT, pack_dir, tmp_path / "s", quick(batch_size=1, max_steps=2))
+        train_stage(new_model(pack_dir), short(INSTRUCT, 2), pack_dir, tmp_path / "s", quick(batch_size=1))

@@ -1,6 +1,8 @@
 """Every stage of every preset, tiny, trained from `loom pack`'s output by the staged trainer (vlm.train)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -32,8 +34,9 @@ def test_every_stage_trains_its_groups_and_leaves_the_frozen_ones_bit_identical(
     previous = None
     for stage in preset.stages:
         before = {group: snapshot(module) for group, module in model.groups.items()}
-        summary = train_stage(model, stage, tmp_path / "pack" / stage.data, tmp_path / "train" / stage.name,
-                              TrainConfig(batch_size=2, max_steps=2, progress=False, tensorboard=False, init_from=previous))
+        summary = train_stage(model, dataclasses.replace(stage, max_steps=2), tmp_path / "pack" / stage.data,
+                              tmp_path / "train" / stage.name,
+                              TrainConfig(batch_size=2, progress=False, tensorboard=False, init_from=previous))
         log = [json.loads(line) for line in (tmp_path / "train" / stage.name / "log.jsonl").read_text().splitlines()]
         assert len(log) == 2 and all(torch.isfinite(torch.tensor(row["loss"])) for row in log), (name, stage.name)
         for group, module in model.groups.items():
@@ -71,7 +74,7 @@ def test_a_stage_trains_at_its_own_resolution(rendered, tmp_path):  # noqa: F811
     import json
 
     preset = vlm.get_preset("qwen-vl", size="tiny")
-    stage = dataclasses.replace(preset.stages[0], image_size=preset.image_size // 2)
+    stage = dataclasses.replace(preset.stages[0], image_size=preset.image_size // 2, max_steps=2)
     config = {"pack": {"preset": preset.name, "input": str(rendered / "render"), "tokenizer": {"train": {"vocab_size": 400}},
                        "seq_len": 1024, "outputs": {stage.data: {"datasets": ["mix"], "split": "train"}}}}
     run_pack(config, tmp_path, log=lambda *_: None)
@@ -80,7 +83,7 @@ def test_a_stage_trains_at_its_own_resolution(rendered, tmp_path):  # noqa: F811
     seen = []
     model.vision_tower.register_forward_pre_hook(lambda module, args, kwargs: seen.append(args[0].shape[-1]), with_kwargs=True)
     train_stage(model, stage, tmp_path / "pack" / stage.data, tmp_path / "train",
-                TrainConfig(batch_size=2, max_steps=2, progress=False, tensorboard=False))
+                TrainConfig(batch_size=2, progress=False, tensorboard=False))
     assert seen and set(seen) == {preset.image_size // 2}
     log = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
@@ -139,6 +142,22 @@ def test_a_config_overrides_a_stages_data_and_groups_and_starts_from_a_local_llm
     embeddings = trained["model.embed_tokens.weight"]
     assert torch.equal(embeddings[:300], source["model.embed_tokens.weight"])
     assert torch.allclose(embeddings[300:], source["model.embed_tokens.weight"].mean(0).expand(len(embeddings) - 300, -1))
+
+
+def test_every_stage_override_lands_on_its_stage_and_the_train_config_holds_only_the_machine():
+    from dataclasses import fields
+
+    from jobs.train import stages_of, train_settings
+    from vlm.train import TrainConfig
+
+    preset = vlm.get_preset("llava", size="tiny")
+    given = {"lr": 2e-5, "epochs": 3, "max_steps": 7, "warmup_ratio": 0.1, "weight_decay": 0.05,
+             "betas": [0.9, 0.95], "trainable": ["connector"], "data": "pretrain", "objective": "lm"}
+    pretrain, instruct = stages_of(preset, train_settings({"train": {"stages": {"instruct": given}}}, preset))
+    assert pretrain == preset.stage("pretrain")
+    assert instruct == dataclasses.replace(preset.stage("instruct"), **{**given, "betas": (0.9, 0.95),
+                                                                        "trainable": ("connector",)})
+    assert not set(given) & {field.name for field in fields(TrainConfig)}
 
 
 @pytest.mark.parametrize("train, wrong", [

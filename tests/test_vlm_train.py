@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import pytest
@@ -19,7 +20,14 @@ from vlm.train import TrainConfig, load_model, read_log, train_stage
 from test_vlm_data import COLOURS, vqa_prompt, write_packed_corpus
 
 PRESET = get_preset("llava-1.5-tiny")
-PRETRAIN, INSTRUCT = PRESET.stage("pretrain"), PRESET.stage("instruct")
+
+
+def short(stage, steps: int = 3, **schedule):
+    """`stage` cut to `steps` optimizer steps (and any other schedule change): a test's run, not the paper's."""
+    return dataclasses.replace(stage, max_steps=steps, **schedule)
+
+
+PRETRAIN, INSTRUCT = short(PRESET.stage("pretrain")), short(PRESET.stage("instruct"))
 
 
 def new_model(pack_dir, seed=0):
@@ -38,7 +46,7 @@ def same(a, b):
 
 
 def quick(**overrides):
-    return TrainConfig(**{"batch_size": 2, "max_steps": 3, "progress": False, "tensorboard": False, **overrides})
+    return TrainConfig(**{"batch_size": 2, "progress": False, "tensorboard": False, **overrides})
 
 
 @contextlib.contextmanager
@@ -99,10 +107,10 @@ def test_stage_2_starts_from_stage_1_and_changes_the_llm_not_the_vision_tower(st
 def test_a_killed_stage_resumes_to_the_same_losses_and_weights(corpus, tmp_path, monkeypatch):
     pack_dir, _ = corpus
     # Accumulation and an epoch boundary inside the run: the data position must survive both.
-    config = quick(max_steps=6, checkpoint_every=3, grad_accum=2)
+    config, stage = quick(checkpoint_every=3, grad_accum=2), short(INSTRUCT, 6)
 
     uninterrupted = new_model(pack_dir)
-    train_stage(uninterrupted, INSTRUCT, pack_dir, tmp_path / "a", config)
+    train_stage(uninterrupted, stage, pack_dir, tmp_path / "a", config)
     expected = [r["loss"] for r in read_log(tmp_path / "a")]
     assert read_log(tmp_path / "a")[-1]["epoch"] >= 1
 
@@ -115,12 +123,12 @@ def test_a_killed_stage_resumes_to_the_same_losses_and_weights(corpus, tmp_path,
 
     monkeypatch.setattr(vlm.train, "_append_log", killed_at_step_5)
     with pytest.raises(KeyboardInterrupt):
-        train_stage(new_model(pack_dir), INSTRUCT, pack_dir, tmp_path / "b", config)
+        train_stage(new_model(pack_dir), stage, pack_dir, tmp_path / "b", config)
     assert [r["step"] for r in read_log(tmp_path / "b")] == [1, 2, 3, 4]
     monkeypatch.setattr(vlm.train, "_append_log", real_append)
 
     resumed = new_model(pack_dir, seed=5)  # fresh process state: everything must come from the checkpoint
-    summary = train_stage(resumed, INSTRUCT, pack_dir, tmp_path / "b", config)
+    summary = train_stage(resumed, stage, pack_dir, tmp_path / "b", config)
     assert summary["resumed_from_step"] == 3
     assert [r["loss"] for r in read_log(tmp_path / "b")] == expected
     assert same(snapshot(resumed), snapshot(uninterrupted))
@@ -186,8 +194,7 @@ def colour_task(tmp_path_factory):
     ]
     pack_dir, samples = write_packed_corpus(root, samples=samples)
     model = new_model(pack_dir)
-    summary = train_stage(model, INSTRUCT, pack_dir, root / "out",
-                          quick(batch_size=3, max_steps=40, warmup_ratio=0.1))
+    summary = train_stage(model, short(INSTRUCT, 40, warmup_ratio=0.1), pack_dir, root / "out", quick(batch_size=3))
     tokenizer = AutoTokenizer.from_pretrained(pack_dir / "tokenizer")
     return model, tokenizer, samples, summary, root / "out"
 
@@ -296,7 +303,7 @@ def test_a_stage_writes_its_loss_and_learning_rate_to_tensorboard(corpus, tmp_pa
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     pack_dir, _ = corpus
-    train_stage(new_model(pack_dir), INSTRUCT, pack_dir, tmp_path, quick(max_steps=3, tensorboard=True))
+    train_stage(new_model(pack_dir), INSTRUCT, pack_dir, tmp_path, quick(tensorboard=True))
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     logged = read_log(tmp_path)
@@ -307,7 +314,7 @@ def test_a_stage_writes_its_loss_and_learning_rate_to_tensorboard(corpus, tmp_pa
 
 def test_a_compiled_stage_logs_the_losses_of_an_eager_one(corpus, tmp_path, fresh_compiler):
     pack_dir, _ = corpus
-    train_stage(new_model(pack_dir), INSTRUCT, pack_dir, tmp_path / "eager", quick(max_steps=2))
-    train_stage(new_model(pack_dir), INSTRUCT, pack_dir, tmp_path / "compiled", quick(max_steps=2, compile=True))
+    train_stage(new_model(pack_dir), short(INSTRUCT, 2), pack_dir, tmp_path / "eager", quick())
+    train_stage(new_model(pack_dir), short(INSTRUCT, 2), pack_dir, tmp_path / "compiled", quick(compile=True))
     eager, compiled = read_log(tmp_path / "eager"), read_log(tmp_path / "compiled")
     assert [r["loss"] for r in compiled] == pytest.approx([r["loss"] for r in eager], rel=1e-4)

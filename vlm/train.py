@@ -50,16 +50,12 @@ LOG = "log.jsonl"
 
 @dataclass
 class TrainConfig:
-    """How to run a stage on this machine; None means "the stage's own value"."""
+    """How to run a stage on this machine. What the stage learns and for how long (lr, epochs, max_steps, warmup,
+    objective, image_size, LoRA, trainable groups, data) is the Stage's: a run's overrides are applied to it
+    before it reaches the trainer (dataclasses.replace; `loom train` does it once per stage)."""
 
     batch_size: int = 1  # packed rows per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float | None = None
-    epochs: int | None = None
-    max_steps: int | None = None  # overrides epochs; the schedule spans exactly this many steps
-    warmup_ratio: float | None = None
-    weight_decay: float | None = None
-    betas: tuple[float, float] | None = None
     max_grad_norm: float = 1.0
     seed: int = 0
     checkpoint_every: int = 0  # steps; 0 = only at the end
@@ -370,14 +366,10 @@ def train_stage(
     model.train()
     dataset = PackedDataset(pack_dir, batch_size=config.batch_size, seed=config.seed, preset=model.preset,
                             rank=rank, world_size=world, image_size=stage.image_size, image_roots=config.image_roots)
-    epochs = config.epochs if config.epochs is not None else stage.epochs
-    total_steps = config.max_steps or stage.max_steps or math.ceil(epochs * dataset.batches_per_epoch / config.grad_accum)
-    warmup_ratio = config.warmup_ratio if config.warmup_ratio is not None else stage.warmup_ratio
-    warmup_steps = math.ceil(total_steps * warmup_ratio)
-    lr = config.lr if config.lr is not None else stage.lr
-    weight_decay = config.weight_decay if config.weight_decay is not None else stage.weight_decay
+    total_steps = stage.max_steps or math.ceil(stage.epochs * dataset.batches_per_epoch / config.grad_accum)
+    warmup_steps = math.ceil(total_steps * stage.warmup_ratio)
 
-    optimizer = torch.optim.AdamW(model.parameter_groups(weight_decay), lr=lr, betas=tuple(config.betas or stage.betas),
+    optimizer = torch.optim.AdamW(model.parameter_groups(stage.weight_decay), lr=stage.lr, betas=tuple(stage.betas),
                                   fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
