@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "for train.init.vision"),
                             ("render", "pairs + annotations → instruction records"),
                             ("pack", "instructions → packed token sequences"),
+                            ("lm", "render text → the preset's LLM pretrained to answer from a scene described in "
+                                   "its prompt, for train.init.llm"),
                             ("train", "packed → checkpoints, stage by stage, then evaluation "
                                       "(one process, or --workers N Ray Train workers)")):
         p = sub.add_parser(name, help=help_text)

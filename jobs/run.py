@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jobs.config import section
 
-ORDER = ("demo_data", "ingest", "tower", "render", "pack", "train")
+ORDER = ("demo_data", "ingest", "tower", "render", "pack", "lm", "train")
 
 
 def stages_in(config: dict) -> list[str]:
@@ -55,7 +55,12 @@ def check_stages(config: dict, out: str, stages: list[str]) -> None:
         from jobs.pack import pack_settings
 
         pack_settings(config)
+    if "lm" in stages:
+        from jobs.lm import lm_settings
+
+        lm_settings(config)
     if "train" in stages:
+        from jobs.lm import lm_output
         from jobs.tower import tower_output
         from jobs.train import train_settings
         from pipelines.manifest import read_manifest
@@ -65,6 +70,7 @@ def check_stages(config: dict, out: str, stages: list[str]) -> None:
         preset = section(config, "pack")["preset"] if "pack" in stages else (packed or {}).get("preset")
         if preset is not None:  # else train refuses to start: no pack output to train on
             written = [tower_output(out)] if "tower" in stages else []  # the tower this run pretrains first
+            written += [lm_output(out)] if "lm" in stages else []  # and the LLM
             train_settings(config, get_preset(preset), written)
 
 
@@ -100,6 +106,10 @@ def _run_stages(config: dict, out: str, stages: list[str], ray_address: str | No
             from jobs.pack import run_pack
 
             run_pack(config, out, log, ray_address)
+        elif name == "lm":
+            from jobs.lm import run_lm
+
+            run_lm(config, out, log)
         elif name == "train":
             from jobs.train import run_train
 

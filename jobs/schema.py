@@ -380,6 +380,30 @@ class Tower(Settings):
     image_size: Count | None = Field(None, description="pixels of the training images' side; null: the preset's")
 
 
+class LanguageModel(Settings):
+    """`loom lm`: the render's text → a preset's LLM pretrained to answer from a scene described in its prompt,
+    for train.init.llm."""
+
+    input: str | None = Field(None, description="the render output folder; null: {out}/render")
+    pack: str | None = Field(None, description="the pack output whose tokenizer and preset the LLM takes; "
+                                               "null: {out}/pack")
+    datasets: Names = Field(["coco_caption", "vqav2"], description="prefixes of the datasets whose records it "
+                                                                   "reads, captions among them")
+    split: str = Field("train", description="the split it reads")
+    seed: Seed = 0
+    epochs: Count = Field(8, description="passes over the text")
+    max_steps: Count | None = Field(None, description="optimizer steps; overrides epochs")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW, linear warmup, then cosine)")
+    batch_size: Count = Field(4, description="packed sequences per step")
+    seq_len: int = Field(512, ge=64, description="tokens of a packed text sequence")
+    plain_captions: bool = Field(True, description="also each caption alone, with no image and no description")
+    shapes_world_scenes: int = Field(0, ge=0, description="text-only shapes-world scenes (captions and questions, "
+                                                          "no image drawn) added to the render's text: a corpus "
+                                                          "big enough to learn reading a scene from context")
+    held_out: int = Field(32, ge=0, description="images whose questions are kept out of training and answered "
+                                                "from their description, and blind")
+
+
 class Init(Overrides):
     """Pretrained weights the first stage starts from."""
 
@@ -482,6 +506,7 @@ class RunConfig(Settings):
     tower: Tower | None = None
     render: Render | None = None
     pack: Pack | None = None
+    lm: LanguageModel | None = None
     train: Train | None = None
     templates: Templates | None = None
     catalog: Catalog | None = None
