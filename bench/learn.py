@@ -14,13 +14,15 @@ BLIP-2's second stage reads the captions + questions too (BLIP-2's VQA fine-tuni
 as here): the paper's zero-shot VQA leans on a pretrained LLM's knowledge, which a tiny one lacks.
 
 Presets that never train their LLM's own weights (BLIP-2, InstructBLIP, MiniGPT-4; MiniGPT-v2, whose LLM
-learns through LoRA adapters) freeze a pretrained one in the papers.
-A tiny LLM has no pretraining, so the bench gives it one first: the LLM alone is trained on the same
-instruction text with the images taken out (`--llm-epochs`), and saved as a transformers checkpoint that
-the run starts from (`train.init.llm`), as a user's run starts from Vicuna or OPT. It
-learns the language and answer priors of the questions, not the images: the model scored before its
-first stage (that LLM behind an untrained vision path) is the blind figure the stages must beat. These presets pack 512-token rows (`--seq-len`): their LLM is frozen and
-their connector learns from far fewer visual tokens per sample (8 here), so 2048-token rows of ~70
+learns through LoRA adapters) freeze a pretrained one in the papers. A tiny LLM has no pretraining, so the
+bench gives it one first with `loom lm` (jobs/lm.py): the LLM alone learns the run's own text with each
+image's captions written where the image will be, before its question and answer (and each caption alone),
+so it answers from a scene described in its prompt; its visual-token slot then has something the connector
+can steer. It is saved as a transformers checkpoint folder (run/lm) that the run starts from
+(`train.init.llm`), as a user's run starts from Vicuna or OPT. `loom lm` scores it on held-out training
+images' questions, with their description and blind; the model scored before the first stage (that LLM
+behind an untrained vision path) is the blind figure the stages must beat.
+These presets pack 512-token rows (`--seq-len`): their LLM is frozen and their connector learns from far fewer visual tokens per sample (8 here), so 2048-token rows of ~70
 samples would give it few optimizer steps; the same epochs in 512-token rows give four times as many.
 
 Resolution: a shapes-world scene holds several shapes; at the 32 px of most tiny presets each is a few
@@ -30,10 +32,14 @@ does not depend on the image (Q-Former, Qwen-VL's resampler) train every stage a
 LLaVA and MiniGPT-v2 (a token per patch or patch group) keep 32 px, Qwen2-VL its native resolution.
 
 The table: per stage the mean loss of its first and last tenth of steps and the held-out accuracy after it;
-then the final accuracy, the majority-answer and per-question-type-majority baselines, the frozen-LLM
-presets' accuracy before their first stage (the pretrained LLM answering blind), the accuracy on colour
-and shape questions (which no prior answers: a blind model scores about 1/6 on them), and whether the
-loss fell and accuracy beat the majority answer.
+then the final accuracy and its share per question type (colour and shape no prior answers: a blind model
+scores about 1/6 on them), the majority-answer and per-question-type-majority baselines, the frozen-LLM
+presets' accuracy before their first stage (the pretrained LLM answering blind), what `loom lm` measured
+of that LLM (held-out questions answered from their scene's description / blind), whether the loss fell
+in every stage, and the seconds.
+
+Everything runs in this one process, Ray never started (render and pack with `ray: never`), so the bench
+runs where only torch and transformers are installed (bench/gpu.sh).
 """
 from __future__ import annotations
 
@@ -51,7 +57,7 @@ import vlm  # noqa: E402
 from jobs.pack import run_pack  # noqa: E402
 from jobs.render import run_render  # noqa: E402
 from jobs.run import run_demo_data  # noqa: E402
-from jobs.train import default_attention, run_train, starting_model, train_settings  # noqa: E402
+from jobs.train import run_train, starting_model, train_settings  # noqa: E402
 
 CAPTIONS = ["coco_caption"]
 MIXED = ["coco_caption", "vqav2"]
@@ -70,7 +76,7 @@ def render_world(out: Path, train_scenes: int, val_scenes: int) -> None:
         {"adapter": "vqav2", "questions": f"{demo}/vqav2/v2_OpenEnded_mscoco_val2014_questions.json",
          "annotations": f"{demo}/vqav2/v2_mscoco_val2014_annotations.json", "images": f"{demo}/coco/val2014",
          "split": "val", "template": "vqa_en_04"},
-    ]}}
+    ], "ray": "never"}}  # one machine: no Ray needed (a GPU box may not have it)
     run_render(render, out, log=lambda *_: None)
 
 
@@ -94,67 +100,38 @@ def run_config(preset, args, run: Path) -> dict:
         stages["generative"]["data"] = "mixed"
         outputs["mixed"] = {"datasets": MIXED, "split": "train"}
     if "instruct" not in outputs:
-        outputs["instruct"] = {"datasets": MIXED, "split": "train"}  # what a tiny LLM pretrains on (see above)
+        outputs["instruct"] = {"datasets": MIXED, "split": "train"}  # the blind figure's model is built for it
     config = {
         "pack": {"preset": preset.name, "seq_len": args.seq_len or (512 if frozen_llm(preset) else 2048), "tokenizer": {"train": {"vocab_size": 2000}},
-                 "outputs": outputs},
+                 "outputs": outputs, "ray": "never"},
         "train": {"seed": 0, "batch_size": args.batch_size, "stages": stages,
                   "evaluate": {"datasets": ["vqav2"], "split": "val", "limit": args.eval_limit}},
     }
     if frozen_llm(preset):
-        config["train"]["init"] = {"llm": str(run / "pretrained_llm")}
+        config["train"]["init"] = {"llm": str(run / "lm")}
     return config
 
 
-def text_only(run: Path, config: dict) -> Path:
-    """The training instructions with their images taken out, packed in the preset's format with the run's
-    tokenizer: the text a stand-in for a pretrained LLM learns from (a real one never saw visual tokens)."""
-    import re
-
-    from pipelines.manifest import StageRecord, read_manifest
-    from pipelines.render import read_render_output, selected, write_instructions
-
-    render = run / "text_render"
-    if read_manifest(render) is None:
-        rows = []
-        for record in read_render_output(run / "render"):
-            if not selected(record, MIXED, "train"):
-                continue
-            messages = [{**m, "content": re.sub(r"<image>\n?", "", m["content"])} for m in record["messages"]]
-            rows.append({**record, "messages": messages, "images": []})
-        write_instructions(rows, render / "instructions" / "00.parquet")
-        done = StageRecord("render", {"text_only_of": str(run / "render")})
-        done.rows_in = done.rows_out = len(rows)
-        done.extra["files"] = ["instructions/00.parquet"]
-        done.finish(render)
-    text_config = {"pack": {**config["pack"], "input": str(render), "tokenizer": {"path": str(run / "pack" / "tokenizer")},
-                            "outputs": {"text": {"datasets": MIXED, "split": "train"}}}}
-    run_pack(text_config, run / "text", log=lambda *_: None)
-    return run / "text" / "pack" / "text"
-
-
 def pretrain_llm(preset, config: dict, run: Path, args) -> dict:
-    """The tiny LLM's stand-in for pretraining: trained alone on the instruction text without images,
-    saved as a transformers checkpoint folder."""
-    from vlm.preset import Stage
-    from vlm.train import TrainConfig, train_stage
+    """The tiny LLM's pretraining: `loom lm` on the run's render and pack outputs (each image's captions in the
+    prompt where its image will be, then the question and answer; and each caption alone), written as a
+    transformers checkpoint folder, run/lm, that train.init.llm reads."""
+    from jobs.lm import run_lm
 
-    target = run / "pretrained_llm"
-    model, _ = starting_model(preset, {"attention": default_attention(preset), "seed": 1, "init": {}},
-                              run / "pack" / "instruct", log=lambda *_: None)
-    stage = Stage("language", trainable=("llm",), data="text", lr=1e-3, epochs=args.llm_epochs)
-    train_stage(model, stage, text_only(run, config), run / "llm_pretraining",
-                TrainConfig(batch_size=args.batch_size, tensorboard=False))
-    if not (target / "config.json").exists():
-        model.language_model.save_pretrained(target)
-    log = [json.loads(line)["loss"] for line in (run / "llm_pretraining" / "log.jsonl").read_text().splitlines()]
-    return {"steps": len(log), **ends(log), "accuracy_before_stages": blind_accuracy(preset, config, run)}
+    lm = {"epochs": args.llm_epochs, "seq_len": config["pack"]["seq_len"], "batch_size": args.llm_batch_size,
+          "lr": args.llm_lr, "shapes_world_scenes": args.llm_scenes,
+          "held_out": min(32, args.train_scenes // 10)}
+    manifest = run_lm({"lm": lm}, run, log=print)
+    log = [loss for _, loss in manifest["loss_curve"]]
+    held_out = manifest["held_out"] or {}
+    return {"steps": len(log), **ends(log), "from_description": held_out.get("from_description"),
+            "blind_lm": held_out.get("blind"), "accuracy_before_stages": blind_accuracy(preset, config, run)}
 
 
 def blind_accuracy(preset, config: dict, run: Path) -> float:
     """Held-out accuracy of the model the first stage starts from: the pretrained LLM behind an untrained
     vision path, which answers from the question alone."""
-    from jobs.train import evaluate_vqa
+    from jobs.evaluate import evaluate_vqa
 
     settings = train_settings(config, preset)
     model, encoder = starting_model(preset, settings, run / "pack" / "instruct", log=lambda *_: None)
@@ -197,18 +174,24 @@ def learn(name: str, args, out: Path) -> dict:
     return row
 
 
+QUESTION_TYPES = ("colour", "shape", "count", "exists", "position")
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| preset | stages: loss first → last (held-out accuracy after) | accuracy | majority | per-type majority "
-             "| before stages | colour / shape questions | loss fell | beats majority | s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset | stages: loss first → last (held-out accuracy after) | accuracy | "
+             + " | ".join(QUESTION_TYPES) + " | majority | per-type majority | blind LLM (before stages) "
+             "| LLM from description / blind | loss fell | s |",
+             "|---" * (9 + len(QUESTION_TYPES)) + "|"]
     for r in rows:
-        before = f"{r['llm_pretraining']['accuracy_before_stages']:.3f}" if "llm_pretraining" in r else "-"
-        kinds = " / ".join(f"{r['by_question_type'].get(t, float('nan')):.2f}" for t in ("colour", "shape"))
+        lm = r.get("llm_pretraining")
+        before = f"{lm['accuracy_before_stages']:.3f}" if lm else "-"
+        reads = f"{lm['from_description']:.3f} / {lm['blind_lm']:.3f}" if lm and lm["from_description"] is not None else "-"
+        kinds = " | ".join(f"{r['by_question_type'].get(t, float('nan')):.2f}" for t in QUESTION_TYPES)
         stages = "; ".join(f"{s['name']} {s['first_loss']:.2f} → {s['last_loss']:.2f} ({s['accuracy']:.3f})"
                            for s in r["stages"])
-        lines.append(f"| {r['preset']} | {stages} | {r['accuracy']:.3f} | {r['majority']:.3f} | "
-                     f"{r['type_majority']:.3f} | {before} | {kinds} | {'yes' if r['loss_fell'] else 'no'} | "
-                     f"{'yes' if r['beats_majority'] else 'no'} | {r['seconds']:.0f} |")
+        lines.append(f"| {r['preset']} | {stages} | {r['accuracy']:.3f} | {kinds} | {r['majority']:.3f} | "
+                     f"{r['type_majority']:.3f} | {before} | {reads} | {'yes' if r['loss_fell'] else 'no'} | "
+                     f"{r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -219,7 +202,11 @@ def main(argv=None) -> int:
     parser.add_argument("--train-scenes", type=int, default=800)
     parser.add_argument("--val-scenes", type=int, default=150)
     parser.add_argument("--epochs", type=int, default=4, help="epochs of every stage after a pretraining one")
-    parser.add_argument("--llm-epochs", type=int, default=4, help="the frozen-LLM presets' LLM pretraining")
+    parser.add_argument("--llm-epochs", type=int, default=8, help="the frozen-LLM presets' LLM pretraining (loom lm)")
+    parser.add_argument("--llm-batch-size", type=int, default=4, help="packed text sequences per LLM pretraining step")
+    parser.add_argument("--llm-lr", type=float, default=2e-3, help="the LLM pretraining's peak learning rate")
+    parser.add_argument("--llm-scenes", type=int, default=4000,
+                        help="text-only shapes-world scenes the LLM also reads (lm.shapes_world_scenes)")
     parser.add_argument("--seq-len", type=int, default=None,
                         help="packed sequence length (default: 512 for the frozen-LLM presets, else 2048)")
     parser.add_argument("--image-size", type=int, default=64,

@@ -12,8 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+def run_bench(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", **(env or {})}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
                           env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -33,9 +33,25 @@ def test_the_throughput_bench_times_packed_and_padded_steps_of_loom_and_the_refe
 
 def test_the_learnability_bench_trains_a_preset_through_its_stages_and_scores_it(tmp_path):
     done = run_bench("learn.py", "--out", str(tmp_path), "--presets", "minigpt4", "--train-scenes", "12",
-                     "--val-scenes", "6", "--epochs", "1", "--llm-epochs", "1")
+                     "--val-scenes", "6", "--epochs", "1", "--llm-epochs", "1", "--llm-scenes", "10")
     [row] = json.loads((tmp_path / "table.json").read_text())
     assert row["preset"] == "minigpt4" and [s["name"] for s in row["stages"]] == ["pretrain", "instruct"]
     assert row["llm_pretraining"]["steps"] > 0 and row["questions"] > 0
     assert 0 <= row["accuracy"] <= 1 and 0 < row["majority"] <= 1
     assert "| minigpt4 |" in done.stdout
+
+
+def test_the_learnability_bench_runs_where_ray_and_polars_are_not_installed(tmp_path):
+    """As on the GPU machines bench/gpu.sh runs on: torch and transformers, no Ray, no polars."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text("import sys\nsys.modules.update(ray=None, polars=None)\n")
+    run_bench("learn.py", "--out", str(tmp_path / "learn"), "--presets", "blip2-opt", "--train-scenes", "12",
+              "--val-scenes", "4", "--epochs", "1", "--llm-epochs", "1", "--llm-scenes", "10", "--eval-limit", "8",
+              env={"PYTHONPATH": str(tmp_path / "site")})
+    [row] = json.loads((tmp_path / "learn" / "table.json").read_text())
+    lm = row["llm_pretraining"]  # loom lm made its LLM, and scored it with and without the scene's description
+    assert lm["steps"] > 0 and 0 <= lm["from_description"] <= 1 and 0 <= lm["blind_lm"] <= 1
+    assert (tmp_path / "learn" / "blip2-opt" / "lm" / "config.json").exists()
+    summary = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_summary.py"), str(tmp_path / "learn" / "table.json"),
+                              str(tmp_path / "none.json"), "1", "2"], capture_output=True, text=True)
+    assert "| blip2-opt |" in summary.stdout and "no figures: bench/train_throughput.py wrote none" in summary.stdout

@@ -4,7 +4,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import polars as pl
+
+# polars is imported where it is used, so the config schema (which reads MAX_RADIUS) loads without it:
+# a GPU box that only renders, packs and trains has torch and transformers, not polars.
 
 HASH_BITS = 256  # filters.phash256: 64 hex digits
 HASH_WORDS = HASH_BITS // 64
@@ -68,6 +70,8 @@ def mark_duplicates(
     another reason never shadows a good one. `counters`, when given, receives the search's
     figures (hashes, bands, candidate pairs, biggest bucket, near pairs, seconds).
     """
+    import polars as pl
+
     check_radius(radius)
     kept = samples.filter(pl.col("drop_reason").is_null()).sort("key")
     first_by_sha = (kept.filter(pl.col("sha256").is_not_null())
@@ -100,6 +104,8 @@ def mark_duplicates(
 
 def hash_words(phash: pl.Series, keys: pl.Series) -> np.ndarray:
     """The hashes (64 hex digits, or their 32 bytes) as 4 uint64 words each, shape (4, n), word 0 holding the first 16 digits."""
+    import polars as pl
+
     if phash.dtype == pl.Binary:
         bad = pl.DataFrame({"phash": phash, "key": keys}).filter(pl.col("phash").bin.size() != HASH_BITS // 8)
         if bad.height:
