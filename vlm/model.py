@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
 
-from .saving import save_pretrained as write_pretrained
 from .connectors.projector import LinearProjector, MLPProjector
 from .connectors.qformer import QFormer, QFormerConfig
 from .connectors.resampler import QwenResampler
@@ -26,6 +25,7 @@ from .language import build_language_model, decoder_stack
 from .packed_masks import (ATTENTION_MODES, build_attention_mask, document_ids_from_segments, positions_from_document_ids,
                            segment_bounds, shifted_targets, varlen_kwargs)
 from .preset import Preset
+from .saving import save_pretrained as write_pretrained
 from .vision import build_vision_tower, image_features
 
 
