@@ -14,10 +14,15 @@ for the pretrained tower and for the random tower the preset starts from without
   of the 30 captions "A {colour} {kind}.", its kind and colour scored apart. Scenes of several shapes are
   left out: a CLIP-style embedding knows which colours and kinds are present more surely than which colour
   goes with which kind, and that binding is what the object probe above measures.
+
+`--grids 128/8 128/16` also probes random towers of the preset's shape at those image and patch sizes (no
+`--tower` needed): how much of a shape's kind the patch grid alone leaves in the features, the bound a
+pretrained tower of that grid starts from.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -125,6 +130,27 @@ def zero_shot(tower_dir: Path, preset, held_out: list[dict]) -> dict | None:
             "colour": round(sum(p[0] == t[0] for p, t in zip(nearest, truth)) / len(single), 4)}
 
 
+def at_grid(preset, grid: str):
+    """`preset` with its images at another size and patch ("IMAGE/PATCH", e.g. "128/16"), the tower otherwise the
+    same shape."""
+    try:
+        image_size, patch_size = (int(n) for n in grid.split("/"))
+    except ValueError:
+        raise SystemExit(f"--grids {grid!r}: expected IMAGE/PATCH in pixels, e.g. 128/16") from None
+    if image_size % patch_size:
+        raise SystemExit(f"--grids {grid!r}: {patch_size}-px patches do not tile a {image_size}-px image; "
+                         "pick a divisor")
+    vision = dict(preset.vision, image_size=image_size, patch_size=patch_size)
+    return dataclasses.replace(preset, image_size=image_size, patch_size=patch_size, vision=vision,
+                               visual_tokens=(image_size // patch_size) ** 2)
+
+
+def random_tower(preset, seed: int):
+    """The tower a run starts from without a pretrained one (same seed as train.seed)."""
+    torch.manual_seed(seed)
+    return build_vision_tower(preset.vision_kind, preset.vision).eval()
+
+
 def pretrained_tower(folder: Path, preset):
     """The tower in a `loom tower` folder, read by its own transformers class as any checkpoint of it is."""
     from transformers import Blip2VisionModel, CLIPVisionModel
@@ -135,23 +161,31 @@ def pretrained_tower(folder: Path, preset):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--demo", required=True, help="a shapes world folder (loom demo-data, or a run's demo/)")
-    parser.add_argument("--tower", required=True, help="a pretrained tower folder (`loom tower`'s output)")
+    parser.add_argument("--tower", default=None, help="a pretrained tower folder (`loom tower`'s output)")
     parser.add_argument("--preset", default="llava-1.5-tiny")
     parser.add_argument("--seed", type=int, default=0, help="the random tower's seed (a run's train.seed)")
+    parser.add_argument("--grids", nargs="*", default=[], metavar="IMAGE/PATCH",
+                        help="also probe random towers at these image/patch sizes, e.g. 128/8 128/16")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
+    if args.tower is None and not args.grids:
+        parser.error("give --tower (a pretrained tower to probe) and/or --grids (random towers at other grids)")
     preset = get_preset(args.preset)
+    grids = [at_grid(preset, grid) for grid in args.grids]
     demo = Path(args.demo)
     train, held_out = scenes(demo, "train2014"), scenes(demo, "val2014")
     started = time.time()
-    torch.manual_seed(args.seed)
-    random_tower = build_vision_tower(preset.vision_kind, preset.vision).eval()
-    pretrained = pretrained_tower(Path(args.tower), preset).eval()
     result = {"preset": preset.name, "tower": args.tower,
-              "chance": {"kind": round(1 / len(SHAPE_KINDS), 4), "colour": round(1 / len(COLOURS), 4)},
-              "object_probe": {"random": probe_tower(random_tower, preset, train, held_out),
-                               "pretrained": probe_tower(pretrained, preset, train, held_out)},
-              "zero_shot": zero_shot(Path(args.tower), preset, held_out)}
+              "chance": {"kind": round(1 / len(SHAPE_KINDS), 4), "colour": round(1 / len(COLOURS), 4)}}
+    if args.tower:
+        pretrained = pretrained_tower(Path(args.tower), preset).eval()
+        result["object_probe"] = {"random": probe_tower(random_tower(preset, args.seed), preset, train, held_out),
+                                  "pretrained": probe_tower(pretrained, preset, train, held_out)}
+        result["zero_shot"] = zero_shot(Path(args.tower), preset, held_out)
+    if grids:
+        result["random_grids"] = [{"image_size": g.image_size, "patch_size": g.patch_size,
+                                   "visual_tokens": g.visual_tokens,
+                                   **probe_tower(random_tower(g, args.seed), g, train, held_out)} for g in grids]
     result["seconds"] = round(time.time() - started, 1)
     print(json.dumps(result, indent=2))
     if args.json:

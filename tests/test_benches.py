@@ -55,3 +55,22 @@ def test_the_learnability_bench_runs_where_ray_and_polars_are_not_installed(tmp_
     summary = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_summary.py"), str(tmp_path / "learn" / "table.json"),
                               str(tmp_path / "none.json"), "1", "2"], capture_output=True, text=True)
     assert "| blip2-opt |" in summary.stdout and "no figures: bench/train_throughput.py wrote none" in summary.stdout
+
+
+def test_the_tower_bench_probes_random_towers_at_the_patch_grids_asked(tmp_path):
+    from pipelines.shapes_world.export import write_demo_data
+
+    write_demo_data(tmp_path / "demo", pair_scenes=4, train_scenes=24, val_scenes=8)
+    run_bench("tower.py", "--demo", str(tmp_path / "demo"), "--grids", "32/8", "64/8", "--json", str(tmp_path / "t.json"))
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert [(g["image_size"], g["patch_size"], g["visual_tokens"]) for g in result["random_grids"]] == [(32, 8, 16),
+                                                                                                          (64, 8, 64)]
+    assert all(0 <= g["kind"] <= 1 and 0 <= g["colour"] <= 1 and g["shapes"] > 0 for g in result["random_grids"])
+    assert "object_probe" not in result  # no --tower: only the random towers
+
+
+def test_the_tower_bench_refuses_a_patch_that_does_not_tile_the_image(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "tower.py"), "--demo", str(tmp_path), "--grids", "64/12"],
+                          capture_output=True, text=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert done.returncode != 0
+    assert "--grids '64/12': 12-px patches do not tile a 64-px image" in done.stderr
