@@ -448,6 +448,12 @@ class Train(Settings):
     compile: bool = Field(False, description="torch.compile the vision tower and the LLM's decoder")
     device: str | None = Field(None, json_schema_extra={"pattern": f"^({DEVICE.pattern})$"},
                                description="auto or null: cuda when available, else cpu; or cpu, cuda, cuda:N, mps")
+    threads: Count | None = Field(None, le=4_096, description="torch's CPU threads in each training process; null: "
+                                                              "OMP_NUM_THREADS when set, else the cores this process "
+                                                              "may use (its CPU affinity and cgroup quota)")
+    log_every: Count = Field(10, description="optimizer steps between progress lines (step, loss, lr, tokens/s), "
+                                             "printed where stderr is no terminal (a terminal shows a bar) and "
+                                             "always written to train/<stage>/train.log")
     attention: str = Field("auto", description="auto: segment_sdpa, exact attention inside each packed sample, or "
                                                "sdpa for FlanT5 (T5's position bias lives inside attention); or sdpa, "
                                                "eager, flex_attention, segment_sdpa, flash_attention_2")

@@ -229,7 +229,7 @@ def _train_one(model, stage, cfg: dict, pack_dir: Path, stage_dir: Path, previou
         batch_size=cfg["batch_size"], grad_accum=cfg["grad_accum"], seed=cfg["seed"],
         checkpoint_every=cfg["checkpoint_every"], device=cfg["device"], init_from=previous, strategy=cfg["strategy"],
         max_grad_norm=cfg["max_grad_norm"], activation_checkpointing=cfg["activation_checkpointing"],
-        compile=cfg["compile"], image_roots=cfg["image_roots"])
+        compile=cfg["compile"], image_roots=cfg["image_roots"], threads=cfg["threads"], log_every=cfg["log_every"])
     out_dir = stage_dir / stage.name
     if ray is None:
         summary = train_stage(model, stage, pack_dir / stage.data, out_dir, train_config, log=log)

@@ -7,6 +7,7 @@ learning rate, on which data": the loop is the same for every stage.
 
 `out_dir/` after a stage:
   log.jsonl                 one line per optimizer step: step, loss, lr, tokens, ...
+  train.log                 a line every log_every steps (step, loss, lr, tokens/s) and the summary
   checkpoint/               model.safetensors, config.json, optimizer.pt, scheduler.pt,
                             rng.pt, trainer_state.json (step, data position), tokenizer/,
                             checksums.json (every file's size and CRC-32, written last);
@@ -32,7 +33,6 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from . import lora
 from .builders import from_config_dict
@@ -41,6 +41,8 @@ from .checkpoint_files import PREVIOUS, DamagedCheckpoint, folder_bytes, kind, v
 from .data import DataPosition, PackedDataset
 from .model import VisionLanguageModel
 from .preset import LoRA, Stage
+from .progress import StageProgress
+from .threads import training_threads
 
 CHECKPOINT = "checkpoint"
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
@@ -66,7 +68,9 @@ class TrainConfig:
     # with several workers: ddp keeps a whole model on each; fsdp shards parameters, gradients and optimizer
     # state across them (FSDP2, every transformer layer its own unit), for LLMs that do not fit one device
     strategy: str = "ddp"
-    progress: bool = True
+    progress: bool = True  # a bar on a terminal, else a line every log_every steps (train.log has them always)
+    log_every: int = 10  # optimizer steps between progress lines
+    threads: int | None = None  # torch's CPU threads; None: OMP_NUM_THREADS, else the cores this process may use
     tensorboard: bool = True
     image_roots: dict[str, str] | None = None  # root name -> folder, over the render manifest's (a moved dataset)
 
@@ -335,6 +339,7 @@ def train_stage(
     if config.strategy not in STRATEGIES:
         raise ValueError(f"strategy {config.strategy!r}; expected one of {STRATEGIES}")
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.set_num_threads(training_threads(config.threads))  # and what evaluates after it in this process
     # Under Ray Train (TorchTrainer) every worker runs this same loop on its share of each step's rows
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
@@ -431,7 +436,8 @@ def train_stage(
     # -- the loop ----------------------------------------------------------------------------------
     stream = dataset.batches(start=position)
     started = time.time()
-    bar = tqdm(total=total_steps, initial=step, desc=f"{model.preset.name}/{stage.name}", disable=not config.progress or not lead)
+    progress = StageProgress(f"{model.preset.name}/{stage.name}", total_steps, step, tokens, out_dir, config.log_every,
+                             log, show=config.progress) if lead else None
     while step < total_steps:
         step_start = time.time()
         micro_batches = []
@@ -489,13 +495,14 @@ def train_stage(
         if writer is not None:
             writer.add_scalar("train/loss", loss_value, step)
             writer.add_scalar("train/lr", current_lr, step)
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{current_lr:.2e}")
-        bar.update(1)
+        if progress is not None:
+            progress.step(step, loss_value, current_lr, tokens)
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
             _save_checkpoint(out_dir, model, optimizer, scheduler, state_now(), tokenizer_dir, lead, sharded,
                              keep_previous)
             keep_previous = True
-    bar.close()
+    if progress is not None:
+        progress.close(step, tokens)
     if writer is not None:
         writer.close()
 
