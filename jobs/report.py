@@ -5,6 +5,8 @@ import html
 import json
 from pathlib import Path
 
+from jobs.report_charts import line_chart
+from jobs.report_train import accuracy_chart, loss_chart, training_figures, wrong_answers
 from pipelines.manifest import read_manifest, write_atomic, write_json_atomic
 
 STAGES = ("ingest", "tower", "render", "pack", "train")
@@ -35,6 +37,8 @@ def collect(run_dir: str | Path, timings: dict | None = None) -> dict:
         headline["majority_baseline"] = round(ev["baselines"]["majority_answer"]["accuracy"], 4)
         headline["per_question_type_majority_baseline"] = round(
             ev["baselines"]["per_question_type_majority"]["accuracy"], 4)
+    if train:  # learning rates, accuracy per question type and wrong answers, from the stages' folders
+        report.setdefault("figures", {})["train"] = training_figures(run, train)
     report["headline"] = headline
     return report
 
@@ -56,25 +60,6 @@ def _table(rows: list[tuple], header: tuple) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def line_svg(curve: list[list[float]], x_label: str = "step", width: int = 560, height: int = 200) -> str:
-    """A curve (loss by step, throughput by time) as an inline SVG polyline: no plotting library needed."""
-    if len(curve) < 2:
-        return "<p>(too few points to plot)</p>"
-    steps = [p[0] for p in curve]
-    losses = [p[1] for p in curve]
-    lo, hi = min(losses), max(losses)
-    span_x, span_y = (max(steps) - min(steps)) or 1, (hi - lo) or 1
-    pad = 30
-    points = " ".join(
-        f"{pad + (s - min(steps)) / span_x * (width - 2 * pad):.1f},"
-        f"{height - pad - (v - lo) / span_y * (height - 2 * pad):.1f}" for s, v in zip(steps, losses))
-    return (f'<svg width="{width}" height="{height}" style="border:1px solid #ccc">'
-            f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points}"/>'
-            f'<text x="4" y="{pad}" font-size="11">{hi:.3f}</text>'
-            f'<text x="4" y="{height - pad}" font-size="11">{lo:.3f}</text>'
-            f'<text x="{width - 110}" y="{height - 8}" font-size="11">{x_label} {max(steps):g}</text></svg>')
 
 
 def bars_svg(counts: dict, width: int = 560, bar: int = 16, colour: str = "#1f77b4") -> str:
@@ -126,12 +111,12 @@ def render_html(report: dict) -> str:
                 if figures["download_throughput"]:
                     curve = [[p["t_end_s"], p["images_per_s"]] for p in figures["download_throughput"]]
                     parts.append("<h3>download throughput (images/s per img2dataset shard, by completion time)</h3>"
-                                 + line_svg(curve, x_label="seconds"))
+                                 + line_chart(curve, x_label="seconds", y_label="images/s"))
         if stage == "tower":
             summary, scores = m["pretrain"], m.get("retrieval")
             parts.append(f"<h3>{html.escape(m['preset'])}'s {m['vision_kind']} tower: {summary['steps']} steps of "
                          f"{summary['batch_size']} pairs, CLIP loss {summary['first_loss']:.3f} → "
-                         f"{summary['final_loss']:.3f}</h3>" + line_svg(m["loss_curve"]))
+                         f"{summary['final_loss']:.3f}</h3>" + line_chart(m["loss_curve"], y_label="CLIP loss"))
             if scores:
                 parts.append(_table([("image → caption", scores["image_to_text"]), ("caption → image",
                                      scores["text_to_image"]), ("chance", scores["chance"])],
@@ -165,13 +150,14 @@ def render_html(report: dict) -> str:
                 parts.append(_table([(t, v["samples"], v["tokens"], f"{v['token_share']:.4f}")
                                      for t, v in figures["tasks"].items()], ("task", "samples", "tokens", "token share")))
         if stage == "train":
+            figures = report["figures"]["train"]
             for s in m["stages"]:
                 accuracy = f", held-out VQA accuracy {s['accuracy']:.4f}" if s.get("accuracy") is not None else ""
                 accuracy += f", held-out captions CIDEr-D {s['cider']:.3f}" if s.get("cider") is not None else ""
                 parts.append(f"<h3>stage {html.escape(s['name'])}: trains {', '.join(s['trainable'])} on "
                              f"{html.escape(s.get('data', '?'))}; "
                              f"{s['steps']} steps, final loss {s['final_loss']:.4f}{accuracy}</h3>")
-                parts.append(line_svg(s["loss_curve"]))
+                parts.append(loss_chart(s, figures))
             ev = m.get("evaluation")
             if ev:
                 parts.append("<h3>held-out VQA</h3>")
@@ -182,5 +168,6 @@ def render_html(report: dict) -> str:
                                     ("question type", "questions", "accuracy")))
                 parts.append(_table([(e["question"], e["prediction"], e["answer"]) for e in ev["examples"]],
                                     ("question", "model", "reference")))
+            parts.append(accuracy_chart(figures) + wrong_answers(Path(report["run"]), figures))
     parts.append("</body></html>")
     return "\n".join(parts)
