@@ -105,9 +105,19 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
         by_type[r["question_type"]][normalize_answer(r["messages"][1]["content"])] += 1
     type_prior = [by_type[r["question_type"]].most_common(1)[0][0] if by_type[r["question_type"]] else majority
                   for r in items]
+    positions = collections.defaultdict(list)  # question type -> its questions' places in `items`
+    for i, r in enumerate(items):
+        positions[r["question_type"]].append(i)
+
+    def scored(guesses: list[str]) -> dict:
+        """A baseline's accuracy over all questions and per question type (the report's chart)."""
+        return {"accuracy": vqa_accuracy(guesses, answers)["exact_match"],
+                "by_question_type": {t: vqa_accuracy([guesses[i] for i in v], [answers[i] for i in v])["exact_match"]
+                                     for t, v in sorted(positions.items())}}
+
     baselines = {
-        "majority_answer": {"answer": majority, "accuracy": vqa_accuracy([majority] * len(items), answers)["exact_match"]},
-        "per_question_type_majority": {"accuracy": vqa_accuracy(type_prior, answers)["exact_match"]},
+        "majority_answer": {"answer": majority, **scored([majority] * len(items))},
+        "per_question_type_majority": scored(type_prior),
     }
     per_type = collections.defaultdict(list)
     for r, p in zip(items, predictions):

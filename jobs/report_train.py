@@ -20,6 +20,8 @@ from pipelines.manifest import read_manifest
 
 THUMBNAIL_PX = 96
 ALL = "all questions"
+BASELINES = {"majority_answer": "majority answer ({answer!r})",  # the evaluation's blind baselines, as shown
+             "per_question_type_majority": "majority answer of its question type"}
 
 
 def learning_rates(stage_dir: Path) -> list[list[float]]:
@@ -49,18 +51,6 @@ def accuracy_by_type(rows: list[dict]) -> dict[str, float]:
     return {**accuracy, ALL: sum(bool(r["correct"]) for r in rows) / len(rows)}
 
 
-def answer_accuracy_by_type(rows: list[dict], answer: str) -> dict[str, float]:
-    """How one fixed answer (the training set's majority answer) scores per question type and over all, by the
-    evaluation's own exact-match scoring."""
-    from vlm.evaluate import vqa_accuracy
-
-    by_type = collections.defaultdict(list)
-    for row in rows:
-        by_type[row["question_type"]].append(list(row["answers"]))
-    scores = {t: vqa_accuracy([answer] * len(v), v)["exact_match"] for t, v in sorted(by_type.items())}
-    return {**scores, ALL: vqa_accuracy([answer] * len(rows), [list(r["answers"]) for r in rows])["exact_match"]}
-
-
 def wrong_sample(rows: list[dict], n: int) -> list[dict]:
     """Up to `n` wrong predictions, taken in turn from each question type (in file order within a type), so
     every type that has mistakes shows some."""
@@ -79,7 +69,7 @@ def wrong_sample(rows: list[dict], n: int) -> list[dict]:
 def training_figures(run: Path, train: dict, shown: int = 12) -> dict:
     """What the report shows of the train stage beyond its manifest: per stage the learning rate by step and,
     from its predictions, accuracy per question type and `shown` wrong answers; and the baselines per type."""
-    stages, last_rows = {}, None
+    stages = {}
     for summary in train.get("stages", []):
         folder = run / "train" / summary["name"]
         rows = read_predictions(folder)
@@ -89,15 +79,10 @@ def training_figures(run: Path, train: dict, shown: int = 12) -> dict:
                                            wrong=[{k: row[k] for k in ("image", "question", "answers", "prediction",
                                                                        "question_type")}
                                                   for row in wrong_sample(rows, shown)])
-            last_rows = rows
     baselines = {}
-    evaluation = train.get("evaluation") or {}
-    majority = (evaluation.get("baselines") or {}).get("majority_answer", {}).get("answer")
-    if last_rows and majority is not None:
-        baselines[f"majority answer ({majority!r})"] = answer_accuracy_by_type(last_rows, majority)
-    type_majority = (evaluation.get("baselines") or {}).get("per_question_type_majority")
-    if type_majority:
-        baselines["majority answer of its question type"] = {ALL: type_majority["accuracy"]}
+    for name, baseline in ((train.get("evaluation") or {}).get("baselines") or {}).items():
+        label = BASELINES.get(name, name.replace("_", " ")).format(**baseline)
+        baselines[label] = {**baseline.get("by_question_type", {}), ALL: baseline["accuracy"]}
     blind = ((read_manifest(run / "lm") or {}).get("held_out") or {})
     if blind.get("blind") is not None:  # `loom lm`'s LLM, before any image: what it answers from the question alone
         baselines["blind LLM (loom lm, held-out training images)"] = {**blind.get("blind_by_question_type", {}),

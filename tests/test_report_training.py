@@ -66,14 +66,23 @@ def test_each_stages_accuracy_per_question_type_is_what_its_predictions_say(run,
 
 
 def test_the_majority_answer_baseline_is_scored_per_question_type(run, report):
-    evaluation = json.loads((run / "train" / "manifest.json").read_text())["evaluation"]
-    majority = evaluation["baselines"]["majority_answer"]
-    baseline = report[0]["figures"]["train"]["baselines_by_question_type"][f"majority answer ({majority['answer']!r})"]
+    baselines = json.loads((run / "train" / "manifest.json").read_text())["evaluation"]["baselines"]
+    majority = baselines["majority_answer"]
     rows = predictions(run, "instruct")
     for question_type in {r["question_type"] for r in rows}:
         answers = [r["answers"] for r in rows if r["question_type"] == question_type]
-        assert baseline[question_type] == vqa_accuracy([majority["answer"]] * len(answers), answers)["exact_match"]
-    assert baseline[ALL] == pytest.approx(majority["accuracy"])
+        assert majority["by_question_type"][question_type] == vqa_accuracy([majority["answer"]] * len(answers),
+                                                                           answers)["exact_match"]
+    shown = report[0]["figures"]["train"]["baselines_by_question_type"]
+    assert shown[f"majority answer ({majority['answer']!r})"] == {**majority["by_question_type"], ALL: majority["accuracy"]}
+
+
+def test_the_per_type_majority_baseline_is_shown_per_question_type(run, report):
+    type_majority = json.loads((run / "train" / "manifest.json").read_text())["evaluation"]["baselines"][
+        "per_question_type_majority"]
+    assert set(type_majority["by_question_type"]) == {r["question_type"] for r in predictions(run, "instruct")}
+    shown = report[0]["figures"]["train"]["baselines_by_question_type"]["majority answer of its question type"]
+    assert shown == {**type_majority["by_question_type"], ALL: type_majority["accuracy"]}
 
 
 def test_the_accuracy_chart_has_a_bar_per_question_type_for_each_stage_and_baseline(run, report):
