@@ -189,3 +189,18 @@ def test_importing_vlm_before_torch_makes_openmp_threads_sleep_at_barriers_unles
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=True).stdout == "ACTIVE\n"
+
+
+def test_a_contrastive_tower_counts_its_rate_in_pairs(tmp_path):
+    from vlm.progress import StageProgress
+
+    said = []
+    progress = StageProgress("llava-1.5-tiny/tower", 4, 0, 0, tmp_path, log_every=2, log=said.append, bar=False,
+                             unit="pairs")
+    for step in range(1, 5):
+        progress.step(step, loss=4.0 - step / 2, lr=1e-3, tokens=step * 16)
+    progress.close(4, 64)
+    assert [line.split(" pairs/s ")[0].split()[-6:] for line in said[:-1]] == [
+        ["step", "2/4", "loss", "3.0000", "lr", "1.00e-03"], ["step", "4/4", "loss", "2.0000", "lr", "1.00e-03"]]
+    assert re.search(r"done: 4 steps in [\d.]+ s \([\d.]+ steps/s, [\d,]+ pairs/s\), loss 3\.5000 → 2\.0000$", said[-1])
+    assert (tmp_path / TRAIN_LOG).read_text().splitlines() == said

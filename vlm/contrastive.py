@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .images import ImageProcessor
 from .preset import Preset
+from .progress import StageProgress
 from .train import LOG, read_log, warmup_cosine
 from .vision import build_vision_tower
 
@@ -133,7 +133,9 @@ def pretrain(model, preset: Preset, images: Sequence[Any], captions: Sequence[Se
     torch.manual_seed(config.seed)
 
     started, step, epoch = time.time(), 0, 0
-    bar = tqdm(total=total_steps, desc=f"{preset.name}/tower", disable=not config.progress)
+    # a bar on a terminal, else a line every 10 steps; always in out_dir/train.log (vlm/progress.py)
+    progress = StageProgress(f"{preset.name}/tower", total_steps, 0, 0, out_dir, log=log, show=config.progress,
+                             unit="pairs")
     with (out_dir / LOG).open("w") as log_file:  # one line per step; a run starts over, so does its log
         while step < total_steps:
             permutation = list(range(len(images)))
@@ -158,10 +160,9 @@ def pretrain(model, preset: Preset, images: Sequence[Any], captions: Sequence[Se
                 log_file.write(json.dumps({"step": step, "loss": loss.item(), "lr": current_lr, "epoch": epoch,
                                            "grad_norm": float(grad_norm),
                                            "temperature": 1 / model.logit_scale.exp().item()}) + "\n")
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                bar.update(1)
+                progress.step(step, loss.item(), current_lr, step * batch_size)
             epoch += 1
-    bar.close()
+    progress.close(step, step * batch_size)
     losses = [row["loss"] for row in read_log(out_dir)]
     summary = {"preset": preset.name, "vision_kind": preset.vision_kind, "pairs": len(images), "steps": step,
                "epochs": epoch, "batch_size": batch_size, "image_size": image_size,

@@ -33,12 +33,14 @@ def _duration(seconds: float) -> str:
 
 class StageProgress:
     """Reports one stage's optimizer steps. `show`: tell the user at all (False: only `train.log` is
-    written); `bar`: draw a bar instead of lines through `log` (default: whether stderr is a terminal)."""
+    written); `bar`: draw a bar instead of lines through `log` (default: whether stderr is a terminal);
+    `unit`: what the rate counts (tokens; pairs for a contrastive tower)."""
 
     def __init__(self, name: str, total_steps: int, start_step: int, start_tokens: int, out_dir: Path,
                  log_every: int = 10, log: Callable[[str], None] = print, show: bool = True,
-                 bar: bool | None = None):
+                 bar: bool | None = None, unit: str = "tokens"):
         self.name, self.total_steps, self.log_every, self.log = name, total_steps, max(1, log_every), log
+        self.unit = unit
         self.show = show
         self.file = Path(out_dir) / TRAIN_LOG
         if start_step == 0:
@@ -56,7 +58,7 @@ class StageProgress:
             self._write(f"train: {name} resumed at step {start_step}/{total_steps}", to_user=False)
 
     def step(self, step: int, loss: float, lr: float, tokens: int) -> None:
-        """After optimizer step `step` (1-based): its loss and learning rate, and the tokens seen so far."""
+        """After optimizer step `step` (1-based): its loss and learning rate, and the tokens (units) seen so far."""
         self.first_loss = loss if self.first_loss is None else self.first_loss
         self.last_loss = loss
         if self.bar is not None:
@@ -68,7 +70,7 @@ class StageProgress:
         rate = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)  # since the last line
         remaining = (now - self.started) / max(step - self.start_step, 1) * (self.total_steps - step)
         self._write(f"train: {self.name} step {step}/{self.total_steps} loss {loss:.4f} lr {lr:.2e} "
-                    f"tokens/s {rate:,.0f} elapsed {_duration(now - self.started)} eta {_duration(remaining)}",
+                    f"{self.unit}/s {rate:,.0f} elapsed {_duration(now - self.started)} eta {_duration(remaining)}",
                     to_user=self.bar is None)
         self.last_time, self.last_tokens, self.last_step = now, tokens, step
 
@@ -80,7 +82,7 @@ class StageProgress:
         steps = step - self.start_step
         losses = f", loss {self.first_loss:.4f} → {self.last_loss:.4f}" if self.first_loss is not None else ""
         line = (f"train: {self.name} done: {steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):.2f} "
-                f"steps/s, {(tokens - self.start_tokens) / max(seconds, 1e-9):,.0f} tokens/s){losses}")
+                f"steps/s, {(tokens - self.start_tokens) / max(seconds, 1e-9):,.0f} {self.unit}/s){losses}")
         self._write(line, to_user=True)
         return line
 
