@@ -6,7 +6,7 @@ import math
 
 BLUE, ORANGE, GREY = "#1f77b4", "#ff7f0e", "#7f7f7f"
 SERIES_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#d62728", "#8c564b", "#7f7f7f")
-FONT = 'font-family="sans-serif" font-size="11"'
+DASHED = ' stroke-dasharray="5,3"'
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5, whole: bool = False) -> list[float]:
@@ -49,56 +49,65 @@ def line_chart(curve: list[list[float]], x_label: str = "step", y_label: str = "
     if len(curve) < 2:
         return "<p>(too few points to plot)</p>" + note
     left, right_margin, top, bottom = 64, 72 if right else 16, 22, 40
-    xs = [p[0] for p in curve] + [p[0] for p in right or []]
+    xs = [p[0] for p in curve] + [p[0] for p in right]
     x_ticks = nice_ticks(min(xs), max(xs), whole=all(float(x).is_integer() for x in xs))
     y_ticks = nice_ticks(min(p[1] for p in curve), max(p[1] for p in curve))
     plot_w, plot_h = width - left - right_margin, height - top - bottom
+    bottom_y, edge = top + plot_h, left + plot_w
 
     def at_x(x):
         return left + (x - x_ticks[0]) / (x_ticks[-1] - x_ticks[0]) * plot_w
 
     def at(y, ticks):
-        return top + plot_h - (y - ticks[0]) / (ticks[-1] - ticks[0]) * plot_h
+        return bottom_y - (y - ticks[0]) / (ticks[-1] - ticks[0]) * plot_h
 
-    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(y_label)} by {html.escape(x_label)}">',
+    parts = [f'<svg width="{width}" height="{height}" role="img" '
+             f'aria-label="{html.escape(y_label)} by {html.escape(x_label)}">',
              f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>']
-    for x in x_ticks:
-        parts.append(f'<line x1="{at_x(x):.1f}" y1="{top}" x2="{at_x(x):.1f}" y2="{top + plot_h}" stroke="#eee"/>'
-                     f'<line x1="{at_x(x):.1f}" y1="{top + plot_h}" x2="{at_x(x):.1f}" y2="{top + plot_h + 4}" stroke="#999"/>'
-                     f'<text x="{at_x(x):.1f}" y="{top + plot_h + 15}" text-anchor="middle" {FONT}>'
-                     f'{tick_label(x, x_ticks)}</text>')
+    for x in x_ticks:  # grid line, tick mark, label
+        parts += [_line(at_x(x), top, at_x(x), bottom_y, "#eee"), _line(at_x(x), bottom_y, at_x(x), bottom_y + 4),
+                  _text(at_x(x), bottom_y + 15, tick_label(x, x_ticks), anchor="middle")]
     for y in y_ticks:
-        parts.append(f'<line x1="{left}" y1="{at(y, y_ticks):.1f}" x2="{left + plot_w}" y2="{at(y, y_ticks):.1f}" stroke="#eee"/>'
-                     f'<line x1="{left - 4}" y1="{at(y, y_ticks):.1f}" x2="{left}" y2="{at(y, y_ticks):.1f}" stroke="#999"/>'
-                     f'<text x="{left - 6}" y="{at(y, y_ticks) + 4:.1f}" text-anchor="end" {FONT}>'
-                     f'{tick_label(y, y_ticks)}</text>')
-    parts.append(_polyline([(at_x(x), at(y, y_ticks)) for x, y in curve], BLUE))
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle" {FONT}>{html.escape(x_label)}</text>'
-                 f'<text transform="translate(14,{top + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle" {FONT} '
-                 f'fill="{BLUE}">{html.escape(y_label)}</text>')
+        level = at(y, y_ticks)
+        parts += [_line(left, level, edge, level, "#eee"), _line(left - 4, level, left, level),
+                  _text(left - 6, level + 4, tick_label(y, y_ticks), anchor="end")]
+    parts += [_polyline([(at_x(x), at(y, y_ticks)) for x, y in curve], BLUE),
+              _text(left + plot_w / 2, height - 6, x_label, anchor="middle"),
+              _text(0, 0, y_label, anchor="middle", colour=BLUE, turned=(14, top + plot_h / 2, -90))]
     legend = [(y_label, BLUE, "")]
     if right:
         r_ticks = nice_ticks(min(0.0, min(p[1] for p in right)), max(p[1] for p in right))
-        edge = left + plot_w
         for y in r_ticks:
-            parts.append(f'<line x1="{edge}" y1="{at(y, r_ticks):.1f}" x2="{edge + 4}" y2="{at(y, r_ticks):.1f}" stroke="{ORANGE}"/>'
-                         f'<text x="{edge + 6}" y="{at(y, r_ticks) + 4:.1f}" {FONT} fill="{ORANGE}">'
-                         f'{tick_label(y, r_ticks)}</text>')
-        parts.append(_polyline([(at_x(x), at(y, r_ticks)) for x, y in right], ORANGE, dashed=True))
-        parts.append(f'<text transform="translate({width - 8},{top + plot_h / 2:.1f}) rotate(90)" text-anchor="middle" '
-                     f'{FONT} fill="{ORANGE}">{html.escape(right_label)}</text>')
-        legend.append((right_label, ORANGE, ' stroke-dasharray="5,3"'))
+            parts += [_line(edge, at(y, r_ticks), edge + 4, at(y, r_ticks), ORANGE),
+                      _text(edge + 6, at(y, r_ticks) + 4, tick_label(y, r_ticks), colour=ORANGE)]
+        parts += [_polyline([(at_x(x), at(y, r_ticks)) for x, y in right], ORANGE, dashed=True),
+                  _text(0, 0, right_label, anchor="middle", colour=ORANGE, turned=(width - 8, top + plot_h / 2, 90))]
+        legend.append((right_label, ORANGE, DASHED))
     x = left
     for label, colour, dash in legend:
-        parts.append(f'<line x1="{x}" y1="10" x2="{x + 18}" y2="10" stroke="{colour}" stroke-width="2"{dash}/>'
-                     f'<text x="{x + 22}" y="14" {FONT}>{html.escape(label)}</text>')
+        parts += [f'<line x1="{x}" y1="10" x2="{x + 18}" y2="10" stroke="{colour}" stroke-width="2"{dash}/>',
+                  _text(x + 22, 14, label)]
         x += 30 + 7 * len(label)
     return "".join(parts) + "</svg>" + note
 
 
+def _line(x1: float, y1: float, x2: float, y2: float, colour: str = "#999") -> str:
+    return f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{colour}"/>'
+
+
+def _text(x: float, y: float, content, anchor: str = "", colour: str = "", size: int = 11,
+          turned: tuple[float, float, int] | None = None) -> str:
+    """An SVG text at (x, y), or rotated by turned[2] degrees about (turned[0], turned[1]) (an axis title)."""
+    where = (f'transform="translate({turned[0]:.1f},{turned[1]:.1f}) rotate({turned[2]})"' if turned
+             else f'x="{x:.1f}" y="{y:.1f}"')
+    anchor = f' text-anchor="{anchor}"' if anchor else ""
+    colour = f' fill="{colour}"' if colour else ""
+    return (f'<text {where}{anchor} font-family="sans-serif" font-size="{size}"{colour}>'
+            f'{html.escape(str(content))}</text>')
+
+
 def _polyline(points: list[tuple[float, float]], colour: str, dashed: bool = False) -> str:
-    dash = ' stroke-dasharray="5,3"' if dashed else ""
-    return (f'<polyline fill="none" stroke="{colour}" stroke-width="1.5"{dash} points="'
+    return (f'<polyline fill="none" stroke="{colour}" stroke-width="1.5"{DASHED if dashed else ""} points="'
             + " ".join(f"{x:.1f},{y:.1f}" for x, y in points) + '"/>')
 
 
@@ -112,36 +121,31 @@ def grouped_bars(groups: dict[str, dict[str, float]], series: list[str], x_label
     label_w, value_w, top, gap = 90, 40, 18 + 16 * len(series), 10
     plot_w = width - label_w - value_w
     ticks = nice_ticks(0, high)
-    rows = [sum(1 for s in series if s in values) for values in groups.values()]
-    plot_h = sum(n * bar + gap for n in rows)
-    height = top + plot_h + 34
+    plot_h = sum(sum(1 for s in series if s in values) * bar + gap for values in groups.values())
+    bottom_y, height = top + plot_h, top + plot_h + 34
 
     def at_x(v):
         return label_w + v / ticks[-1] * plot_w
 
     parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(x_label)} by group">']
     for i, name in enumerate(series):
-        parts.append(f'<rect x="{label_w}" y="{4 + 16 * i}" width="12" height="10" fill="{colours[name]}"/>'
-                     f'<text x="{label_w + 18}" y="{13 + 16 * i}" {FONT}>{html.escape(name)}</text>')
+        parts += [f'<rect x="{label_w}" y="{4 + 16 * i}" width="12" height="10" fill="{colours[name]}"/>',
+                  _text(label_w + 18, 13 + 16 * i, name)]
     for v in ticks:
-        parts.append(f'<line x1="{at_x(v):.1f}" y1="{top}" x2="{at_x(v):.1f}" y2="{top + plot_h}" stroke="#eee"/>'
-                     f'<line x1="{at_x(v):.1f}" y1="{top + plot_h}" x2="{at_x(v):.1f}" y2="{top + plot_h + 4}" stroke="#999"/>'
-                     f'<text x="{at_x(v):.1f}" y="{top + plot_h + 15}" text-anchor="middle" {FONT}>{tick_label(v, ticks)}</text>')
+        parts += [_line(at_x(v), top, at_x(v), bottom_y, "#eee"), _line(at_x(v), bottom_y, at_x(v), bottom_y + 4),
+                  _text(at_x(v), bottom_y + 15, tick_label(v, ticks), anchor="middle")]
     y = top
     for group, values in groups.items():
         shown = [s for s in series if s in values]
-        parts.append(f'<text x="{label_w - 6}" y="{y + len(shown) * bar / 2 + 4:.1f}" text-anchor="end" {FONT}>'
-                     f'{html.escape(group)}</text>')
+        parts.append(_text(label_w - 6, y + len(shown) * bar / 2 + 4, group, anchor="end"))
         for name in shown:
             value = values[name]
-            parts.append(f'<rect x="{label_w}" y="{y + 1}" width="{max(0.0, at_x(value) - label_w):.1f}" height="{bar - 2}" '
-                         f'fill="{colours[name]}"><title>{html.escape(name)}: {value:.3f}</title></rect>'
-                         f'<text x="{at_x(value) + 3:.1f}" y="{y + bar - 2}" font-family="sans-serif" font-size="9">'
-                         f'{value:.2f}</text>')
+            parts += [f'<rect x="{label_w}" y="{y + 1}" width="{max(0.0, at_x(value) - label_w):.1f}" '
+                      f'height="{bar - 2}" fill="{colours[name]}">'
+                      f'<title>{html.escape(name)}: {value:.3f}</title></rect>',
+                      _text(at_x(value) + 3, y + bar - 2, f"{value:.2f}", size=9)]
             y += bar
         y += gap
-    parts.append(f'<line x1="{label_w}" y1="{top}" x2="{label_w}" y2="{top + plot_h}" stroke="#999"/>'
-                 f'<line x1="{label_w}" y1="{top + plot_h}" x2="{label_w + plot_w}" y2="{top + plot_h}" stroke="#999"/>'
-                 f'<text x="{label_w + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle" {FONT}>'
-                 f'{html.escape(x_label)}</text>')
+    parts += [_line(label_w, top, label_w, bottom_y), _line(label_w, bottom_y, label_w + plot_w, bottom_y),
+              _text(label_w + plot_w / 2, height - 4, x_label, anchor="middle")]
     return "".join(parts) + "</svg>"

@@ -92,7 +92,8 @@ def training_figures(run: Path, train: dict, shown: int = 12) -> dict:
 
 def accuracy_chart(figures: dict) -> str:
     """Held-out accuracy per question type after each stage, beside each baseline, as one bar chart."""
-    series = {f"after {name}": s["by_question_type"] for name, s in figures["stages"].items() if s.get("by_question_type")}
+    series = {f"after {name}": stage["by_question_type"] for name, stage in figures["stages"].items()
+              if stage.get("by_question_type")}
     if not series:
         return ""
     series.update(figures["baselines_by_question_type"])
