@@ -181,14 +181,15 @@ def test_train_threads_below_one_is_refused_naming_the_key():
         section({"train": {"threads": 0}}, "train")
 
 
-def test_importing_vlm_before_torch_makes_openmp_threads_sleep_at_barriers_unless_told_otherwise():
-    code = "import os, vlm, torch; print(os.environ['OMP_WAIT_POLICY'])"
+def test_importing_vlm_leaves_openmps_wait_policy_to_the_environment():
+    """Spinning threads are ~1.6x faster on idle cores, sleeping ones far faster on busy cores: the user's call."""
+    code = "import os, vlm, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          check=True).stdout == "PASSIVE\n"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
+                          check=True).stdout == "None\n"
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          check=True).stdout == "ACTIVE\n"
+                          check=True).stdout == "PASSIVE\n"
 
 
 def test_a_contrastive_tower_counts_its_rate_in_pairs(tmp_path):

@@ -11,14 +11,7 @@ torch and transformers on first use, so `vlm.stages(name)` stays cheap for a
 config checker.
 """
 
-import os
-
-# torch's OpenMP threads sleep at a barrier rather than spin: on a machine other processes keep busy, a spinning
-# thread waits for one that is not running, and a step takes 10 or more times longer (vlm/threads.py). OpenMP reads
-# this once, when torch loads; a value the environment gives is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from .preset import GROUPS, PRESETS, LoRA, Preset, Stage, get_preset, presets, stages  # noqa: E402
+from .preset import GROUPS, PRESETS, LoRA, Preset, Stage, get_preset, presets, stages
 
 _LAZY = {
     "VisionLanguageModel": "model",

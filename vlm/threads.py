@@ -1,11 +1,12 @@
 """How many CPU threads torch computes with: the cores this process may use, never more.
 
 torch's own default is the machine's cores, which in a container limited by a CPU quota can be far more
-than it may use, and its OpenMP threads spin at every barrier. Measured on a 2-core machine other processes
-kept busy (load average 13-20, runs alternated), a llava-1.5-tiny training step took 4.4 s to over 25 s at
-torch's default (2 spinning threads, 2.7 CPU-seconds a step), 0.9-2.6 s at 1 thread, and 0.29-0.41 s at 2
-threads with OMP_WAIT_POLICY=PASSIVE (threads sleep at barriers; 0.33 CPU-seconds a step), which `import vlm`
-asks for unless the environment says otherwise.
+than it may use. Its OpenMP threads spin at every barrier, which is the fast choice on cores this process
+has to itself: on an otherwise idle 2-core machine the quickstart's llava-1.5-tiny instruct stage ran
+13,200-13,900 tokens/s with spinning threads against 8,100-8,400 with OMP_WAIT_POLICY=PASSIVE (sleeping
+threads), runs alternated. On cores other processes keep busy it is the reverse: at load average 13-20 a step
+took 4.4 s to over 25 s with 2 spinning threads, 0.29-0.41 s with 2 sleeping ones. So Loom leaves OpenMP's
+wait policy to the environment; set OMP_WAIT_POLICY=PASSIVE before starting on a shared machine.
 """
 
 from __future__ import annotations
