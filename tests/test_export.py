@@ -209,6 +209,24 @@ def test_a_q_former_export_answers_as_looms_evaluation_did(name, exported):
     assert answers == loom_answers
 
 
+@pytest.mark.parametrize("name", ["blip2-opt", "blip2-flant5", "instructblip-vicuna", "instructblip-flant5"])
+def test_a_q_former_export_answers_through_the_pipeline_as_looms_evaluation_did(name, exported):
+    """pipeline("image-text-to-text") with the image and the prompt the exported tokenizer's chat template writes
+    (these processors drop the template on loading, so the pipeline takes the prompt as text)."""
+    from transformers import AutoTokenizer, pipeline
+
+    run, out = exported(name)
+    records, loom_answers = held_out(run)
+    answer, tokenizer = pipeline("image-text-to-text", model=str(out)), AutoTokenizer.from_pretrained(out)
+    answers = []
+    for record in records:
+        prompt = tokenizer.apply_chat_template(chat(record, with_image=False), tokenize=False)
+        reply = answer(images=Image.open(record["images"][0]["path"]), text=prompt, max_new_tokens=8,
+                       return_full_text=False)
+        answers.append(reply[0]["generated_text"].strip())
+    assert answers == loom_answers and len(answers) == HELD_OUT
+
+
 @pytest.mark.parametrize("name", ["blip2-opt", "instructblip-vicuna"])
 def test_a_q_former_export_continues_a_prompt_token_for_token_as_loom_does(name, exported):
     from transformers import AutoModelForImageTextToText, AutoProcessor
