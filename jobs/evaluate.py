@@ -29,14 +29,14 @@ def answer_records(model, preset, encoder: Encoder, records: list[dict], batch_s
                    qformer_dir: Path | None, image_size: int | None = None, images: dict | None = None) -> list[str]:
     """Greedy answers to each record's first user turn (its one image, at `image_size` where a stage trained at
     its own resolution, read from where `images` says: `render_images`), prompted as pack encoded it."""
-    from vlm.evaluate import answer_prompts, instruction_length
+    from vlm.evaluate import answer_prompts
     from vlm.images import ImageProcessor
 
     instructions, pad = None, 0
     if preset.qformer_text == "instruction":  # InstructBLIP: the question in the Q-Former's vocabulary too
         from pipelines.qformer_text import QFormerInstructions, qformer_text
 
-        tokenizer = QFormerInstructions(str(qformer_dir), instruction_length(preset))
+        tokenizer = QFormerInstructions(str(qformer_dir), preset.qformer_instruction_length)
         instructions = [tokenizer(qformer_text(r["messages"][:1], "instruction")) for r in records]
         pad = tokenizer.pad
     prompts = [encoder.encode_prompt(r["messages"][:1], task=r["task"], images=r["images"][:1]).tolist()

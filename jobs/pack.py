@@ -95,7 +95,7 @@ def run_pack(config: dict, out: str | Path, log=print, ray_address: str | None =
         record.rows_in = rows_in
         tokenizer_dir, qformer_dir, sampled = _tokenizers(cfg, preset, chat_format, stage_dir, files, rows_in, ray, log)
         encoder = Encoder(load_tokenizer(tokenizer_dir), chat_format, visual_token_counter(preset), cfg["loss_on"])
-        qformer_max_length = min(128, preset.connector_config.get("max_position_embeddings", 512)) if qformer_dir else None
+        qformer_max_length = preset.qformer_instruction_length if qformer_dir else None
         settings = {name: WindowSettings(
             output=name, selection=selections[name], weights=spec.get("weights") or {}, out_dir=str(stage_dir / name),
             tokenizer_dir=str(tokenizer_dir), chat_format=preset.chat_format, visual_tokens=visual_token_counter(preset),

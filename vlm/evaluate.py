@@ -109,11 +109,6 @@ def answer_prompts(
     return answers
 
 
-def instruction_length(preset) -> int:
-    """Q-Former ids an instruction takes at most, [CLS] and [SEP] included: as pack writes them."""
-    return min(128, preset.connector_config.get("max_position_embeddings", 512))
-
-
 def _qformer_ids(qformer_tokenizer, text: str, max_length: int) -> list[int]:
     """[CLS] ids [SEP] of an instruction in the Q-Former's (BERT) vocabulary, as pack writes them."""
     cls, sep = (qformer_tokenizer.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]"))
@@ -158,7 +153,7 @@ def answer_questions(
             raise ValueError(f"item {missing[0]}: no 'question'; {model.preset.name}'s Q-Former reads the question "
                              "alone, so give each item its question text")
         instructions = [_qformer_ids(qformer_tokenizer, " ".join(item["question"].replace("<image>", " ").split()),
-                                     instruction_length(model.preset)) for item in items]
+                                     model.preset.qformer_instruction_length) for item in items]
         instruction_pad = qformer_tokenizer.pad_token_id or 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.pad_token_id
     return answer_prompts(model, tokenizer, prompts, [item["image"] for item in items],

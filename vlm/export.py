@@ -294,7 +294,7 @@ def _write_processor(model, out: Path, chat, tokenizer, image_size: int, found: 
             num_additional_image_tokens=1)  # CLIP's CLS token, dropped again unless the preset keeps it
     else:
         if preset.qformer_text == "instruction":
-            max_length = min(128, preset.connector_config.get("max_position_embeddings", 512))  # as pack and evaluation
+            max_length = preset.qformer_instruction_length  # as pack and evaluation
             qformer = qformer_tokenizer(found.qformer_tokenizer_folder(), chat, max_length)
             processor = transformers.InstructBlipProcessor(images, tokenizer, qformer, num_query_tokens=0)
         else:

@@ -174,6 +174,12 @@ class Preset:
         return self.connector in QFORMER_CONNECTORS
 
     @property
+    def qformer_instruction_length(self) -> int:
+        """Q-Former ids an instruction takes at most, [CLS] and [SEP] included (InstructBLIP): what pack
+        writes, and what evaluation and export read."""
+        return min(128, self.connector_config.get("max_position_embeddings", 512))
+
+    @property
     def visual_token_count_fixed(self) -> bool:
         """Whether an image takes the same LLM positions at any resolution (a Q-Former's or a resampler's
         queries, not a token per patch or patch group), so that a stage may train at another image size."""
