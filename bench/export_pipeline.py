@@ -42,17 +42,10 @@ def held_out(run: Path, limit: int) -> tuple[list[dict], dict]:
 
 def loom_answers(run: Path, records: list[dict], images: dict) -> list[str]:
     """Answers of the run's last stage, as its held-out evaluation gives them."""
-    from pipelines.pack_window import visual_token_counter
-    from pipelines.tokenize import Encoder, load_tokenizer
-    from templates.chat import get_chat_format
-    from vlm.train import load_model
+    from jobs.train import trained_model
 
-    last = json.loads((run / "train" / "manifest.json").read_text())["stages"][-1]
-    model = load_model(run / "train" / last["name"]).eval()
-    preset = model.preset
-    tokenizer = load_tokenizer(run / "pack" / preset.stages[0].data / "tokenizer")
-    encoder = Encoder(tokenizer, get_chat_format(preset.chat_format), visual_token_counter(preset))
-    return answer_records(model, preset, encoder, records, batch_size=8, max_new_tokens=8, qformer_dir=None,
+    model, encoder = trained_model(run)
+    return answer_records(model, model.preset, encoder, records, batch_size=8, max_new_tokens=8, qformer_dir=None,
                           images=images)
 
 

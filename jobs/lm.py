@@ -90,12 +90,14 @@ def run_lm(config: dict, out: str | Path, log=print) -> dict:
     text_dir = _write_text_render(rows, stage_dir / "text", render_dir)
     preset, text_pack = _pack_text(cfg, packed, pack_dir, text_dir, stage_dir, log)
 
+    from pipelines.pack_window import prompt_encoder
+    from pipelines.tokenize import load_tokenizer
     from vlm import build_model  # wherever vlm keeps its builders
     from vlm.language_pretraining import LANGUAGE_STAGE, save_language_model
     from vlm.train import TrainConfig, read_log, train_stage
 
     text_manifest = read_manifest(text_pack)
-    encoder = _encoder(preset, pack_dir)
+    encoder = prompt_encoder(preset, load_tokenizer(pack_dir / "tokenizer"))
     model = build_model(preset, encoder.tokenizer.get_vocab_size(), text_manifest["image_token_id"],
                         text_manifest["pad_token_id"], seed=cfg["seed"],
                         attn_implementation="sdpa" if preset.encoder_decoder else "segment_sdpa")
@@ -140,15 +142,6 @@ def _pack_text(cfg: dict, packed: dict, pack_dir: Path, text_dir: Path, stage_di
         pack["qformer_tokenizer"] = {"path": str(pack_dir / "qformer_tokenizer")}
     run_pack({"pack": pack}, stage_dir, log=lambda *_: None)
     return preset, stage_dir / "pack" / "text"
-
-
-def _encoder(preset, pack_dir: Path):
-    from pipelines.pack_window import visual_token_counter
-    from pipelines.tokenize import Encoder, load_tokenizer
-    from templates.chat import get_chat_format
-
-    return Encoder(load_tokenizer(pack_dir / "tokenizer"), get_chat_format(preset.chat_format),
-                   visual_token_counter(preset))
 
 
 def context_scores(model, encoder, records: list[dict], captions: dict) -> dict | None:

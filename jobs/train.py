@@ -8,9 +8,8 @@ from pathlib import Path
 from jobs.config import ConfigError, require, section
 from jobs.evaluate import evaluate_captions, evaluate_vqa
 from pipelines.manifest import StageRecord, is_complete, manifest_hash, read_manifest, start_or_resume
-from pipelines.pack_window import packed_shards
+from pipelines.pack_window import packed_shards, prompt_encoder
 from pipelines.tokenize import Encoder, load_tokenizer
-from templates.chat import get_chat_format
 
 # The train section's keys, types and defaults: jobs/schema.py's Train.
 LORA_KEYS = ("rank", "alpha", "dropout", "targets", "group")
@@ -51,7 +50,6 @@ def starting_model(preset, cfg: dict, pack_output: Path, log=print) -> tuple:
     """(model, encoder): the model a run's first stage starts from, built for a pack output's tokenizer and
     image token at the run's attention and seed, with train.init's pretrained parts loaded; and the encoder
     of its prompts."""
-    from pipelines.pack_window import visual_token_counter
     from vlm.builders import build_model
     from vlm.model import count_parameters
 
@@ -68,7 +66,17 @@ def starting_model(preset, cfg: dict, pack_output: Path, log=print) -> tuple:
             init_from_pretrained(model, init.get("model"), init.get("llm"), init.get("vision"), log=log)
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(f"train.init: {err}") from err
-    return model, Encoder(tokenizer, get_chat_format(preset.chat_format), visual_token_counter(preset))
+    return model, prompt_encoder(preset, tokenizer)
+
+
+def trained_model(run: Path) -> tuple:
+    """(model, encoder) of a finished run's last stage, in evaluation mode: what its held-out evaluation used."""
+    from vlm.train import load_model
+
+    last = json.loads((Path(run) / "train" / "manifest.json").read_text())["stages"][-1]
+    model = load_model(Path(run) / "train" / last["name"]).eval()
+    tokenizer = load_tokenizer(Path(run) / "pack" / model.preset.stages[0].data / "tokenizer")
+    return model, prompt_encoder(model.preset, tokenizer)
 
 
 def stages_of(preset, cfg: dict) -> list:

@@ -49,6 +49,12 @@ def visual_token_counter(preset):
     return preset.visual_tokens_for if preset.native_resolution else preset.visual_tokens
 
 
+def prompt_encoder(preset, tokenizer) -> Encoder:
+    """The encoder of a preset's prompts over a pack stage's tokenizer (its chat format and visual tokens): how
+    training, evaluation and `loom lm` write a prompt as pack wrote it."""
+    return Encoder(tokenizer, get_chat_format(preset.chat_format), visual_token_counter(preset))
+
+
 def pad_id(encoder: Encoder) -> int:
     """The padding id batches use: `<pad>` where the tokenizer has one, else end-of-sequence (as LLaMA does)."""
     pad = encoder.tokenizer.token_to_id("<pad>")

@@ -83,16 +83,9 @@ def chat(record, with_image=True):
 
 def loom_side(run):
     """Loom's own model and prompt encoder for a run: what its evaluation used."""
-    from pipelines.pack_window import visual_token_counter
-    from pipelines.tokenize import Encoder, load_tokenizer
-    from templates.chat import get_chat_format
-    from vlm.train import load_model
+    from jobs.train import trained_model
 
-    manifest = json.loads((run / "train" / "manifest.json").read_text())
-    model = load_model(run / "train" / manifest["stages"][-1]["name"]).eval()
-    preset = model.preset
-    tokenizer = load_tokenizer(run / "pack" / preset.stages[0].data / "tokenizer")
-    return model, Encoder(tokenizer, get_chat_format(preset.chat_format), visual_token_counter(preset))
+    return trained_model(run)
 
 
 def loom_prompt(encoder, record) -> list[int]:
