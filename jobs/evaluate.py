@@ -85,7 +85,7 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
     """Greedy answers to held-out questions, scored against the majority-answer baselines. `qformer_dir` is
     the Q-Former's tokenizer the pack stage used (InstructBLIP). With `stage_dir` (the trained stage's folder)
     every prediction goes to its predictions.parquet and the accuracies to its TensorBoard at `step`."""
-    from vlm.evaluate import exact_matches, normalize_answer, vqa_accuracy
+    from vlm.evaluate import accuracy_by_question_type, exact_matches, normalize_answer, vqa_accuracy
 
     items, train = _vqa_records(render_dir, settings)
     if not items:
@@ -105,25 +105,19 @@ def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: di
         by_type[r["question_type"]][normalize_answer(r["messages"][1]["content"])] += 1
     type_prior = [by_type[r["question_type"]].most_common(1)[0][0] if by_type[r["question_type"]] else majority
                   for r in items]
-    positions = collections.defaultdict(list)  # question type -> its questions' places in `items`
-    for i, r in enumerate(items):
-        positions[r["question_type"]].append(i)
+    types = [r["question_type"] for r in items]
 
     def scored(guesses: list[str]) -> dict:
         """A baseline's accuracy over all questions and per question type (the report's chart)."""
         return {"accuracy": vqa_accuracy(guesses, answers)["exact_match"],
-                "by_question_type": {t: vqa_accuracy([guesses[i] for i in v], [answers[i] for i in v])["exact_match"]
-                                     for t, v in sorted(positions.items())}}
+                "by_question_type": {t: v["accuracy"] for t, v in
+                                     accuracy_by_question_type(guesses, answers, types).items()}}
 
     baselines = {
         "majority_answer": {"answer": majority, **scored([majority] * len(items))},
         "per_question_type_majority": scored(type_prior),
     }
-    per_type = collections.defaultdict(list)
-    for r, p in zip(items, predictions):
-        per_type[r["question_type"]].append((p, r["answers"]))
-    by_question_type = {t: {"n": len(v), "accuracy": vqa_accuracy([p for p, _ in v], [a for _, a in v])["exact_match"]}
-                        for t, v in sorted(per_type.items())}
+    by_question_type = accuracy_by_question_type(predictions, answers, types)
     result = {
         "questions": len(items), "accuracy": scores["exact_match"], "vqa_accuracy": scores["vqa"],
         "baselines": baselines, "by_question_type": by_question_type,

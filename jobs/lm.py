@@ -13,7 +13,6 @@ OUT/lm/pack/text/ them packed, OUT/lm/training/ the stage's log.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import random
 from pathlib import Path
@@ -148,7 +147,7 @@ def context_scores(model, encoder, records: list[dict], captions: dict) -> dict 
     """Exact-match accuracy on the held-out images' questions, answered with all their captions in the prompt
     (from_description) and with none (blind), overall and per question type."""
     from pipelines.scene_text import image_identity, without_images
-    from vlm.evaluate import vqa_accuracy
+    from vlm.evaluate import accuracy_by_question_type, vqa_accuracy
     from vlm.language_pretraining import answer
 
     questions = [r for r in records if r["task"] == "vqa" and r.get("answers")
@@ -163,10 +162,8 @@ def context_scores(model, encoder, records: list[dict], captions: dict) -> dict 
             prompts.append(encoder.encode_prompt(without_images(r, description)["messages"][:1], task=r["task"]).tolist())
         predictions = [encoder.tokenizer.decode(ids, skip_special_tokens=True).strip()
                        for ids in answer(model, prompts, encoder.stop_id)]
-        scores[name] = vqa_accuracy(predictions, [r["answers"] for r in questions])["exact_match"]
-        by_type = collections.defaultdict(list)
-        for r, p in zip(questions, predictions):
-            by_type[r["question_type"]].append((p, r["answers"]))
-        scores[f"{name}_by_question_type"] = {
-            t: vqa_accuracy([p for p, _ in v], [a for _, a in v])["exact_match"] for t, v in sorted(by_type.items())}
+        answers = [r["answers"] for r in questions]
+        scores[name] = vqa_accuracy(predictions, answers)["exact_match"]
+        scores[f"{name}_by_question_type"] = {t: v["accuracy"] for t, v in accuracy_by_question_type(
+            predictions, answers, [r["question_type"] for r in questions]).items()}
     return scores

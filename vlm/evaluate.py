@@ -210,6 +210,17 @@ def exact_matches(predictions: Sequence[str], answers_lists: Sequence[Sequence[s
             for prediction, answers in zip(predictions, answers_lists)]
 
 
+def accuracy_by_question_type(predictions: Sequence[str], answers_lists: Sequence[Sequence[str]],
+                              question_types: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per question type, in type order: its questions' count `n` and exact-match `accuracy`."""
+    positions: dict[str, list[int]] = {}
+    for i, question_type in enumerate(question_types):
+        positions.setdefault(question_type, []).append(i)
+    return {t: {"n": len(v), "accuracy": vqa_accuracy([predictions[i] for i in v],
+                                                      [answers_lists[i] for i in v])["exact_match"]}
+            for t, v in sorted(positions.items())}
+
+
 def vqa_accuracy(predictions: Sequence[str], answers_lists: Sequence[Sequence[str]]) -> dict[str, float]:
     """Exact-match accuracy, and the official VQA accuracy where an item has 10 human answers.
 
@@ -222,11 +233,12 @@ def vqa_accuracy(predictions: Sequence[str], answers_lists: Sequence[Sequence[st
         raise ValueError(f"{len(predictions)} predictions but {len(answers_lists)} answer lists")
     if not predictions:
         return {"exact_match": 0.0, "vqa": 0.0, "count": 0}
-    hits = exact_matches(predictions, answers_lists)
-    exact, vqa = float(sum(hits)), 0.0
-    for prediction, answers, hit in zip(predictions, answers_lists, hits):
+    exact, vqa = 0.0, 0.0
+    for prediction, answers in zip(predictions, answers_lists):
         guess = normalize_answer(prediction)
         truths = [normalize_answer(a) for a in answers]
+        hit = float(guess in truths)  # exact_matches' test, on the answers normalised once here
+        exact += hit
         if len(truths) >= 10:
             scores = []
             for left_out in range(len(truths)):
