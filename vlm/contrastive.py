@@ -33,7 +33,7 @@ import torch
 from .images import ImageProcessor
 from .preset import Preset
 from .progress import StageProgress
-from .train import LOG, read_log, warmup_cosine
+from .train import LOG, warmup_cosine
 from .vision import build_vision_tower
 
 CONTRASTIVE_KINDS = ("clip", "eva")  # towers with a pooled CLS output; Qwen-VL's and Qwen2-VL's train in their stage 1
@@ -149,6 +149,7 @@ def pretrain(model, preset: Preset, images: Sequence[Any], captions: Sequence[Se
                              pixel_values=pixels[rows].to(device), return_loss=True,
                              interpolate_pos_encoding=other_size).loss
                 loss.backward()
+                loss_value = loss.item()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 current_lr = scheduler.get_last_lr()[0]
                 optimizer.step()
@@ -157,19 +158,19 @@ def pretrain(model, preset: Preset, images: Sequence[Any], captions: Sequence[Se
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
                 step += 1
-                log_file.write(json.dumps({"step": step, "loss": loss.item(), "lr": current_lr, "epoch": epoch,
+                log_file.write(json.dumps({"step": step, "loss": loss_value, "lr": current_lr, "epoch": epoch,
                                            "grad_norm": float(grad_norm),
                                            "temperature": 1 / model.logit_scale.exp().item()}) + "\n")
-                progress.step(step, loss.item(), current_lr, step * batch_size)
+                progress.step(step, loss_value, current_lr, step * batch_size)
             epoch += 1
     progress.close(step, step * batch_size)
-    losses = [row["loss"] for row in read_log(out_dir)]
+    first, last = progress.first_loss, progress.last_loss  # a run starts over, so these are its log's ends
     summary = {"preset": preset.name, "vision_kind": preset.vision_kind, "pairs": len(images), "steps": step,
                "epochs": epoch, "batch_size": batch_size, "image_size": image_size,
-               "first_loss": losses[0], "final_loss": losses[-1], "wall_s": round(time.time() - started, 2),
+               "first_loss": first, "final_loss": last, "wall_s": round(time.time() - started, 2),
                "device": str(device)}
     log(f"tower: {preset.name} {preset.vision_kind} tower, {len(images)} pairs, {step} steps of {batch_size}: "
-        f"CLIP loss {losses[0]:.3f} → {losses[-1]:.3f} in {summary['wall_s']:.1f}s")
+        f"CLIP loss {first:.3f} → {last:.3f} in {summary['wall_s']:.1f}s")
     return summary
 
 
@@ -218,18 +219,16 @@ def retrieval(model, preset: Preset, images: Sequence[Any], captions: Sequence[S
             "text_to_image": round((similarity.argmax(dim=0) == own).float().mean().item(), 4)}
 
 
-def save_tower(model, preset: Preset, path: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
-    """Write the pretrained tower into folder `path` (a CLIP tower as its whole CLIPModel plus `tokenizer_dir`'s
-    files, an EVA tower as its Blip2VisionModel; see the module docstring), each file written whole before
-    it replaces the one of that name."""
+def save_tower(model, preset: Preset, path: str | Path) -> Path:
+    """Write the pretrained tower into folder `path`, beside the caption tokenizer already trained there (a
+    CLIP tower as its whole CLIPModel, an EVA tower as its Blip2VisionModel; see the module docstring), each
+    file written whole before it replaces the one of that name."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / ".tower.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if preset.vision_kind == "clip":
         model.save_pretrained(tmp)
-        for file in sorted(Path(tokenizer_dir).iterdir()) if tokenizer_dir else ():
-            shutil.copy(file, tmp / file.name)
     else:
         model.vision_model.save_pretrained(tmp)
     for file in sorted(tmp.iterdir()):

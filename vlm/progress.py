@@ -46,7 +46,7 @@ class StageProgress:
         if start_step == 0:
             self.file.unlink(missing_ok=True)  # a stage trained again from its start logs afresh
         self.started = self.last_time = time.perf_counter()
-        self.start_step = self.last_step = start_step
+        self.start_step = start_step
         self.start_tokens = self.last_tokens = start_tokens
         self.first_loss = self.last_loss = None
         self.bar = None
@@ -72,7 +72,7 @@ class StageProgress:
         self._write(f"train: {self.name} step {step}/{self.total_steps} loss {loss:.4f} lr {lr:.2e} "
                     f"{self.unit}/s {rate:,.0f} elapsed {_duration(now - self.started)} eta {_duration(remaining)}",
                     to_user=self.bar is None)
-        self.last_time, self.last_tokens, self.last_step = now, tokens, step
+        self.last_time, self.last_tokens = now, tokens
 
     def close(self, step: int, tokens: int) -> str:
         """Ends the bar and says the stage's summary line (also returned)."""
