@@ -476,10 +476,11 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
     # written is counted, not rendered again); any other run's files go
     start_or_resume(stage_dir, {"config": cfg, "inputs": inputs})
     started = time.perf_counter()
+    roots = image_roots(cfg)  # the named image folders every entry's {root, path} references use
     if on_ray:
-        results, mixture_report = _render_on_ray(cfg, plans, stage_dir, ray_address, log)
+        results, mixture_report = _render_on_ray(cfg, plans, stage_dir, roots, ray_address, log)
     else:
-        results, mixture_report = _render_here(cfg, plans, stage_dir, log)
+        results, mixture_report = _render_here(cfg, plans, stage_dir, roots, log)
     # seconds by phase, added up over the tasks (on Ray they overlap); "stage" is the wall time
     phases = {phase: round(sum(r["seconds"][phase] for r in results), 2) for phase in ("read", "render_and_write")}
     phases["stage"] = round(time.perf_counter() - started, 2)
@@ -511,7 +512,7 @@ def run_render(config: dict, out: str | Path, log=print, ray_address: str | None
                                              + (f" (+{b['long']} long)" if b["long"] else "")
                                              for b in brevity_report.values()))
     # the folders records' {root, path} references are relative to; `train.image_roots` re-points a moved one
-    record.extra["image_roots"] = recorded_roots(image_roots(cfg), Path(out))
+    record.extra["image_roots"] = recorded_roots(roots, Path(out))
     images = sorted(p.name for p in (stage_dir / IMAGES_FOLDER).glob("*.tar"))
     if images:  # the images datasets gave as bytes, which instruction records point into
         record.extra["image_files"] = [f"{IMAGES_FOLDER}/{name}" for name in images]
@@ -574,7 +575,8 @@ def _pairs_result(plan: list, names: list[str], summaries: list[dict]) -> dict:
                         for phase in ("read", "render_and_write")}}
 
 
-def _render_here(cfg: dict, plans: dict[int, list], stage_dir: Path, log) -> tuple[list[dict], dict]:
+def _render_here(cfg: dict, plans: dict[int, list], stage_dir: Path, roots: dict[str, str],
+                 log) -> tuple[list[dict], dict]:
     """Every entry but the pairs read, then drawn and rendered, in this process; a pairs entry part by part."""
     read, seconds = {}, {}
     for i, entry in enumerate(cfg["datasets"]):
@@ -598,14 +600,14 @@ def _render_here(cfg: dict, plans: dict[int, list], stage_dir: Path, log) -> tup
             results.append(_pairs_result(plans[i], [name for name, _ in calls], summaries))
         else:
             result = render_entry(i, drawing(entry, cfg), read.pop(i), counts.get(i), cfg["seed"], cfg["part_records"],
-                                  folder, entry_brevity(i, entry, cfg), _folders(cfg), image_roots(cfg))
+                                  folder, entry_brevity(i, entry, cfg), _folders(cfg), roots)
             result["seconds"]["read"] = seconds[i]
             results.append(result)
     return results, report
 
 
-def _render_on_ray(cfg: dict, plans: dict[int, list], stage_dir: Path, ray_address: str | None,
-                   log) -> tuple[list[dict], dict]:
+def _render_on_ray(cfg: dict, plans: dict[int, list], stage_dir: Path, roots: dict[str, str],
+                   ray_address: str | None, log) -> tuple[list[dict], dict]:
     """A Ray task per entry reads, draws, renders and writes it, and a task per part of a pairs entry its
     part: records never leave the worker that read them (shipping them costs more than reading them). A
     mixture first sizes every entry in Ray tasks, so its annotation files are read twice; the driver holds
@@ -632,7 +634,7 @@ def _render_on_ray(cfg: dict, plans: dict[int, list], stage_dir: Path, ray_addre
             else:
                 entry_refs[i] = entry_task.remote(i, drawing(entry, cfg), None, counts.get(i), cfg["seed"],
                                                   cfg["part_records"], folder, entry_brevity(i, entry, cfg),
-                                                  _folders(cfg), image_roots(cfg))
+                                                  _folders(cfg), roots)
         log(f"render: {len(cfg['datasets'])} dataset(s) on Ray, {len(entry_refs) + len(part_of)} task(s)")
         summaries = {i: [None] * len(plan) for i, plan in plans.items()}
         done = collections.Counter()

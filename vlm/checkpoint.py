@@ -45,7 +45,7 @@ def from_pretrained(path: str | Path, device: str | torch.device = "cpu", attn_i
         load_weights(model, path / "model.safetensors")
         return model.to(device)
     if is_qwen_vl_published(config):  # Qwen-VL ships its own modeling code, not a transformers class
-        return load_qwen_vl(path, read_state_dict(path), device=device, attn_implementation=attn_implementation)
+        return load_qwen_vl(path, config, read_state_dict(path), device=device, attn_implementation=attn_implementation)
     if "model_type" in config:
         return load_hf(path, device=device, attn_implementation=attn_implementation)
     raise ValueError(f"{config_file}: neither Loom's format (a 'model' entry) nor a transformers config (model_type)")

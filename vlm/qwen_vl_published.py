@@ -154,13 +154,12 @@ def published_names(names: list[str]) -> list[str]:
     return spelled
 
 
-def load_qwen_vl(path: str | Path, published: dict[str, torch.Tensor], device: str | torch.device = "cpu",
-                 attn_implementation: str | None = None):
-    """A Loom qwen-vl model (fp32) holding `published`, the tensors of the Qwen-VL checkpoint in folder `path`."""
+def load_qwen_vl(path: str | Path, config: dict, published: dict[str, torch.Tensor],
+                 device: str | torch.device = "cpu", attn_implementation: str | None = None):
+    """A Loom qwen-vl model (fp32) holding `published`, the tensors of the Qwen-VL checkpoint in folder `path`
+    whose config.json is `config`."""
     path = Path(path)
-    config_file = path / "config.json"
-    config = json.loads(config_file.read_text())
-    preset, image_token_id, pad_token_id = preset_of(config, config_file)
+    preset, image_token_id, pad_token_id = preset_of(config, path / "config.json")
     state = loom_state_dict(published, preset.llm["num_hidden_layers"], preset.llm["hidden_size"])
     tied = preset.llm["tie_word_embeddings"]
     if tied:  # one matrix: the head is the embeddings, whether or not the file repeats it

@@ -174,7 +174,8 @@ def read_generic(path: str | None, task: str, columns: dict | None = None, name:
         raise AnnotationError(f"{path}: columns: unknown role(s) {sorted(unknown)}; map some of {list(COLUMN_NAMES)}")
     table = read_table(path, format) if hub is None else load_hub_table(hub, hub_config, hub_split or split)
     have = set(table.column_names)
-    needed = ["image", *_needed(task)]
+    task_fields = _needed(task)
+    needed = ["image", *task_fields]
     if task in ANSWERED_TASKS and not ({columns["answer"], columns["answers"]} & have):
         needed.append("answer")
     if lang is None:
@@ -208,7 +209,7 @@ def read_generic(path: str | None, task: str, columns: dict | None = None, name:
         if task == "conversation":
             fields = {"messages": _messages(row[columns["messages"]], path, row_number)}
         else:
-            fields = {role: row[columns[role]] for role in _needed(task)}
+            fields = {role: row[columns[role]] for role in task_fields}
         if task in ANSWERED_TASKS:
             answers = row.get(columns["answers"]) if columns["answers"] in have else None
             answer = row.get(columns["answer"]) if columns["answer"] in have else None
