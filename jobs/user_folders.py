@@ -16,7 +16,7 @@ FOLDER_KEYS = {"templates": "template_paths", "catalog": "catalog_paths"}
 def folder_key(config: dict, kind: str) -> str:
     """The key a config names its `kind` folders under: `templates.paths`, or the older render one it gives."""
     older = FOLDER_KEYS[kind]
-    if config.get(kind) is None and older in (config.get("render") or {}):
+    if "paths" not in (config.get(kind) or {}) and older in (config.get("render") or {}):
         return f"render.{older}"
     return f"{kind}.paths"
 

@@ -200,6 +200,15 @@ def test_the_same_folders_under_both_names_are_read_once(vqav2, tmp_path):
     assert main(["render", config, "--out", str(tmp_path / "run")]) == 0
 
 
+def test_the_older_name_is_read_where_the_top_level_section_gives_no_paths(vqav2, tmp_path):
+    mine = str(french(tmp_path / "mine"))
+    config = write_config(tmp_path / "render.yaml", [{**vqav2, "lang": "fr"}], {"templates": {}},
+                          template_paths=[mine])
+    assert main(["render", config, "--out", str(tmp_path / "run")]) == 0
+    _, rows = rows_of(tmp_path / "run")
+    assert {r["template_id"].rsplit("_", 1)[0] for r in rows} == {"mine_fr"}
+
+
 def test_a_folder_list_that_is_not_a_list_is_one_schema_line(vqav2, tmp_path, capsys):
     err = refusal(tmp_path, capsys, [vqav2], {"catalog": {"paths": str(tmp_path)}})
     assert err.startswith("loom: config error: catalog.paths: ") and "expected a list" in err and err.count("\n") == 1
