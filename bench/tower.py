@@ -18,12 +18,29 @@ for the pretrained tower and for the random tower the preset starts from without
 `--grids 128/8 128/16` also probes random towers of the preset's shape at those image and patch sizes (no
 `--tower` needed): how much of a shape's kind the patch grid alone leaves in the features, the bound a
 pretrained tower of that grid starts from.
+
+`--supervised STEPS` trains the preset's tower (and one per `--grids` grid), from random, on the kind of
+the one shape in freshly drawn shapes-world scenes (the demo's size range; `--probe-scenes` to train,
+default 3000, and a sixth as many held out; batches of 64, AdamW, warmup and cosine decay), its pooled
+output through a linear head: what the architecture at that grid learns of a shape's kind in STEPS steps
+when told it directly, the ceiling a contrastive objective, which only sees captions, works under.
+
+`--patch-probe STEPS` keeps each tower frozen (the random one a run would start from, and `--tower`'s) and
+trains a reader about as strong as the run's tiny LLM (two transformer layers over the patch features the
+connector reads, mean-pooled, a linear head) on the same one-shape scenes' kinds: how much of a shape's kind
+a frozen tower leaves for the LLM to find, where the linear object probe above asks it of one averaged
+feature.
+
+`--run RUN` reads a run's held-out answers (its last stage's predictions.parquet) and splits each question
+type's accuracy by the number of shapes in the scene: a colour question about "the triangle" answered on
+one-shape scenes and failed on four-shape ones is a model that sees colour and not kind.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -158,6 +175,124 @@ def pretrained_tower(folder: Path, preset):
     return (CLIPVisionModel if preset.vision_kind == "clip" else Blip2VisionModel).from_pretrained(folder)
 
 
+def one_shape_scenes(preset, seed: int, train_scenes: int = 3000) -> tuple:
+    """(train pixels, train kinds, held-out pixels, held-out kinds): freshly drawn scenes of one shape each, in
+    the demo's size range, prepared as a run prepares its images."""
+    import random
+
+    from pipelines.shapes_world.draw import draw_scene
+    from pipelines.shapes_world.scenes import make_scene
+
+    processor = ImageProcessor(preset)
+
+    def drawn(count: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        scenes_ = [make_scene(rng, shape_count=1) for _ in range(count)]
+        return (torch.stack([processor(draw_scene(scene)) for scene in scenes_]),
+                torch.tensor([SHAPE_KINDS.index(scene.shapes[0].kind) for scene in scenes_]))
+
+    held_out_scenes = max(1, train_scenes // 6)
+    return (*drawn(train_scenes, random.Random(seed + 1)), *drawn(held_out_scenes, random.Random(seed + 2)))
+
+
+class PatchProbe(torch.nn.Module):
+    """Two transformer layers (width 128) over a tower's patch features, mean-pooled, then a linear head: a
+    reader about as strong as the tiny LLM that reads them in a run."""
+
+    def __init__(self, width: int, patches: int, labels: int):
+        super().__init__()
+        self.inp = torch.nn.Linear(width, 128)
+        self.position = torch.nn.Parameter(torch.zeros(1, patches, 128))
+        layer = torch.nn.TransformerEncoderLayer(128, 4, 256, dropout=0.0, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, 2)
+        self.out = torch.nn.Linear(128, labels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(self.encoder(self.inp(features) + self.position).mean(1))
+
+
+def _fit(model: torch.nn.Module, forward, train_x, train_y, test_x, test_y, steps: int, seed: int,
+         lr: float) -> float:
+    """Held-out accuracy of `forward(model, x)` after `steps` AdamW steps of 64 (warmup, cosine decay)."""
+    from vlm.train import warmup_cosine
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, math.ceil(steps * 0.05)))
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(0, len(train_x), (64,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(forward(model, train_x[rows]), train_y[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    with torch.no_grad():
+        predicted = torch.cat([forward(model, test_x[i:i + 128]).argmax(1) for i in range(0, len(test_x), 128)])
+    return round((predicted == test_y).float().mean().item(), 4)
+
+
+def supervised_kind(preset, steps: int, seed: int, scenes: int = 3000) -> dict:
+    """Held-out kind accuracy of `preset`'s tower trained from random on one-shape scenes' kinds for `steps`,
+    its pooled output through a linear head."""
+    train_x, train_y, test_x, test_y = one_shape_scenes(preset, seed, scenes)
+    torch.manual_seed(seed)
+    model = torch.nn.ModuleDict({"tower": random_tower(preset, seed),
+                                 "head": torch.nn.Linear(preset.vision["hidden_size"], len(SHAPE_KINDS))})
+    started = time.time()
+    kind = _fit(model, lambda m, x: m["head"](m["tower"](x).pooler_output), train_x, train_y, test_x, test_y,
+                steps, seed, lr=2e-3)
+    return {"image_size": preset.image_size, "patch_size": preset.patch_size, "steps": steps,
+            "train_scenes": len(train_x), "held_out_scenes": len(test_x), "kind": kind,
+            "seconds": round(time.time() - started, 1)}
+
+
+@torch.no_grad()
+def patch_features(tower, preset, pixels: torch.Tensor) -> torch.Tensor:
+    """(N, P, D): the patch features the connector reads (the preset's feature layer, CLS dropped)."""
+    return torch.cat([tower(pixels[i:i + 256], output_hidden_states=True).hidden_states[preset.vision_feature_layer]
+                      [:, 1:] for i in range(0, len(pixels), 256)])
+
+
+def kind_from_patches(towers: dict, preset, steps: int, seed: int, scenes: int = 3000) -> dict:
+    """For each tower (frozen), the held-out kind accuracy of a PatchProbe trained on its patch features of
+    one-shape scenes for `steps`: what a reader as strong as the run's LLM can find of a shape's kind there."""
+    train_x, train_y, test_x, test_y = one_shape_scenes(preset, seed, scenes)
+    result = {"steps": steps, "train_scenes": len(train_x), "held_out_scenes": len(test_x)}
+    for name, tower in towers.items():
+        train_f, test_f = patch_features(tower.eval(), preset, train_x), patch_features(tower, preset, test_x)
+        torch.manual_seed(seed)
+        probe = PatchProbe(train_f.shape[-1], train_f.shape[1], len(SHAPE_KINDS))
+        result[name] = _fit(probe, lambda m, f: m(f), train_f, train_y, test_f, test_y, steps, seed, lr=1e-3)
+    return result
+
+
+def answers_by_shape_count(run: Path, demo: Path) -> dict:
+    """Each question type's held-out accuracy per number of shapes in the scene, from the run's last stage."""
+    import pyarrow.parquet as pq
+
+    from jobs.evaluate import image_reference
+
+    stages = sorted(run.glob("train/*/predictions.parquet"), key=lambda path: path.stat().st_mtime)
+    if not stages:
+        raise SystemExit(f"--run {run}: no train/<stage>/predictions.parquet; give a finished run folder")
+    instances = json.loads((demo / "coco" / "annotations" / "instances_val2014.json").read_text())
+    files = {image["id"]: image["file_name"] for image in instances["images"]}
+    shapes = {name: 0 for name in files.values()}
+    for annotation in instances["annotations"]:
+        shapes[files[annotation["image_id"]]] += 1
+    table: dict[str, dict[int, list[int]]] = {}
+    for row in pq.read_table(stages[-1]).to_pylist():
+        name = Path(image_reference(row["image"]).get("path") or "").name
+        if name not in shapes:
+            raise SystemExit(f"--run {run}: held-out image {name} is not in {demo}'s val2014; give the run's own demo")
+        table.setdefault(row["question_type"], {}).setdefault(shapes[name], []).append(int(row["correct"]))
+    return {"stage": stages[-1].parent.name,
+            "accuracy": {kind: {str(count): {"questions": len(marks), "accuracy": round(sum(marks) / len(marks), 3)}
+                                for count, marks in sorted(by_count.items())}
+                         for kind, by_count in sorted(table.items())}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--demo", required=True, help="a shapes world folder (loom demo-data, or a run's demo/)")
@@ -166,10 +301,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the random tower's seed (a run's train.seed)")
     parser.add_argument("--grids", nargs="*", default=[], metavar="IMAGE/PATCH",
                         help="also probe random towers at these image/patch sizes, e.g. 128/8 128/16")
+    parser.add_argument("--supervised", type=int, default=None, metavar="STEPS",
+                        help="also train the preset's tower (and each --grids one) on one-shape scenes' kinds")
+    parser.add_argument("--patch-probe", type=int, default=None, metavar="STEPS",
+                        help="also train a two-layer reader on each tower's frozen patch features for one-shape "
+                             "scenes' kinds (the random tower, and --tower's)")
+    parser.add_argument("--probe-scenes", type=int, default=3000,
+                        help="one-shape scenes drawn to train --supervised and --patch-probe (a sixth as many "
+                             "held out)")
+    parser.add_argument("--run", default=None, help="a run folder: its held-out answers by shapes in the scene")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
-    if args.tower is None and not args.grids:
-        parser.error("give --tower (a pretrained tower to probe) and/or --grids (random towers at other grids)")
+    for option, steps in (("--supervised", args.supervised), ("--patch-probe", args.patch_probe),
+                          ("--probe-scenes", args.probe_scenes)):
+        if steps is not None and steps < 1:
+            parser.error(f"{option} {steps}: give a number of steps, 1 or more")
+    if args.tower is None and not args.grids and args.supervised is None and args.run is None \
+            and args.patch_probe is None:
+        parser.error("give --tower (a pretrained tower to probe), --grids (random towers at other grids), "
+                     "--supervised STEPS (the towers trained on kinds), --patch-probe STEPS (a reader of frozen "
+                     "patch features) and/or --run (a run's answers)")
     preset = get_preset(args.preset)
     grids = [at_grid(preset, grid) for grid in args.grids]
     demo = Path(args.demo)
@@ -182,6 +333,17 @@ def main() -> None:
         result["object_probe"] = {"random": probe_tower(random_tower(preset, args.seed), preset, train, held_out),
                                   "pretrained": probe_tower(pretrained, preset, train, held_out)}
         result["zero_shot"] = zero_shot(Path(args.tower), preset, held_out)
+    if args.run:
+        result["answers_by_shape_count"] = answers_by_shape_count(Path(args.run), demo)
+    if args.patch_probe is not None:
+        towers = {"random": random_tower(preset, args.seed)}
+        if args.tower:
+            towers["pretrained"] = pretrained_tower(Path(args.tower), preset)
+        result["kind_from_patches"] = kind_from_patches(towers, preset, args.patch_probe, args.seed,
+                                                        args.probe_scenes)
+    if args.supervised is not None:
+        result["supervised_kind"] = [supervised_kind(p, args.supervised, args.seed, args.probe_scenes)
+                                     for p in [preset, *grids]]
     if grids:
         result["random_grids"] = [{"image_size": g.image_size, "patch_size": g.patch_size,
                                    "visual_tokens": g.visual_tokens,

@@ -74,3 +74,35 @@ def test_the_tower_bench_refuses_a_patch_that_does_not_tile_the_image(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     assert done.returncode != 0
     assert "--grids '64/12': 12-px patches do not tile a 64-px image" in done.stderr
+
+
+def test_the_tower_bench_trains_kind_readers_and_splits_a_runs_answers_by_shapes_in_the_scene(tmp_path):
+    from jobs.evaluate import write_predictions
+    from pipelines.shapes_world.export import write_demo_data
+
+    write_demo_data(tmp_path / "demo", pair_scenes=4, train_scenes=4, val_scenes=6)
+    instances = json.loads((tmp_path / "demo" / "coco" / "annotations" / "instances_val2014.json").read_text())
+    shapes = {image["file_name"]: 0 for image in instances["images"]}
+    files = {image["id"]: image["file_name"] for image in instances["images"]}
+    for annotation in instances["annotations"]:
+        shapes[files[annotation["image_id"]]] += 1
+    # a run's held-out answers as jobs.evaluate writes them: two questions an image, the first right
+    records = [{"images": [{"path": name, "root": "vqav2.val"}], "answers": ["red"], "question_type": kind,
+                "messages": [{"role": "user", "content": "<image>\nWhat color is it?"}]}
+               for name in shapes for kind in ("colour", "shape")]
+    write_predictions(tmp_path / "run" / "train" / "instruct" / "predictions.parquet", records,
+                      ["red"] * len(records), [kind == "colour" for kind in (r["question_type"] for r in records)])
+    run_bench("tower.py", "--demo", str(tmp_path / "demo"), "--run", str(tmp_path / "run"), "--supervised", "2",
+              "--patch-probe", "2", "--probe-scenes", "12", "--json", str(tmp_path / "t.json"))
+    result = json.loads((tmp_path / "t.json").read_text())
+    by_count = result["answers_by_shape_count"]
+    assert by_count["stage"] == "instruct"
+    expected = {str(n): sum(1 for count in shapes.values() if count == n) for n in set(shapes.values())}
+    for kind, right in (("colour", 1.0), ("shape", 0.0)):
+        assert {n: cell["questions"] for n, cell in by_count["accuracy"][kind].items()} == expected
+        assert all(cell["accuracy"] == right for cell in by_count["accuracy"][kind].values())
+    [supervised] = result["supervised_kind"]  # the preset's own grid, no --grids
+    assert (supervised["image_size"], supervised["steps"], supervised["train_scenes"]) == (64, 2, 12)
+    assert 0 <= supervised["kind"] <= 1
+    probe = result["kind_from_patches"]
+    assert set(probe) == {"steps", "train_scenes", "held_out_scenes", "random"} and 0 <= probe["random"] <= 1
