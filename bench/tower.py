@@ -26,8 +26,8 @@ output through a linear head: what the architecture at that grid learns of a sha
 when told it directly, the ceiling a contrastive objective, which only sees captions, works under.
 
 `--patch-probe STEPS` keeps each tower frozen (the random one a run would start from, and `--tower`'s) and
-trains a reader about as strong as the run's tiny LLM (two transformer layers over the patch features the
-connector reads, mean-pooled, a linear head) on the same one-shape scenes' kinds: how much of a shape's kind
+trains a small reader on them (two transformer layers of width 128 over the patch features the connector
+reads, mean-pooled, a linear head; the quickstart's LLM has four such layers) on the same one-shape scenes' kinds: how much of a shape's kind
 a frozen tower leaves for the LLM to find, where the linear object probe above asks it of one averaged
 feature.
 
@@ -196,7 +196,7 @@ def one_shape_scenes(preset, seed: int, train_scenes: int = 3000) -> tuple:
 
 class PatchProbe(torch.nn.Module):
     """Two transformer layers (width 128) over a tower's patch features, mean-pooled, then a linear head: a
-    reader about as strong as the tiny LLM that reads them in a run."""
+    reader smaller than the quickstart's LLM (four such layers) that reads them in a run."""
 
     def __init__(self, width: int, patches: int, labels: int):
         super().__init__()
@@ -256,7 +256,7 @@ def patch_features(tower, preset, pixels: torch.Tensor) -> torch.Tensor:
 
 def kind_from_patches(towers: dict, preset, steps: int, seed: int, scenes: int = 3000) -> dict:
     """For each tower (frozen), the held-out kind accuracy of a PatchProbe trained on its patch features of
-    one-shape scenes for `steps`: what a reader as strong as the run's LLM can find of a shape's kind there."""
+    one-shape scenes for `steps`: what a reader smaller than the run's LLM can find of a shape's kind there."""
     train_x, train_y, test_x, test_y = one_shape_scenes(preset, seed, scenes)
     result = {"steps": steps, "train_scenes": len(train_x), "held_out_scenes": len(test_x)}
     for name, tower in towers.items():
@@ -273,21 +273,24 @@ def answers_by_shape_count(run: Path, demo: Path) -> dict:
 
     from jobs.evaluate import image_reference
 
-    stages = sorted(run.glob("train/*/predictions.parquet"), key=lambda path: path.stat().st_mtime)
-    if not stages:
-        raise SystemExit(f"--run {run}: no train/<stage>/predictions.parquet; give a finished run folder")
+    manifest = run / "train" / "manifest.json"
+    stages = json.loads(manifest.read_text())["stages"] if manifest.is_file() else []
+    answers = run / "train" / stages[-1]["name"] / "predictions.parquet" if stages else None
+    if answers is None or not answers.is_file():
+        raise SystemExit(f"--run {run}: no held-out answers of a finished training (train/manifest.json's last "
+                         "stage, its predictions.parquet); give a run folder `loom train` finished")
     instances = json.loads((demo / "coco" / "annotations" / "instances_val2014.json").read_text())
     files = {image["id"]: image["file_name"] for image in instances["images"]}
     shapes = {name: 0 for name in files.values()}
     for annotation in instances["annotations"]:
         shapes[files[annotation["image_id"]]] += 1
     table: dict[str, dict[int, list[int]]] = {}
-    for row in pq.read_table(stages[-1]).to_pylist():
+    for row in pq.read_table(answers).to_pylist():
         name = Path(image_reference(row["image"]).get("path") or "").name
         if name not in shapes:
             raise SystemExit(f"--run {run}: held-out image {name} is not in {demo}'s val2014; give the run's own demo")
         table.setdefault(row["question_type"], {}).setdefault(shapes[name], []).append(int(row["correct"]))
-    return {"stage": stages[-1].parent.name,
+    return {"stage": answers.parent.name,
             "accuracy": {kind: {str(count): {"questions": len(marks), "accuracy": round(sum(marks) / len(marks), 3)}
                                 for count, marks in sorted(by_count.items())}
                          for kind, by_count in sorted(table.items())}}

@@ -86,12 +86,14 @@ def test_the_tower_bench_trains_kind_readers_and_splits_a_runs_answers_by_shapes
     files = {image["id"]: image["file_name"] for image in instances["images"]}
     for annotation in instances["annotations"]:
         shapes[files[annotation["image_id"]]] += 1
-    # a run's held-out answers as jobs.evaluate writes them: two questions an image, the first right
+    # a run's held-out answers as jobs.evaluate writes them (two questions an image, the first right), its last
+    # stage named last in the train manifest's stages as loom train writes them
     records = [{"images": [{"path": name, "root": "vqav2.val"}], "answers": ["red"], "question_type": kind,
                 "messages": [{"role": "user", "content": "<image>\nWhat color is it?"}]}
                for name in shapes for kind in ("colour", "shape")]
     write_predictions(tmp_path / "run" / "train" / "instruct" / "predictions.parquet", records,
                       ["red"] * len(records), [kind == "colour" for kind in (r["question_type"] for r in records)])
+    (tmp_path / "run" / "train" / "manifest.json").write_text(json.dumps({"stages": [{"name": "pretrain"}, {"name": "instruct"}]}))
     run_bench("tower.py", "--demo", str(tmp_path / "demo"), "--run", str(tmp_path / "run"), "--supervised", "2",
               "--patch-probe", "2", "--probe-scenes", "12", "--json", str(tmp_path / "t.json"))
     result = json.loads((tmp_path / "t.json").read_text())
