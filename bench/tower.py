@@ -232,10 +232,10 @@ def _fit(model: torch.nn.Module, forward, train_x, train_y, test_x, test_y, step
     return round((predicted == test_y).float().mean().item(), 4)
 
 
-def supervised_kind(preset, steps: int, seed: int, scenes: int = 3000) -> dict:
-    """Held-out kind accuracy of `preset`'s tower trained from random on one-shape scenes' kinds for `steps`,
-    its pooled output through a linear head."""
-    train_x, train_y, test_x, test_y = one_shape_scenes(preset, seed, scenes)
+def supervised_kind(preset, drawn: tuple, steps: int, seed: int) -> dict:
+    """Held-out kind accuracy of `preset`'s tower trained from random on one-shape scenes' kinds (`drawn`, from
+    one_shape_scenes at its grid) for `steps`, its pooled output through a linear head."""
+    train_x, train_y, test_x, test_y = drawn
     torch.manual_seed(seed)
     model = torch.nn.ModuleDict({"tower": random_tower(preset, seed),
                                  "head": torch.nn.Linear(preset.vision["hidden_size"], len(SHAPE_KINDS))})
@@ -254,10 +254,11 @@ def patch_features(tower, preset, pixels: torch.Tensor) -> torch.Tensor:
                       [:, 1:] for i in range(0, len(pixels), 256)])
 
 
-def kind_from_patches(towers: dict, preset, steps: int, seed: int, scenes: int = 3000) -> dict:
+def kind_from_patches(towers: dict, preset, drawn: tuple, steps: int, seed: int) -> dict:
     """For each tower (frozen), the held-out kind accuracy of a PatchProbe trained on its patch features of
-    one-shape scenes for `steps`: what a reader smaller than the run's LLM can find of a shape's kind there."""
-    train_x, train_y, test_x, test_y = one_shape_scenes(preset, seed, scenes)
+    one-shape scenes (`drawn`, from one_shape_scenes) for `steps`: what a reader smaller than the run's LLM can
+    find of a shape's kind there."""
+    train_x, train_y, test_x, test_y = drawn
     result = {"steps": steps, "train_scenes": len(train_x), "held_out_scenes": len(test_x)}
     for name, tower in towers.items():
         train_f, test_f = patch_features(tower.eval(), preset, train_x), patch_features(tower, preset, test_x)
@@ -267,8 +268,9 @@ def kind_from_patches(towers: dict, preset, steps: int, seed: int, scenes: int =
     return result
 
 
-def answers_by_shape_count(run: Path, demo: Path) -> dict:
-    """Each question type's held-out accuracy per number of shapes in the scene, from the run's last stage."""
+def answers_by_shape_count(run: Path, held_out: list[dict], demo: Path) -> dict:
+    """Each question type's held-out accuracy per number of shapes in the scene (`held_out`: the demo's val2014
+    scenes), from the run's last stage."""
     import pyarrow.parquet as pq
 
     from jobs.evaluate import image_reference
@@ -279,11 +281,7 @@ def answers_by_shape_count(run: Path, demo: Path) -> dict:
     if answers is None or not answers.is_file():
         raise SystemExit(f"--run {run}: no held-out answers of a finished training (train/manifest.json's last "
                          "stage, its predictions.parquet); give a run folder `loom train` finished")
-    instances = json.loads((demo / "coco" / "annotations" / "instances_val2014.json").read_text())
-    files = {image["id"]: image["file_name"] for image in instances["images"]}
-    shapes = {name: 0 for name in files.values()}
-    for annotation in instances["annotations"]:
-        shapes[files[annotation["image_id"]]] += 1
+    shapes = {Path(scene["file"]).name: len(scene["shapes"]) for scene in held_out}
     table: dict[str, dict[int, list[int]]] = {}
     for row in pq.read_table(answers).to_pylist():
         name = Path(image_reference(row["image"]).get("path") or "").name
@@ -318,7 +316,7 @@ def main() -> None:
     for option, steps in (("--supervised", args.supervised), ("--patch-probe", args.patch_probe),
                           ("--probe-scenes", args.probe_scenes)):
         if steps is not None and steps < 1:
-            parser.error(f"{option} {steps}: give a number of steps, 1 or more")
+            parser.error(f"{option} {steps}: give 1 or more")
     if args.tower is None and not args.grids and args.supervised is None and args.run is None \
             and args.patch_probe is None:
         parser.error("give --tower (a pretrained tower to probe), --grids (random towers at other grids), "
@@ -331,22 +329,22 @@ def main() -> None:
     started = time.time()
     result = {"preset": preset.name, "tower": args.tower,
               "chance": {"kind": round(1 / len(SHAPE_KINDS), 4), "colour": round(1 / len(COLOURS), 4)}}
+    # the random tower a run starts from, and --tower's, each built once for every test that reads it
+    towers = {"random": random_tower(preset, args.seed)}
     if args.tower:
-        pretrained = pretrained_tower(Path(args.tower), preset).eval()
-        result["object_probe"] = {"random": probe_tower(random_tower(preset, args.seed), preset, train, held_out),
-                                  "pretrained": probe_tower(pretrained, preset, train, held_out)}
+        towers["pretrained"] = pretrained_tower(Path(args.tower), preset).eval()
+        result["object_probe"] = {name: probe_tower(tower, preset, train, held_out) for name, tower in towers.items()}
         result["zero_shot"] = zero_shot(Path(args.tower), preset, held_out)
     if args.run:
-        result["answers_by_shape_count"] = answers_by_shape_count(Path(args.run), demo)
+        result["answers_by_shape_count"] = answers_by_shape_count(Path(args.run), held_out, demo)
+    if args.patch_probe is not None or args.supervised is not None:
+        drawn = one_shape_scenes(preset, args.seed, args.probe_scenes)  # at the preset's grid, for both tests
     if args.patch_probe is not None:
-        towers = {"random": random_tower(preset, args.seed)}
-        if args.tower:
-            towers["pretrained"] = pretrained_tower(Path(args.tower), preset)
-        result["kind_from_patches"] = kind_from_patches(towers, preset, args.patch_probe, args.seed,
-                                                        args.probe_scenes)
+        result["kind_from_patches"] = kind_from_patches(towers, preset, drawn, args.patch_probe, args.seed)
     if args.supervised is not None:
-        result["supervised_kind"] = [supervised_kind(p, args.supervised, args.seed, args.probe_scenes)
-                                     for p in [preset, *grids]]
+        result["supervised_kind"] = [
+            supervised_kind(p, drawn if p is preset else one_shape_scenes(p, args.seed, args.probe_scenes),
+                            args.supervised, args.seed) for p in [preset, *grids]]
     if grids:
         result["random_grids"] = [{"image_size": g.image_size, "patch_size": g.patch_size,
                                    "visual_tokens": g.visual_tokens,
