@@ -24,8 +24,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.cli import main as loom  # noqa: E402
-from jobs.evaluate import answer_records, question_text, render_images  # noqa: E402
-from pipelines.render import read_render_output  # noqa: E402
+from jobs.evaluate import answer_records, heldout_vqa, question_text, render_images  # noqa: E402
 
 
 def held_out(run: Path, limit: int) -> tuple[list[dict], dict]:
@@ -33,8 +32,7 @@ def held_out(run: Path, limit: int) -> tuple[list[dict], dict]:
     manifest = json.loads((run / "train" / "manifest.json").read_text())
     settings = manifest.get("evaluate") or {}
     split, datasets = settings.get("split", "val"), settings.get("datasets", ["vqav2"])
-    records = [r for r in read_render_output(run / "render", split=split, datasets=datasets, task="vqa") or []
-               if r["answers"]][:limit]
+    records = heldout_vqa(run / "render", split, datasets, limit)
     if not records:
         sys.exit(f"{run}/render: no held-out VQA records of split {split!r} in {datasets}")
     return records, render_images(run / "render", None)

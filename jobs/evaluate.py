@@ -70,13 +70,19 @@ def evaluate_captions(model, preset, encoder: Encoder, render_dir: Path, setting
     return result
 
 
+def heldout_vqa(render_dir: Path, split: str, datasets: list[str], limit: int | None = None) -> list[dict]:
+    """The held-out VQA records (those with reference answers) of `split` in `datasets`, the first `limit`
+    of them when given: the questions an evaluation scores."""
+    heldout = [r for r in read_render_output(render_dir, split=split, datasets=datasets, task="vqa") or []
+               if r["answers"]]
+    return heldout if limit is None else heldout[:limit]
+
+
 def _vqa_records(render_dir: Path, settings: dict) -> tuple[list[dict], list[dict]]:
     """(held-out questions to score, training questions for the baselines: their answers and question types),
     read from the render output with only those rows and columns."""
-    heldout = [r for r in read_render_output(render_dir, split=settings["split"], datasets=settings["datasets"],
-                                             task="vqa") or [] if r["answers"]]
     train = read_render_output(render_dir, split="train", task="vqa", columns=["messages", "question_type"]) or []
-    return (heldout[: settings["limit"]] if settings["limit"] else heldout), train
+    return heldout_vqa(render_dir, settings["split"], settings["datasets"], settings["limit"]), train
 
 
 def evaluate_vqa(model, preset, encoder: Encoder, render_dir: Path, settings: dict, log=print,
