@@ -68,7 +68,8 @@ def wrong_sample(rows: list[dict], n: int) -> list[dict]:
 
 def training_figures(run: Path, train: dict, shown: int = 12) -> dict:
     """What the report shows of the train stage beyond its manifest: per stage the learning rate by step and,
-    from its predictions, accuracy per question type and `shown` wrong answers; and the baselines per type."""
+    from its predictions, accuracy per question type and `shown` wrong answers; the baselines per type; and
+    train.image_roots as training used it, where the wrong answers' images are read."""
     stages = {}
     for summary in train.get("stages", []):
         folder = run / "train" / summary["name"]
@@ -87,7 +88,7 @@ def training_figures(run: Path, train: dict, shown: int = 12) -> dict:
     if blind.get("blind") is not None:  # `loom lm`'s LLM, before any image: what it answers from the question alone
         baselines["blind LLM (loom lm, held-out training images)"] = {**blind.get("blind_by_question_type", {}),
                                                                        ALL: blind["blind"]}
-    return {"stages": stages, "baselines_by_question_type": baselines}
+    return {"stages": stages, "baselines_by_question_type": baselines, "image_roots": train.get("image_roots") or {}}
 
 
 def accuracy_chart(figures: dict) -> str:
@@ -111,7 +112,7 @@ def wrong_answers(run: Path, figures: dict) -> str:
         if not stage.get("wrong"):
             continue
         if images is None:
-            images = render_images(run / "render", None)
+            images = render_images(run / "render", figures.get("image_roots"))  # train.image_roots over the render's
         rows = "".join(
             f"<tr><td>{thumbnail(w['image'], images)}</td><td>{html.escape(w['question_type'])}</td>"
             f"<td>{html.escape(w['question'])}</td><td>{html.escape(w['prediction'])}</td>"

@@ -208,7 +208,9 @@ def run_train(config: dict, out: str | Path, log=print, ray_address: str | None 
     # the model is scored at the resolution it last trained at
     evaluation = _evaluate_stage(model, preset, encoder, stages[-1], summaries[-1], Path(out), cfg, qformer_dir, log)
     record.rows_out = record.rows_in  # training drops nothing; the evaluation reports its own count
-    record.extra.update(preset=preset.name, stages=summaries, evaluation=evaluation, workers=cfg["workers"])
+    # train.image_roots, so `loom report` finds the wrong answers' images where training found them
+    record.extra.update(preset=preset.name, stages=summaries, evaluation=evaluation, workers=cfg["workers"],
+                        image_roots=cfg["image_roots"])
     return record.finish(stage_dir)
 
 

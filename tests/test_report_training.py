@@ -175,3 +175,22 @@ def test_a_loss_that_diverged_is_plotted_up_to_it_and_the_points_left_out_are_co
     chart = line_chart([[1, 2.5], [2, 2.0], [3, float("nan")], [4, float("inf")]], right=[[1, 1e-3], [2, 5e-4]])
     loss_line = re.findall(r'<polyline[^>]*points="([^"]+)"', chart)[0]
     assert len(loss_line.split()) == 2 and chart.endswith("<p>(2 points not finite, not drawn)</p>")
+
+
+def test_wrong_answers_images_are_read_from_the_folder_train_image_roots_repoints(run, tmp_path):
+    """A dataset folder moved after render: training reads it from train.image_roots, and so does the report."""
+    import shutil
+
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved, symlinks=True)
+    reference = image_reference(predictions(moved, "instruct")[0]["image"])
+    folder = render_images(moved / "render", None)["roots"][reference["root"]]
+    shutil.move(folder, tmp_path / "elsewhere")
+    config = {**RUN, "train": {**RUN["train"], "image_roots": {reference["root"]: str(tmp_path / "elsewhere")}}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "run.yaml"), "--out", str(moved)]) == 0
+    assert json.loads((moved / "train" / "manifest.json").read_text())["image_roots"] == {
+        reference["root"]: str(tmp_path / "elsewhere")}
+    assert main(["report", str(moved)]) == 0
+    page = (moved / "report.html").read_text()
+    assert "image not readable" not in page and page.count('src="data:image/png;base64,') > 0
