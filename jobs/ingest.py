@@ -15,6 +15,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 from jobs.config import ConfigError, require, section
 from pipelines.ingest import filters
@@ -30,7 +31,9 @@ from pipelines.manifest import (
     start_or_resume,
 )
 
-def ingest_settings(config: dict) -> dict:
+def ingest_settings(config: dict, written: Sequence[str | Path] = ()) -> dict:
+    """The ingest section over its defaults, each source's card, layout and files checked; a card source's glob
+    under one of `written` (folders an earlier stage of the run writes, as the demo's) may match nothing yet."""
     cfg = section(config, "ingest")  # types and ranges: jobs/schema.py
     from jobs.user_folders import use_user_folders
     from pipelines.ingest.sources import SourceConfigError
@@ -39,7 +42,8 @@ def ingest_settings(config: dict) -> dict:
     entry_of_prefix: dict[str, int] = {}
     for i, src in enumerate(cfg["sources"]):
         try:
-            resolved = Source.from_config(src)  # a card source expands its glob here, so no match fails early
+            # a card source expands its glob here, so no match fails early
+            resolved = Source.from_config(src, missing_ok=_under(src.get("path"), written))
         except SourceConfigError as err:
             key = f"ingest.sources[{i}]" + (f".{err.key}" if err.key else "")
             raise ConfigError(f"{key}: {err}") from err
@@ -53,6 +57,12 @@ def ingest_settings(config: dict) -> dict:
     except ValueError as err:
         raise ConfigError(str(err)) from err
     return cfg
+
+
+def _under(path: str | None, folders: Sequence[str | Path]) -> bool:
+    if not path or "://" in path:
+        return False
+    return any(Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder)) for folder in folders)
 
 
 def _fingerprint(path: str) -> str:

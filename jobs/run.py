@@ -14,12 +14,18 @@ def stages_in(config: dict) -> list[str]:
     return [name for name in ORDER if name in config]
 
 
+def demo_output(config: dict, out: str) -> Path:
+    """Where the demo_data stage writes the shapes world: demo_data.out, else `{out}/demo`."""
+    return Path(section(config, "demo_data")["out"] or Path(out) / "demo")
+
+
 def run_demo_data(config: dict, out: str, log=print) -> dict:
     """The shapes world for this run, in `{out}/demo` unless the config says where; reused when present."""
     from pipelines.shapes_world import write_demo_data
 
     cfg = section(config, "demo_data")
-    target = Path(cfg.pop("out") or Path(out) / "demo")
+    target = demo_output(config, out)
+    cfg.pop("out")
     world = target / "world.json"
     if world.exists():
         settings = json.loads(world.read_text())
@@ -42,7 +48,8 @@ def check_stages(config: dict, out: str, stages: list[str]) -> None:
     if "ingest" in stages:
         from jobs.ingest import ingest_settings
 
-        ingest_settings(config)
+        # the demo's files do not exist yet: a card source globbing them is checked when ingest reads it
+        ingest_settings(config, [demo_output(config, out)] if "demo_data" in stages else [])
     if "tower" in stages:
         from jobs.tower import tower_settings
 

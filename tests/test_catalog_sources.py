@@ -237,6 +237,27 @@ def test_a_card_path_that_matches_no_file_is_refused(tmp_path):
         ingest({"card": "cc3m", "path": str(tmp_path / "*.tsv")})
 
 
+def test_a_card_glob_over_the_demo_this_run_writes_is_checked_when_ingest_reads_it(tmp_path):
+    """`loom run` checks every stage before the first: a card source globbing the demo folder that its
+    demo_data stage has yet to write is not refused then; ingest reads it once the demo is there."""
+    from jobs.config import load_config
+    from jobs.run import check_stages
+
+    source = {"card": "cc3m", "path": "{out}/demo/*.parquet", "format": "parquet", "url_col": "url",
+              "caption_col": "caption"}
+    config = {"demo_data": {"seed": 1, "pair_scenes": 6, "train_scenes": 1, "val_scenes": 1},
+              "ingest": {"sources": [source], "serve": "{out}/demo", "allow_private_network": True,
+                         "image_size": 64, "languages": {"en": 0.5, "zh": 0.5}}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    loaded = load_config(str(tmp_path / "run.yaml"), str(out))
+    with pytest.raises(ConfigError, match=r"ingest.sources\[0\].path: '.*demo/\*\.parquet' matches no file"):
+        check_stages(loaded, str(out), ["ingest"])  # without the demo stage, nothing will write them
+    assert loom(["run", str(tmp_path / "run.yaml"), "--out", str(out)]) == 0
+    manifest = json.loads((out / "ingest" / "manifest.json").read_text())
+    assert manifest["rows_in"] >= 6 and manifest["rows_out"] >= 1
+
+
 def test_two_sources_whose_row_ids_would_collide_are_refused(tmp_path):
     (tmp_path / "a.tsv").write_text("c\thttp://a.example/1.jpg\n")
     same = {"card": "cc3m", "path": str(tmp_path / "a.tsv")}

@@ -84,13 +84,15 @@ class Source:
         return self.label if self.part is None else f"{self.label}:{self.part}"
 
     @classmethod
-    def from_config(cls, entry: dict) -> list[Source]:
+    def from_config(cls, entry: dict, missing_ok: bool = False) -> list[Source]:
         """The sources one `ingest.sources` entry names.
 
         `{path, url_col, caption_col, ...}` is one source, read as given. `{card: NAME, path: ...}`
         takes the format and column names from the card's metadata layout (its default, or
         `layout:`), and is one source per file the path or glob matches, each named after the card
         and numbered so row ids stay unique across files. Keys given beside `card` override the card.
+        `missing_ok`: a card source whose glob matches nothing yet (an earlier stage writes its files) is no
+        source rather than an error.
         """
         unknown = sorted(set(entry) - set(cls.CONFIG_KEYS))
         if unknown:
@@ -117,7 +119,7 @@ class Source:
                 and layout.get("header", True) is False):
             resolved["columns"] = layout["columns"]
         files = expand_paths(path)
-        if not files:
+        if not files and not missing_ok:
             raise SourceConfigError(
                 "path", f"{path!r} matches no file; give an existing file, or a glob such as "
                         f"/data/{card_name}/*.{layout['format']} (local or any fsspec URL)")
