@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from .images import ImageProcessor
 from .preset import Preset
 from .progress import StageProgress
+from .saving import save_beside
 from .train import LOG, warmup_cosine
 from .vision import build_vision_tower
 
@@ -223,15 +223,4 @@ def save_tower(model, preset: Preset, path: str | Path) -> Path:
     """Write the pretrained tower into folder `path`, beside the caption tokenizer already trained there (a
     CLIP tower as its whole CLIPModel, an EVA tower as its Blip2VisionModel; see the module docstring), each
     file written whole before it replaces the one of that name."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / ".tower.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if preset.vision_kind == "clip":
-        model.save_pretrained(tmp)
-    else:
-        model.vision_model.save_pretrained(tmp)
-    for file in sorted(tmp.iterdir()):
-        file.replace(path / file.name)
-    tmp.rmdir()
-    return path
+    return save_beside(model if preset.vision_kind == "clip" else model.vision_model, path)

@@ -9,12 +9,12 @@ learned.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Sequence
 
 from .generate import generate
 from .preset import Stage
+from .saving import save_beside
 
 # the LLM alone, on the pack output "text"; the learning rate is the caller's
 LANGUAGE_STAGE = Stage("language", trainable=("llm",), data="text", lr=1e-3, warmup_ratio=0.03)
@@ -33,12 +33,4 @@ def answer(model, prompts: Sequence[list[int]], stop_id: int, max_new_tokens: in
 def save_language_model(model, path: str | Path) -> Path:
     """The LLM of `model` as a transformers checkpoint folder at `path` (config.json, model.safetensors,
     generation_config.json), each file written whole before it replaces the one of that name."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / ".llm.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.language_model.save_pretrained(tmp)
-    for file in sorted(tmp.iterdir()):
-        file.replace(path / file.name)
-    tmp.rmdir()
-    return path
+    return save_beside(model.language_model, path)

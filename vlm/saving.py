@@ -10,6 +10,7 @@ whole folder as a model, which needs the builders, is `vlm.checkpoint`'s.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -64,6 +65,20 @@ def save_pretrained(model, path: str | Path, format: str = "loom") -> Path:
         else:
             save_file(weights_to_save(model), tmp / "model.safetensors")
             (tmp / "config.json").write_text(json.dumps({"model": model.config_dict()}, indent=2))
+    return path
+
+
+def save_beside(model, path: str | Path) -> Path:
+    """`model.save_pretrained` (a transformers model) into folder `path` beside the files already there (a
+    tokenizer): written into a folder of its own first, each file then replaces the one of its name whole."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / ".save.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed writer's
+    model.save_pretrained(tmp)
+    for file in sorted(tmp.iterdir()):
+        file.replace(path / file.name)
+    tmp.rmdir()
     return path
 
 
