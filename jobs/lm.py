@@ -31,12 +31,17 @@ def lm_output(out: str | Path) -> Path:
     return Path(out) / "lm"
 
 
+def single_images(records: list[dict]) -> set[tuple]:
+    """The identities of the images that records of one image ask about."""
+    from pipelines.scene_text import image_identity
+
+    return {image_identity(r["images"][0]) for r in records if len(r["images"]) == 1}
+
+
 def held_out_images(records: list[dict], held_out: int, seed: int) -> set[tuple]:
     """`held_out` images of `records`, drawn by `seed` from their identities in sorted order (so the draw
     depends on neither the record order nor the render's parts)."""
-    from pipelines.scene_text import image_identity
-
-    images = sorted({image_identity(r["images"][0]) for r in records if len(r["images"]) == 1}, key=repr)
+    images = sorted(single_images(records), key=repr)
     random.Random(seed).shuffle(images)
     return set(images[:held_out])
 
@@ -68,7 +73,7 @@ def run_lm(config: dict, out: str | Path, log=print) -> dict:
     if not captions:
         raise ConfigError(f"lm.datasets: {cfg['datasets']} hold no caption records in split {cfg['split']!r} of "
                           f"{render_dir}; name a captions dataset (e.g. coco_caption) beside the questions")
-    images = len({image_identity(r["images"][0]) for r in records if len(r["images"]) == 1})
+    images = len(single_images(records))
     if cfg["held_out"] >= images:
         raise ConfigError(f"lm.held_out: {cfg['held_out']} of the {images} images in split {cfg['split']!r} of "
                           f"{render_dir} leaves none to train on; hold out fewer, or render more")
