@@ -338,8 +338,10 @@ def to_transformers(model):
     return hf_model
 
 
-def assign_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Put `state`'s tensors into `module` (no copy); every parameter must be given, and nothing else.
+def assign_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str,
+                   spell: Callable[[list[str]], list[str]] = list) -> None:
+    """Put `state`'s tensors into `module` (no copy); every parameter must be given, and nothing else (the
+    error names them as `spell` gives the module's names, e.g. as the checkpoint spells them).
 
     Ties follow `module`, not the checkpoint: parameters the module ties (an LM head that is the input
     embeddings) are one parameter again afterwards, given once or twice; names it keeps apart never share
@@ -367,8 +369,8 @@ def assign_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], what
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
     missing = [name for name in missing if name not in ties]
     if missing or unexpected:
-        raise ValueError(f"{what}: the weights do not fit; missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-                         f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+        raise ValueError(f"{what}: the weights do not fit; missing {spell(missing[:8])}{'...' if len(missing) > 8 else ''}"
+                         f", no place for {spell(unexpected[:8])}{'...' if len(unexpected) > 8 else ''}")
     for name, first in ties.items():
         owner, _, attribute = name.rpartition(".")
         setattr(module.get_submodule(owner), attribute, module.get_parameter(first))

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from .builders import build_model
+from .convert import assign_weights
 from .preset import Preset, get_preset
 
 RESAMPLER_HEAD_SIZE = 128  # visual.py: Resampler(num_heads=output_dim // 128)
@@ -161,16 +162,8 @@ def load_qwen_vl(path: str | Path, config: dict, published: dict[str, torch.Tens
     path = Path(path)
     preset, image_token_id, pad_token_id = preset_of(config, path / "config.json")
     state = loom_state_dict(published, preset.llm["num_hidden_layers"], preset.llm["hidden_size"])
-    tied = preset.llm["tie_word_embeddings"]
-    if tied:  # one matrix: the head is the embeddings, whether or not the file repeats it
-        state.pop("language_model.lm_head.weight", None)
     model = build_model(preset, preset.llm["vocab_size"], image_token_id, pad_token_id,
                         attn_implementation=attn_implementation or "sdpa", seed=None)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [name for name in missing if not (tied and name == "language_model.lm_head.weight")]
-    if missing or unexpected:
-        raise ValueError(f"{path}: the weights do not fit its config.json; missing {published_names(missing)[:6]}, "
-                         f"no place for {published_names(unexpected)[:6]}")
-    if tied:  # assign replaced the embeddings' parameter; the head follows it again
-        model.language_model.lm_head.weight = model.language_model.get_input_embeddings().weight
+    # a tied head is the embeddings, whether or not the file repeats it
+    assign_weights(model, state, str(path), spell=published_names)
     return model.to(device)
