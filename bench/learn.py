@@ -58,6 +58,7 @@ from jobs.pack import run_pack  # noqa: E402
 from jobs.render import run_render  # noqa: E402
 from jobs.run import run_demo_data  # noqa: E402
 from jobs.train import run_train, starting_model, train_settings  # noqa: E402
+from pipelines.shapes_world.scenes import QUESTION_TYPES  # noqa: E402
 
 CAPTIONS = ["coco_caption"]
 MIXED = ["coco_caption", "vqav2"]
@@ -172,9 +173,6 @@ def learn(name: str, args, out: Path) -> dict:
     row["beats_majority"] = row["accuracy"] > row["majority"]
     row["seconds"] = round(time.time() - started, 1)
     return row
-
-
-QUESTION_TYPES = ("colour", "shape", "count", "exists", "position")
 
 
 def table(rows: list[dict]) -> str:
