@@ -31,6 +31,12 @@ reads, mean-pooled, a linear head; the quickstart's LLM has four such layers) on
 a frozen tower leaves for the LLM to find, where the linear object probe above asks it of one averaged
 feature.
 
+`--oracle STEPS --oracle-out FOLDER` (a diagnostic, not a recipe) trains a copy of `--tower`'s tower on the
+answers: each patch's kind and colour (the shape whose box holds its centre, or none), read through a linear head
+from the features the connector reads, on freshly drawn scenes of 1-4 shapes (`--probe-scenes`), and writes
+it as a tower folder. `train.init.vision: FOLDER` then shows what a run's LLM stages make of a tower that
+sees every shape: the ceiling of any tower recipe under that run's stages.
+
 `--run RUN` reads a run's held-out answers (its last stage's predictions.parquet) and splits each question
 type's accuracy by the number of shapes in the scene: a colour question about "the triangle" answered on
 one-shape scenes and failed on four-shape ones is a model that sees colour and not kind.
@@ -268,6 +274,75 @@ def kind_from_patches(towers: dict, preset, drawn: tuple, steps: int, seed: int)
     return result
 
 
+def oracle_labels(scene, preset) -> torch.Tensor:
+    """(P,): each patch's look, 1 + kind * 6 + colour of the shape whose box holds the patch's centre or whose
+    centre the patch holds (once the image is padded to a square and resized, as vlm.images prepares it), 0
+    where there is none: a shape's edge patches, mostly background, are left as background."""
+    grid, patch = preset.image_size // preset.patch_size, preset.patch_size
+    side = max(scene.width, scene.height)
+    scale = preset.image_size / side
+    left, top = (side - scene.width) // 2, (side - scene.height) // 2
+    labels = torch.zeros(grid, grid, dtype=torch.long)
+    centres = (torch.arange(grid) + 0.5) * patch
+    for shape in scene.shapes:
+        look = 1 + SHAPE_KINDS.index(shape.kind) * len(COLOURS) + COLOURS.index(shape.colour)
+        x0, x1 = (left + shape.x0) * scale, (left + shape.x1) * scale
+        y0, y1 = (top + shape.y0) * scale, (top + shape.y1) * scale
+        inside = ((centres >= y0) & (centres < y1))[:, None] & ((centres >= x0) & (centres < x1))[None, :]
+        labels[inside] = look
+        labels[min(grid - 1, int((y0 + y1) / 2 // patch)), min(grid - 1, int((x0 + x1) / 2 // patch))] = look
+    return labels.flatten()
+
+
+def oracle_tower(preset, tower_dir: Path, out: Path, steps: int, seed: int, train_scenes: int) -> dict:
+    """A diagnostic, not a recipe: `tower_dir`'s tower trained on the answers, each patch's kind and colour
+    (oracle_labels) read from the features the connector reads through a linear head, on freshly drawn scenes
+    of the demo's kind (1-4 shapes); written to `out` as a copy of `tower_dir` that train.init.vision reads. A
+    run trained on it shows what its LLM stages make of a tower that sees every shape's kind and colour."""
+    import random
+    import shutil
+
+    from transformers import CLIPModel
+
+    from pipelines.shapes_world.draw import draw_scene
+    from pipelines.shapes_world.scenes import make_scene
+    from vlm.saving import save_beside
+
+    if preset.vision_kind != "clip":
+        raise SystemExit(f"--oracle: {preset.name}'s {preset.vision_kind} tower; the oracle writes a CLIP tower folder")
+    processor = ImageProcessor(preset)
+
+    def drawn(count: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        scenes_ = [make_scene(rng) for _ in range(count)]
+        return (torch.stack([processor(draw_scene(scene)) for scene in scenes_]),
+                torch.stack([oracle_labels(scene, preset) for scene in scenes_]))
+
+    train_x, train_y = drawn(train_scenes, random.Random(seed + 3))
+    test_x, test_y = drawn(max(1, train_scenes // 6), random.Random(seed + 4))
+    clip = CLIPModel.from_pretrained(tower_dir)
+    torch.manual_seed(seed)
+    model = torch.nn.ModuleDict({"tower": clip.vision_model, "head": torch.nn.Linear(
+        preset.vision["hidden_size"], 1 + len(SHAPE_KINDS) * len(COLOURS))})
+
+    def forward(m, pixels: torch.Tensor) -> torch.Tensor:  # (N, looks, P), as cross_entropy takes a grid
+        hidden = m["tower"](pixels, output_hidden_states=True).hidden_states[preset.vision_feature_layer][:, 1:]
+        return m["head"](hidden).transpose(1, 2)
+
+    started = time.time()
+    patches = _fit(model, forward, train_x, train_y, test_x, test_y, steps, seed, lr=2e-3)
+    with torch.no_grad():
+        predicted = torch.cat([forward(model, test_x[i:i + 128]).argmax(1) for i in range(0, len(test_x), 128)])
+    shape = test_y > 0
+    kind_right = (predicted > 0) & ((predicted - 1) // len(COLOURS) == (test_y - 1) // len(COLOURS))
+    colour_right = (predicted > 0) & ((predicted - 1) % len(COLOURS) == (test_y - 1) % len(COLOURS))
+    shutil.copytree(tower_dir, out, dirs_exist_ok=True)
+    save_beside(clip, out)
+    return {"out": str(out), "steps": steps, "train_scenes": len(train_x), "held_out_scenes": len(test_x),
+            "patches": patches, "shape_patches_kind": round(kind_right[shape].float().mean().item(), 4),
+            "shape_patches_colour": round(colour_right[shape].float().mean().item(), 4),
+            "seconds": round(time.time() - started, 1)}
+
+
 def answers_by_shape_count(run: Path, held_out: list[dict], demo: Path) -> dict:
     """Each question type's held-out accuracy per number of shapes in the scene (`held_out`: the demo's val2014
     scenes), from the run's last stage."""
@@ -310,11 +385,15 @@ def main() -> None:
     parser.add_argument("--probe-scenes", type=int, default=3000,
                         help="one-shape scenes drawn to train --supervised and --patch-probe (a sixth as many "
                              "held out)")
+    parser.add_argument("--oracle", type=int, default=None, metavar="STEPS",
+                        help="diagnostic: train --tower on each patch's kind and colour (told, not learnt from "
+                             "captions) and write it to --oracle-out for train.init.vision")
+    parser.add_argument("--oracle-out", default=None, help="where --oracle writes its tower folder")
     parser.add_argument("--run", default=None, help="a run folder: its held-out answers by shapes in the scene")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     for option, steps in (("--supervised", args.supervised), ("--patch-probe", args.patch_probe),
-                          ("--probe-scenes", args.probe_scenes)):
+                          ("--probe-scenes", args.probe_scenes), ("--oracle", args.oracle)):
         if steps is not None and steps < 1:
             parser.error(f"{option} {steps}: give 1 or more")
     if args.tower is None and not args.grids and args.supervised is None and args.run is None \
@@ -322,6 +401,8 @@ def main() -> None:
         parser.error("give --tower (a pretrained tower to probe), --grids (random towers at other grids), "
                      "--supervised STEPS (the towers trained on kinds), --patch-probe STEPS (a reader of frozen "
                      "patch features) and/or --run (a run's answers)")
+    if args.oracle is not None and (args.tower is None or args.oracle_out is None):
+        parser.error("--oracle trains a copy of --tower's tower and writes it to --oracle-out; give both")
     preset = get_preset(args.preset)
     grids = [at_grid(preset, grid) for grid in args.grids]
     demo = Path(args.demo)
@@ -345,6 +426,9 @@ def main() -> None:
         result["supervised_kind"] = [
             supervised_kind(p, drawn if p is preset else one_shape_scenes(p, args.seed, args.probe_scenes),
                             args.supervised, args.seed) for p in [preset, *grids]]
+    if args.oracle is not None:
+        result["oracle"] = oracle_tower(preset, Path(args.tower), Path(args.oracle_out), args.oracle, args.seed,
+                                        args.probe_scenes)
     if grids:
         result["random_grids"] = [{"image_size": g.image_size, "patch_size": g.patch_size,
                                    "visual_tokens": g.visual_tokens,

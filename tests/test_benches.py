@@ -108,3 +108,45 @@ def test_the_tower_bench_trains_kind_readers_and_splits_a_runs_answers_by_shapes
     assert 0 <= supervised["kind"] <= 1
     probe = result["kind_from_patches"]
     assert set(probe) == {"steps", "train_scenes", "held_out_scenes", "random"} and 0 <= probe["random"] <= 1
+
+
+def test_the_tower_bench_oracle_writes_a_tower_trained_on_each_patchs_look_that_a_run_can_start_from(tmp_path):
+    import random
+
+    import torch
+    from transformers import CLIPModel
+
+    from pipelines.shapes_world.export import write_demo_data
+    from pipelines.shapes_world.scenes import COLOURS, SHAPE_KINDS, make_scene
+    from vlm import build_model
+    from vlm.checkpoint import init_from_pretrained
+    from vlm.contrastive import contrastive_model, save_tower
+    from vlm.preset import get_preset
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from tower import oracle_labels
+
+    preset = get_preset("llava-1.5-tiny")
+    # each shape's centre patch carries its look; a patch no box holds is background (0)
+    scene = make_scene(random.Random(5), width=128, height=64, shape_count=1)
+    [shape] = scene.shapes
+    labels = oracle_labels(scene, preset).view(8, 8)
+    row, col = int((32 + (shape.y0 + shape.y1) / 2) * 0.5 // 8), int((shape.x0 + shape.x1) / 2 * 0.5 // 8)
+    assert labels[row, col] == 1 + SHAPE_KINDS.index(shape.kind) * len(COLOURS) + COLOURS.index(shape.colour)
+    assert (labels[:2] == 0).all() and (labels[-2:] == 0).all()  # the padding above and below the 128x64 image
+
+    write_demo_data(tmp_path / "demo", pair_scenes=4, train_scenes=4, val_scenes=4)
+    save_tower(contrastive_model(preset, 40, 1, 0), preset, tmp_path / "tower")
+    run_bench("tower.py", "--demo", str(tmp_path / "demo"), "--tower", str(tmp_path / "tower"), "--oracle", "2",
+              "--oracle-out", str(tmp_path / "oracle"), "--probe-scenes", "12", "--json", str(tmp_path / "t.json"))
+    oracle = json.loads((tmp_path / "t.json").read_text())["oracle"]
+    assert (oracle["steps"], oracle["train_scenes"], oracle["held_out_scenes"]) == (2, 12, 2)
+    assert all(0 <= oracle[k] <= 1 for k in ("patches", "shape_patches_kind", "shape_patches_colour"))
+    before, after = CLIPModel.from_pretrained(tmp_path / "tower"), CLIPModel.from_pretrained(tmp_path / "oracle")
+    changed = [n for n, p in after.state_dict().items() if not torch.equal(p, before.state_dict()[n])]
+    assert changed and all(n.startswith("vision_model.") for n in changed)  # the tower trained, the text side kept
+    model = build_model(preset, 64, 5, 0, seed=0)
+    loaded = init_from_pretrained(model, vision=tmp_path / "oracle", log=lambda *_: None)
+    assert loaded == {"vision": str(tmp_path / "oracle")}
+    assert torch.equal(model.vision_tower.state_dict()["embeddings.patch_embedding.weight"],
+                       after.state_dict()["vision_model.embeddings.patch_embedding.weight"])
