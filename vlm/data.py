@@ -227,14 +227,8 @@ class PackedDataset:
             real_tokens=sum(len(t) for t in input_ids),
             ids=ids,
         )
-        if self.preset.native_resolution and images:
-            from .qwen2_vl import patchify
-
-            batch.pixel_values, batch.image_grid_thw = patchify(
-                [self.images.native(image) for image in images], patch_size=self.preset.patch_size,
-                merge_size=self.preset.vision.get("spatial_merge_size", 2))
-        else:
-            batch.pixel_values = self.images.stack(images)  # (N, 3, H, W) or None
+        # (N, 3, H, W) or None; Qwen2-VL's patches and their grids
+        batch.pixel_values, batch.image_grid_thw = self.images.model_pixels(images)
         if self.preset.qformer_text and images:
             if len(instructions) != len(images):
                 raise ValueError(f"packed rows {rows}: {len(images)} images but {len(instructions)} Q-Former instructions; "

@@ -12,7 +12,6 @@ import torch
 from .generate import generate
 from .images import ImageProcessor
 from .model import VisionLanguageModel
-from .qwen2_vl import patchify
 
 __all__ = ["answer_prompts", "answer_questions", "exact_matches", "generate", "image_inputs", "normalize_answer",
            "vqa_accuracy"]
@@ -56,12 +55,9 @@ def image_inputs(preset, processor: ImageProcessor, images: Sequence[Any],
     Qwen2-VL's patches and their grids at native resolution, and with `instructions` (InstructBLIP) each
     question's ids in the Q-Former's vocabulary, right-padded with `instruction_pad`."""
     inputs = {}
-    if preset.native_resolution:  # patches and their grids
-        pixels, inputs["image_grid_thw"] = patchify([processor.native(image) for image in images],
-                                                    patch_size=preset.patch_size,
-                                                    merge_size=preset.vision.get("spatial_merge_size", 2))
-    else:
-        pixels = processor.stack(list(images))  # (B, 3, H, W)
+    pixels, grid = processor.model_pixels(images)  # (B, 3, H, W), or Qwen2-VL's patches and their grids
+    if grid is not None:
+        inputs["image_grid_thw"] = grid
     if instructions is not None:
         width = max(len(row) for row in instructions)
         inputs["qformer_input_ids"] = torch.tensor([list(row) + [instruction_pad] * (width - len(row))

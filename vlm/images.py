@@ -12,7 +12,7 @@ import io
 import tarfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -172,6 +172,16 @@ class ImageProcessor:
         if not references:
             return None
         return torch.stack([self(r) for r in references])
+
+    def model_pixels(self, references: Sequence[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(pixel_values, image_grid_thw) of N references as the preset's model reads them: Qwen2-VL's patches
+        at native resolution and their grids, else (N, 3, H, W) (None without references) and no grid."""
+        if self.preset.native_resolution and references:
+            from .qwen2_vl import patchify
+
+            return patchify([self.native(r) for r in references], patch_size=self.preset.patch_size,
+                            merge_size=self.preset.vision.get("spatial_merge_size", 2))
+        return self.stack(list(references)), None
 
 
 _default_shards = TarShards()
