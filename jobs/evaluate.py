@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from pipelines.manifest import read_manifest, write_parquet_atomic
-from pipelines.render import read_render_output
+from pipelines.render import read_render_output, run_folder
 from pipelines.tokenize import Encoder
 
 PREDICTIONS = "predictions.parquet"
@@ -21,8 +21,8 @@ def render_images(render_dir: Path, image_roots: dict | None) -> dict:
     from the run folder above it, {root, path} ones from its manifest's image_roots, `image_roots` over them."""
     from vlm.data import run_roots
 
-    run_folder = Path(render_dir).resolve().parent  # where the render lives, as pack records it
-    return {"root": run_folder, "roots": run_roots(run_folder, read_manifest(render_dir) or {}, image_roots)}
+    run = run_folder(render_dir)  # as pack records it
+    return {"root": run, "roots": run_roots(run, read_manifest(render_dir) or {}, image_roots)}
 
 
 def answer_records(model, preset, encoder: Encoder, records: list[dict], batch_size: int, max_new_tokens: int,

@@ -245,7 +245,9 @@ def image_folders(render_dir: Path, render_manifest: dict, out_dir: Path) -> dic
     """What a pack output's manifest says of where its image references lead: `run_folder`, the folder
     run-relative references (`ingest/pairs/00000.tar`) start from, relative to the output (so the run folder
     moves whole), and the render's named `image_roots` ({root, path} references; train may re-point them)."""
-    return {"run_folder": os.path.relpath(Path(render_dir).resolve().parent, Path(out_dir).resolve()),
+    from pipelines.render import run_folder
+
+    return {"run_folder": os.path.relpath(run_folder(render_dir), Path(out_dir).resolve()),
             "image_roots": render_manifest.get("image_roots", {})}
 
 

@@ -33,6 +33,12 @@ INSTRUCTIONS_SCHEMA = pa.schema([
 ])
 
 
+def run_folder(render_dir: str | Path) -> Path:
+    """The run folder a render output lives in, the one above render/: its run-relative image references
+    (`ingest/pairs/00000.tar`) start there."""
+    return Path(render_dir).resolve().parent
+
+
 def image_ref(image: dict) -> dict:
     return {field: image.get(field) for field in IMAGE_REF.names}
 
@@ -138,7 +144,7 @@ def render_part(records: list[dict], seed: int, template: str | None, path: str 
     `brevity` says which of the dataset's records ask for a short or long answer; image references are
     written portable (`portable_images`: the run folder is the one above render/, `roots` the named folders)."""
     labels = brevity.labels(first, len(records)) if brevity is not None and not template_pinned(template) else None
-    records = portable_images(embed_images(records, Path(path)), Path(path).resolve().parents[2], roots or {})
+    records = portable_images(embed_images(records, Path(path)), run_folder(Path(path).parents[1]), roots or {})
     with collector_paused():
         table = render_table(records, seed, template, labels)
     write_table(table, Path(path))
