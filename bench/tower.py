@@ -32,10 +32,10 @@ a frozen tower leaves for the LLM to find, where the linear object probe above a
 feature.
 
 `--oracle STEPS --oracle-out FOLDER` (a diagnostic, not a recipe) trains a copy of `--tower`'s tower on the
-answers: each patch's kind and colour (the shape whose box holds its centre, or none), read through a linear head
-from the features the connector reads, on freshly drawn scenes of 1-4 shapes (`--probe-scenes`), and writes
-it as a tower folder. `train.init.vision: FOLDER` then shows what a run's LLM stages make of a tower that
-sees every shape: the ceiling of any tower recipe under that run's stages.
+answers: each patch's kind and colour (the shape whose box holds its centre, or none), read through a
+linear head from the features the connector reads, on freshly drawn scenes of 1-4 shapes
+(`--probe-scenes`), and writes it as a tower folder. `train.init.vision: FOLDER` then shows what a run's
+LLM stages make of a tower that sees every shape: the ceiling of any tower recipe under that run's stages.
 
 `--run RUN` reads a run's held-out answers (its last stage's predictions.parquet) and splits each question
 type's accuracy by the number of shapes in the scene: a colour question about "the triangle" answered on
@@ -383,8 +383,8 @@ def main() -> None:
                         help="also train a two-layer reader on each tower's frozen patch features for one-shape "
                              "scenes' kinds (the random tower, and --tower's)")
     parser.add_argument("--probe-scenes", type=int, default=3000,
-                        help="one-shape scenes drawn to train --supervised and --patch-probe (a sixth as many "
-                             "held out)")
+                        help="scenes drawn to train --supervised and --patch-probe (one shape each) and --oracle "
+                             "(1-4 shapes), a sixth as many held out")
     parser.add_argument("--oracle", type=int, default=None, metavar="STEPS",
                         help="diagnostic: train --tower on each patch's kind and colour (told, not learnt from "
                              "captions) and write it to --oracle-out for train.init.vision")
