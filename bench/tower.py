@@ -27,9 +27,9 @@ when told it directly, the ceiling a contrastive objective, which only sees capt
 
 `--patch-probe STEPS` keeps each tower frozen (the random one a run would start from, and `--tower`'s) and
 trains a small reader on them (two transformer layers of width 128 over the patch features the connector
-reads, mean-pooled, a linear head; the quickstart's LLM has four such layers) on the same one-shape scenes' kinds: how much of a shape's kind
-a frozen tower leaves for the LLM to find, where the linear object probe above asks it of one averaged
-feature.
+reads, mean-pooled, a linear head; the quickstart's LLM has four such layers) on the same one-shape
+scenes' kinds: how much of a shape's kind a frozen tower leaves for the LLM to find, where the linear
+object probe above asks it of one averaged feature.
 
 `--oracle STEPS --oracle-out FOLDER` (a diagnostic, not a recipe) trains a copy of `--tower`'s tower on the
 answers: each patch's kind and colour (the shape whose box holds its centre, or none), read through a
@@ -75,16 +75,24 @@ def scenes(demo: Path, split: str) -> list[dict]:
     return list(images.values())
 
 
+def prepared_box(width: int, height: int, box: tuple, image_size: int) -> tuple[float, float, float, float]:
+    """A box (x0, y0, x1, y1) of a width x height image in pixels of the image vlm.images.ImageProcessor
+    prepares from it: padded to a square (centred), resized to image_size."""
+    side = max(width, height)
+    scale = image_size / side
+    left, top = (side - width) // 2, (side - height) // 2
+    x0, y0, x1, y1 = box
+    return (left + x0) * scale, (top + y0) * scale, (left + x1) * scale, (top + y1) * scale
+
+
 def patches_under(scene: dict, box: list[float], image_size: int, patch_size: int) -> list[int]:
     """Indices (CLS is 0) of the patches a box overlaps once the image is padded to a square and resized, as
     vlm.images.ImageProcessor prepares it."""
-    side = max(scene["width"], scene["height"])
-    scale = image_size / side
-    left, top = (side - scene["width"]) // 2, (side - scene["height"]) // 2
-    x0, y0, w, h = box
+    x, y, w, h = box
+    x0, y0, x1, y1 = prepared_box(scene["width"], scene["height"], (x, y, x + w, y + h), image_size)
     grid = image_size // patch_size
-    cols = range(int((left + x0) * scale // patch_size), min(grid, int(-(-(left + x0 + w) * scale // patch_size))))
-    rows = range(int((top + y0) * scale // patch_size), min(grid, int(-(-(top + y0 + h) * scale // patch_size))))
+    cols = range(int(x0 // patch_size), min(grid, int(-(-x1 // patch_size))))
+    rows = range(int(y0 // patch_size), min(grid, int(-(-y1 // patch_size))))
     return [1 + r * grid + c for r in rows for c in cols]
 
 
@@ -181,9 +189,10 @@ def pretrained_tower(folder: Path, preset):
     return (CLIPVisionModel if preset.vision_kind == "clip" else Blip2VisionModel).from_pretrained(folder)
 
 
-def one_shape_scenes(preset, seed: int, train_scenes: int = 3000) -> tuple:
-    """(train pixels, train kinds, held-out pixels, held-out kinds): freshly drawn scenes of one shape each, in
-    the demo's size range, prepared as a run prepares its images."""
+def drawn_scenes(preset, seeds: tuple[int, int], train_scenes: int, label, shape_count: int | None = None) -> tuple:
+    """(train pixels, train labels, held-out pixels, held-out labels): `train_scenes` freshly drawn scenes and
+    a sixth as many held out (from random.Random of each of `seeds`), in the demo's size range, of
+    `shape_count` shapes (default 1-4), prepared as a run prepares its images; `label(scene)` is a tensor."""
     import random
 
     from pipelines.shapes_world.draw import draw_scene
@@ -192,12 +201,18 @@ def one_shape_scenes(preset, seed: int, train_scenes: int = 3000) -> tuple:
     processor = ImageProcessor(preset)
 
     def drawn(count: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-        scenes_ = [make_scene(rng, shape_count=1) for _ in range(count)]
+        scenes_ = [make_scene(rng, shape_count=shape_count) for _ in range(count)]
         return (torch.stack([processor(draw_scene(scene)) for scene in scenes_]),
-                torch.tensor([SHAPE_KINDS.index(scene.shapes[0].kind) for scene in scenes_]))
+                torch.stack([label(scene) for scene in scenes_]))
 
     held_out_scenes = max(1, train_scenes // 6)
-    return (*drawn(train_scenes, random.Random(seed + 1)), *drawn(held_out_scenes, random.Random(seed + 2)))
+    return (*drawn(train_scenes, random.Random(seeds[0])), *drawn(held_out_scenes, random.Random(seeds[1])))
+
+
+def one_shape_scenes(preset, seed: int, train_scenes: int = 3000) -> tuple:
+    """(train pixels, train kinds, held-out pixels, held-out kinds): freshly drawn scenes of one shape each."""
+    return drawn_scenes(preset, (seed + 1, seed + 2), train_scenes,
+                        lambda scene: torch.tensor(SHAPE_KINDS.index(scene.shapes[0].kind)), shape_count=1)
 
 
 class PatchProbe(torch.nn.Module):
@@ -216,9 +231,10 @@ class PatchProbe(torch.nn.Module):
         return self.out(self.encoder(self.inp(features) + self.position).mean(1))
 
 
-def _fit(model: torch.nn.Module, forward, train_x, train_y, test_x, test_y, steps: int, seed: int,
-         lr: float) -> float:
-    """Held-out accuracy of `forward(model, x)` after `steps` AdamW steps of 64 (warmup, cosine decay)."""
+def _fit(model: torch.nn.Module, forward, train_x, train_y, test_x, steps: int, seed: int,
+         lr: float) -> torch.Tensor:
+    """The labels `forward(model, x)` predicts for `test_x` after `steps` AdamW steps of 64 on `train_x`
+    (warmup, cosine decay)."""
     from vlm.train import warmup_cosine
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05)
@@ -234,8 +250,11 @@ def _fit(model: torch.nn.Module, forward, train_x, train_y, test_x, test_y, step
         schedule.step()
     model.eval()
     with torch.no_grad():
-        predicted = torch.cat([forward(model, test_x[i:i + 128]).argmax(1) for i in range(0, len(test_x), 128)])
-    return round((predicted == test_y).float().mean().item(), 4)
+        return torch.cat([forward(model, test_x[i:i + 128]).argmax(1) for i in range(0, len(test_x), 128)])
+
+
+def _accuracy(predicted: torch.Tensor, truth: torch.Tensor) -> float:
+    return round((predicted == truth).float().mean().item(), 4)
 
 
 def supervised_kind(preset, drawn: tuple, steps: int, seed: int) -> dict:
@@ -246,8 +265,8 @@ def supervised_kind(preset, drawn: tuple, steps: int, seed: int) -> dict:
     model = torch.nn.ModuleDict({"tower": random_tower(preset, seed),
                                  "head": torch.nn.Linear(preset.vision["hidden_size"], len(SHAPE_KINDS))})
     started = time.time()
-    kind = _fit(model, lambda m, x: m["head"](m["tower"](x).pooler_output), train_x, train_y, test_x, test_y,
-                steps, seed, lr=2e-3)
+    kind = _accuracy(_fit(model, lambda m, x: m["head"](m["tower"](x).pooler_output), train_x, train_y, test_x,
+                          steps, seed, lr=2e-3), test_y)
     return {"image_size": preset.image_size, "patch_size": preset.patch_size, "steps": steps,
             "train_scenes": len(train_x), "held_out_scenes": len(test_x), "kind": kind,
             "seconds": round(time.time() - started, 1)}
@@ -270,7 +289,8 @@ def kind_from_patches(towers: dict, preset, drawn: tuple, steps: int, seed: int)
         train_f, test_f = patch_features(tower.eval(), preset, train_x), patch_features(tower, preset, test_x)
         torch.manual_seed(seed)
         probe = PatchProbe(train_f.shape[-1], train_f.shape[1], len(SHAPE_KINDS))
-        result[name] = _fit(probe, lambda m, f: m(f), train_f, train_y, test_f, test_y, steps, seed, lr=1e-3)
+        result[name] = _accuracy(_fit(probe, lambda m, f: m(f), train_f, train_y, test_f, steps, seed, lr=1e-3),
+                                 test_y)
     return result
 
 
@@ -279,15 +299,12 @@ def oracle_labels(scene, preset) -> torch.Tensor:
     centre the patch holds (once the image is padded to a square and resized, as vlm.images prepares it), 0
     where there is none: a shape's edge patches, mostly background, are left as background."""
     grid, patch = preset.image_size // preset.patch_size, preset.patch_size
-    side = max(scene.width, scene.height)
-    scale = preset.image_size / side
-    left, top = (side - scene.width) // 2, (side - scene.height) // 2
     labels = torch.zeros(grid, grid, dtype=torch.long)
     centres = (torch.arange(grid) + 0.5) * patch
     for shape in scene.shapes:
         look = 1 + SHAPE_KINDS.index(shape.kind) * len(COLOURS) + COLOURS.index(shape.colour)
-        x0, x1 = (left + shape.x0) * scale, (left + shape.x1) * scale
-        y0, y1 = (top + shape.y0) * scale, (top + shape.y1) * scale
+        x0, y0, x1, y1 = prepared_box(scene.width, scene.height, (shape.x0, shape.y0, shape.x1, shape.y1),
+                                      preset.image_size)
         inside = ((centres >= y0) & (centres < y1))[:, None] & ((centres >= x0) & (centres < x1))[None, :]
         labels[inside] = look
         labels[min(grid - 1, int((y0 + y1) / 2 // patch)), min(grid - 1, int((x0 + x1) / 2 // patch))] = look
@@ -299,26 +316,16 @@ def oracle_tower(preset, tower_dir: Path, out: Path, steps: int, seed: int, trai
     (oracle_labels) read from the features the connector reads through a linear head, on freshly drawn scenes
     of the demo's kind (1-4 shapes); written to `out` as a copy of `tower_dir` that train.init.vision reads. A
     run trained on it shows what its LLM stages make of a tower that sees every shape's kind and colour."""
-    import random
     import shutil
 
     from transformers import CLIPModel
 
-    from pipelines.shapes_world.draw import draw_scene
-    from pipelines.shapes_world.scenes import make_scene
     from vlm.saving import save_beside
 
     if preset.vision_kind != "clip":
         raise SystemExit(f"--oracle: {preset.name}'s {preset.vision_kind} tower; the oracle writes a CLIP tower folder")
-    processor = ImageProcessor(preset)
-
-    def drawn(count: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-        scenes_ = [make_scene(rng) for _ in range(count)]
-        return (torch.stack([processor(draw_scene(scene)) for scene in scenes_]),
-                torch.stack([oracle_labels(scene, preset) for scene in scenes_]))
-
-    train_x, train_y = drawn(train_scenes, random.Random(seed + 3))
-    test_x, test_y = drawn(max(1, train_scenes // 6), random.Random(seed + 4))
+    train_x, train_y, test_x, test_y = drawn_scenes(preset, (seed + 3, seed + 4), train_scenes,
+                                                    lambda scene: oracle_labels(scene, preset))
     clip = CLIPModel.from_pretrained(tower_dir)
     torch.manual_seed(seed)
     model = torch.nn.ModuleDict({"tower": clip.vision_model, "head": torch.nn.Linear(
@@ -329,16 +336,15 @@ def oracle_tower(preset, tower_dir: Path, out: Path, steps: int, seed: int, trai
         return m["head"](hidden).transpose(1, 2)
 
     started = time.time()
-    patches = _fit(model, forward, train_x, train_y, test_x, test_y, steps, seed, lr=2e-3)
-    with torch.no_grad():
-        predicted = torch.cat([forward(model, test_x[i:i + 128]).argmax(1) for i in range(0, len(test_x), 128)])
+    predicted = _fit(model, forward, train_x, train_y, test_x, steps, seed, lr=2e-3)
     shape = test_y > 0
     kind_right = (predicted > 0) & ((predicted - 1) // len(COLOURS) == (test_y - 1) // len(COLOURS))
     colour_right = (predicted > 0) & ((predicted - 1) % len(COLOURS) == (test_y - 1) % len(COLOURS))
     shutil.copytree(tower_dir, out, dirs_exist_ok=True)
     save_beside(clip, out)
     return {"out": str(out), "steps": steps, "train_scenes": len(train_x), "held_out_scenes": len(test_x),
-            "patches": patches, "shape_patches_kind": round(kind_right[shape].float().mean().item(), 4),
+            "patches": _accuracy(predicted, test_y),
+            "shape_patches_kind": round(kind_right[shape].float().mean().item(), 4),
             "shape_patches_colour": round(colour_right[shape].float().mean().item(), 4),
             "seconds": round(time.time() - started, 1)}
 
