@@ -14,9 +14,10 @@ def stages_in(config: dict) -> list[str]:
     return [name for name in ORDER if name in config]
 
 
-def demo_output(config: dict, out: str) -> Path:
-    """Where the demo_data stage writes the shapes world: demo_data.out, else `{out}/demo`."""
-    return Path(section(config, "demo_data")["out"] or Path(out) / "demo")
+def demo_output(demo_data: dict, out: str) -> Path:
+    """Where the demo_data stage (its settings, `section(config, "demo_data")`) writes the shapes world:
+    demo_data.out, else `{out}/demo`."""
+    return Path(demo_data["out"] or Path(out) / "demo")
 
 
 def run_demo_data(config: dict, out: str, log=print) -> dict:
@@ -24,7 +25,7 @@ def run_demo_data(config: dict, out: str, log=print) -> dict:
     from pipelines.shapes_world import write_demo_data
 
     cfg = section(config, "demo_data")
-    target = demo_output(config, out)
+    target = demo_output(cfg, out)
     cfg.pop("out")
     world = target / "world.json"
     if world.exists():
@@ -43,13 +44,14 @@ def check_stages(config: dict, out: str, stages: list[str]) -> None:
     what needs the catalog, the templates or a preset (cards, template ids, stage names, init folders).
     Train's stage names are checked against pack.preset, or the pack output already there; files an
     earlier stage of this run writes are checked by the stage that reads them."""
+    written = []  # folders a stage of this run writes before a later one reads them
     if "demo_data" in stages:
-        section(config, "demo_data")
+        written.append(demo_output(section(config, "demo_data"), out))
     if "ingest" in stages:
         from jobs.ingest import ingest_settings
 
         # the demo's files do not exist yet: a card source globbing them is checked when ingest reads it
-        ingest_settings(config, [demo_output(config, out)] if "demo_data" in stages else [])
+        ingest_settings(config, written)
     if "tower" in stages:
         from jobs.tower import tower_settings
 
@@ -76,7 +78,7 @@ def check_stages(config: dict, out: str, stages: list[str]) -> None:
         packed = read_manifest(section(config, "train")["input"] or Path(out) / "pack")
         preset = section(config, "pack")["preset"] if "pack" in stages else (packed or {}).get("preset")
         if preset is not None:  # else train refuses to start: no pack output to train on
-            written = [tower_output(out)] if "tower" in stages else []  # the tower this run pretrains first
+            written += [tower_output(out)] if "tower" in stages else []  # the tower this run pretrains first
             written += [lm_output(out)] if "lm" in stages else []  # and the LLM
             train_settings(config, get_preset(preset), written)
 
